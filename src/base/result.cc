@@ -1,0 +1,31 @@
+#include "base/result.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace imgstream {
+
+void check_failed(const char* expr, const char* file, int line, const char* msg) {
+  std::fprintf(stderr, "imgstream: assertion failed: %s at %s:%d%s%s\n", expr, file, line,
+               msg ? ": " : "", msg ? msg : "");
+  std::fflush(stderr);
+  std::abort();
+}
+
+Error Error::from_errno(int err, std::string_view what) {
+  std::string m(what);
+  m += ": ";
+  m += std::strerror(err);
+  return Error{err, std::move(m)};
+}
+
+Error Error::context(std::string_view what) && {
+  std::string m(what);
+  m += ": ";
+  m += message;
+  message = std::move(m);
+  return std::move(*this);
+}
+
+}  // namespace imgstream

@@ -1,0 +1,61 @@
+// imgstream: stream whole disk images to machines. See `imgstream --help`.
+#include <csignal>
+#include <cstdio>
+#include <vector>
+
+#include "base/log.h"
+#include "base/units.h"
+#include "cli/cli.h"
+
+namespace imgstream::cli {
+
+void print_error(const std::string& message) {
+  std::fprintf(stderr, "imgstream: error: %s\n", message.c_str());
+}
+
+CLI::Validator size_validator() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        auto r = parse_size(s);
+        return r ? std::string() : r.error().message;
+      },
+      "SIZE");
+}
+
+}  // namespace imgstream::cli
+
+int main(int argc, char** argv) {
+  using namespace imgstream;
+  std::signal(SIGPIPE, SIG_IGN);
+
+  CLI::App app{
+      "imgstream: moves whole disk images to machines by streaming. A machine boots from a\n"
+      "remote image at once; every block it reads is fetched and kept on its own disk,\n"
+      "the rest is copied in the background."};
+  app.set_version_flag("--version", std::string("imgstream ") + IMGSTREAM_VERSION);
+  app.require_subcommand(1);
+  int verbose = 0;
+  bool quiet = false;
+  app.add_flag("-v,--verbose", verbose, "More messages on stderr (-vv for debug)");
+  app.add_flag("-q,--quiet", quiet, "Only errors on stderr");
+
+  std::vector<std::pair<CLI::App*, cli::Runner>> commands;
+  cli::Runner serve = cli::add_serve(app);
+  commands.emplace_back(app.get_subcommand("serve"), serve);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    cli::print_error(e.what());
+    std::fprintf(stderr, "Run '%s --help' for usage.\n", argv[0]);
+    return cli::kExitUsage;
+  }
+  set_log_level(quiet ? LogLevel::Error
+                      : verbose >= 2 ? LogLevel::Debug
+                      : verbose == 1 ? LogLevel::Info
+                                     : LogLevel::Warn);
+  for (auto& [sub, run] : commands)
+    if (sub->parsed()) return run();
+  return cli::kExitUsage;
+}

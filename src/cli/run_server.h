@@ -1,0 +1,25 @@
+// Runs an NBD server the way every serving command does: print the URIs, stop cleanly on
+// SIGINT / SIGTERM, and in captive mode (--run CMD, as nbdkit's) run CMD with $uri set
+// and stop when it exits, returning its exit status.
+#pragma once
+
+#include <string>
+
+#include "nbd/server.h"
+
+namespace imgstream::cli {
+
+// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and so in every thread it
+// starts later); call first thing, before any thread exists.
+void block_stop_signals();
+
+// The address captive mode listens on when the user gave none: a unix socket in a fresh
+// private directory (removed again by remove_private_socket).
+Result<Address> private_socket();
+void remove_private_socket(const Address& a);
+
+// Serves until a stop signal or, with a command, until the command exits. Returns the
+// process exit status.
+int run_server(nbd::Server& server, const std::string& export_name, const std::string& run_cmd);
+
+}  // namespace imgstream::cli

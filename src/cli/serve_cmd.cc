@@ -1,0 +1,99 @@
+// imgstream serve IMAGE: export a file or block device over NBD.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/env.h"
+#include "base/log.h"
+#include "cli/cli.h"
+#include "cli/run_server.h"
+#include "device/file_device.h"
+#include "nbd/server.h"
+
+namespace imgstream::cli {
+
+namespace {
+
+struct ServeArgs {
+  std::string image;
+  std::vector<std::string> listen;
+  std::string export_name;
+  std::string description;
+  bool read_only = false;
+  std::string run;
+  unsigned threads = nbd::kWorkerThreadsDefault;
+};
+
+int run_serve(const ServeArgs& args) {
+  block_stop_signals();
+  auto dev = FileDevice::open(*Env::posix(), args.image,
+                              args.read_only ? Access::ReadOnly : Access::ReadWrite);
+  if (!dev) {
+    print_error(dev.error().message);
+    return kExitFailure;
+  }
+  nbd::ServerOptions opt;
+  opt.worker_threads = args.threads;
+  opt.exports.push_back(nbd::Export{args.export_name, args.description, dev->get(), args.read_only});
+  bool private_addr = false;
+  for (const std::string& l : args.listen) {
+    auto a = parse_address(l);
+    if (!a) {
+      print_error(a.error().message);
+      return kExitUsage;
+    }
+    opt.listen.push_back(*a);
+  }
+  if (opt.listen.empty()) {
+    // Captive mode without --listen gets a private unix socket: nothing to collide with.
+    if (!args.run.empty()) {
+      auto a = private_socket();
+      if (!a) {
+        print_error(a.error().message);
+        return kExitFailure;
+      }
+      opt.listen.push_back(*a);
+      private_addr = true;
+    } else {
+      opt.listen.push_back(*parse_address(kDefaultListen));
+    }
+  }
+  auto server = nbd::Server::create(std::move(opt));
+  if (!server) {
+    print_error("serve " + args.image + ": " + server.error().message);
+    return kExitFailure;
+  }
+  LOG_INFO("serving {} ({} bytes{})", args.image, (*dev)->size(), args.read_only ? ", read-only" : "");
+  const Address first = (*server)->addresses().front();
+  int status = run_server(**server, args.export_name, args.run);
+  server->reset();
+  if (private_addr) remove_private_socket(first);
+  return status;
+}
+
+}  // namespace
+
+Runner add_serve(CLI::App& app) {
+  auto args = std::make_shared<ServeArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve",
+      "Export a disk image (a file or a block device) over NBD.\n"
+      "Prints the NBD URI of the export on stdout when ready; stops cleanly on SIGINT or\n"
+      "SIGTERM after answering the requests in flight.");
+  cmd->add_option("IMAGE", args->image, "Raw disk image file or block device")->required();
+  cmd->add_option("--listen", args->listen,
+                  "Address to listen on: unix:PATH or tcp:HOST:PORT (repeatable; default "
+                  "tcp:127.0.0.1:10809, or a private unix socket with --run)");
+  cmd->add_option("--export", args->export_name, "Export name (default: empty, the default export)");
+  cmd->add_option("--description", args->description, "Export description shown to clients");
+  cmd->add_flag("--read-only", args->read_only, "Refuse writes (clients get EPERM)");
+  cmd->add_option("--run", args->run,
+                  "Captive mode: run CMD under sh -c with $uri set to the export's NBD URI, "
+                  "stop when it exits and exit with its status");
+  cmd->add_option("--threads", args->threads, "Threads for requests that may block")
+      ->check(CLI::Range(1u, 1024u))
+      ->capture_default_str();
+  return [args] { return run_serve(*args); };
+}
+
+}  // namespace imgstream::cli

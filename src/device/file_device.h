@@ -1,0 +1,46 @@
+// FileDevice: a BlockDevice over a regular file or a block device, opened through an Env.
+// Holes of sparse files are reported by block_status (SEEK_DATA / SEEK_HOLE); trim punches
+// holes; write_zeroes uses FALLOC_FL_ZERO_RANGE / PUNCH_HOLE where the file system can.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "base/env.h"
+#include "device/block_device.h"
+
+namespace imgstream {
+
+enum class Access { ReadOnly, ReadWrite };
+
+class FileDevice final : public BlockDevice {
+ public:
+  static Result<std::unique_ptr<FileDevice>> open(Env& env, const std::string& path, Access a);
+
+  uint64_t size() const override { return size_; }
+  DeviceCaps caps() const override;
+  Result<void> read(uint64_t offset, std::span<std::byte> buf) override;
+  Result<void> read_nowait(uint64_t offset, std::span<std::byte> buf) override;
+  Result<void> write(uint64_t offset, std::span<const std::byte> data, Durability d) override;
+  Result<void> write_nowait(uint64_t offset, std::span<const std::byte> data,
+                            Durability d) override;
+  Result<void> flush() override;
+  Result<void> trim(uint64_t offset, uint64_t length, Durability d) override;
+  Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z,
+                            Durability d) override;
+  Result<void> cache(uint64_t offset, uint64_t length) override;
+  Result<void> block_status(size_t context, uint64_t offset, uint64_t length,
+                            std::vector<Extent>& out) override;
+
+  File& file() { return *file_; }
+
+ private:
+  FileDevice(std::unique_ptr<File> f, uint64_t size, Access a)
+      : file_(std::move(f)), size_(size), access_(a) {}
+
+  std::unique_ptr<File> file_;
+  uint64_t size_;
+  Access access_;
+};
+
+}  // namespace imgstream

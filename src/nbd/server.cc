@@ -1,0 +1,115 @@
+#include "nbd/server.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "base/check.h"
+#include "base/log.h"
+
+namespace imgstream::nbd {
+
+Result<std::unique_ptr<Server>> Server::create(ServerOptions options) {
+  if (options.exports.empty()) return Error::invalid("no export to serve");
+  if (options.listen.empty()) return Error::invalid("no address to listen on");
+  for (const Export& e : options.exports) IMG_CHECK(e.device != nullptr);
+  std::unique_ptr<Server> s(new Server(std::move(options)));
+  for (Address& a : s->options_.listen) s->listeners_.push_back(TRY(listen_on(a)));
+  s->stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!s->stop_fd_.valid()) return Error::from_errno(errno, "eventfd");
+  s->pool_ = std::make_unique<ThreadPool>(s->options_.worker_threads);
+  return s;
+}
+
+Server::~Server() {
+  reap(true);
+  for (const Address& a : options_.listen)
+    if (a.kind == Address::Kind::Unix) ::unlink(a.path.c_str());
+}
+
+void Server::request_stop() {
+  uint64_t one = 1;
+  ssize_t unused = ::write(stop_fd_.get(), &one, sizeof one);
+  (void)unused;
+}
+
+Result<void> Server::run() {
+  std::vector<pollfd> fds;
+  for (const UniqueFd& l : listeners_) fds.push_back({l.get(), POLLIN, 0});
+  fds.push_back({stop_fd_.get(), POLLIN, 0});
+  for (;;) {
+    // Wake now and then to join connections that ended.
+    int n = ::poll(fds.data(), fds.size(), 1000);
+    if (n < 0 && errno != EINTR) return Error::from_errno(errno, "poll");
+    reap(false);
+    if (n <= 0) continue;
+    if (fds.back().revents) break;
+    for (size_t i = 0; i + 1 < fds.size(); ++i)
+      if (fds[i].revents & POLLIN) accept_one(fds[i].fd);
+  }
+  listeners_.clear();
+  drain();
+  Result<void> result;
+  for (const Export& e : options_.exports) {
+    if (e.read_only || !e.device->caps().can_flush) continue;
+    auto r = e.device->flush();
+    if (!r) result = std::move(r).error().context("flush at shutdown");
+  }
+  return result;
+}
+
+void Server::accept_one(int listen_fd) {
+  UniqueFd fd(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
+  if (!fd.valid()) {
+    if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+      LOG_WARN("accept: {}", std::strerror(errno));
+    return;
+  }
+  if (slots_.size() >= kConnectionsMax) {
+    LOG_WARN("refusing a client: {} connections already", kConnectionsMax);
+    return;  // closing the socket tells the client
+  }
+  int one = 1;
+  ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails on unix: fine
+  Slot& slot = slots_.emplace_back();
+  slot.conn = std::make_unique<Connection>(std::move(fd), options_.exports, *pool_);
+  slot.thread = std::thread([&slot] {
+    slot.conn->run();
+    slot.done = true;
+  });
+}
+
+void Server::reap(bool all) {
+  for (auto it = slots_.begin(); it != slots_.end();) {
+    if (all || it->done) {
+      it->thread.join();
+      it = slots_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+// Stops reading from every client; in-flight requests are answered. Clients that do not
+// read their replies within kDrainSeconds are cut off.
+void Server::drain() {
+  for (Slot& s : slots_) s.conn->stop_reading();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kDrainSeconds);
+  for (;;) {
+    reap(false);
+    if (slots_.empty()) return;
+    if (std::chrono::steady_clock::now() > deadline) break;
+    ::usleep(10'000);
+  }
+  LOG_WARN("{} clients did not finish within {} s: disconnecting them", slots_.size(),
+           kDrainSeconds);
+  for (Slot& s : slots_) s.conn->abort();
+  reap(true);
+}
+
+}  // namespace imgstream::nbd

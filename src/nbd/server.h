@@ -1,0 +1,67 @@
+// NbdServer: accepts NBD clients on unix and TCP sockets and serves Exports to them. It
+// knows nothing of what is behind a BlockDevice (DESIGN.md: "the NBD server knows nothing
+// of streaming").
+#pragma once
+
+#include <atomic>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "base/result.h"
+#include "base/thread_pool.h"
+#include "base/unique_fd.h"
+#include "io/socket.h"
+#include "nbd/connection.h"
+#include "nbd/handshake.h"
+
+namespace imgstream::nbd {
+
+inline constexpr unsigned kConnectionsMax = 256;
+inline constexpr unsigned kWorkerThreadsDefault = 16;
+inline constexpr int kDrainSeconds = 10;
+
+struct ServerOptions {
+  std::vector<Address> listen;
+  std::vector<Export> exports;  // [0] is the default export
+  unsigned worker_threads = kWorkerThreadsDefault;
+};
+
+class Server {
+ public:
+  // Binds every address (so that the caller can print URIs before run()).
+  static Result<std::unique_ptr<Server>> create(ServerOptions options);
+  ~Server();
+
+  // The addresses as bound (a TCP port 0 is replaced by the chosen port).
+  const std::vector<Address>& addresses() const { return options_.listen; }
+
+  // Serves until request_stop(); then stops accepting, lets connections finish the
+  // requests they have (at most kDrainSeconds), flushes every export and returns.
+  Result<void> run();
+
+  // Thread-safe and async-signal-safe: may be called from a signal handler.
+  void request_stop();
+
+ private:
+  struct Slot {
+    std::unique_ptr<Connection> conn;
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
+  explicit Server(ServerOptions o) : options_(std::move(o)) {}
+  void accept_one(int listen_fd);
+  void reap(bool all);
+  void drain();
+
+  ServerOptions options_;
+  std::vector<UniqueFd> listeners_;
+  UniqueFd stop_fd_;  // eventfd
+  std::unique_ptr<ThreadPool> pool_;
+  std::list<Slot> slots_;
+};
+
+}  // namespace imgstream::nbd
