@@ -62,6 +62,12 @@ Result<void> read_exact_at(File& f, uint64_t offset, std::span<std::byte> buf);
 // Loops write_at until the whole buffer is written.
 Result<void> write_all_at(File& f, uint64_t offset, std::span<const std::byte> buf);
 
+// An exclusive lock on a file, released when the object goes.
+class FileLock {
+ public:
+  virtual ~FileLock() = default;
+};
+
 class Env {
  public:
   virtual ~Env() = default;
@@ -76,6 +82,10 @@ class Env {
   // Makes creations, renames and removals in the directory durable.
   virtual Result<void> sync_dir(const std::string& path) = 0;
   virtual Result<std::vector<std::string>> list_dir(const std::string& path) = 0;
+  // Takes an exclusive advisory lock on `path` (created if missing) without waiting:
+  // EWOULDBLOCK when another process holds it. The default (for in-memory twins, which
+  // live in one process) always succeeds.
+  virtual Result<std::unique_ptr<FileLock>> lock(const std::string& path);
 
   // The real file system. Lives for the whole process.
   static Env* posix();

@@ -1,5 +1,6 @@
 // The real Env: POSIX calls, errno turned into Error at once.
 #include <dirent.h>
+#include <sys/file.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
@@ -16,6 +17,10 @@ namespace imgstream {
 
 Result<size_t> File::read_at_nowait(uint64_t, std::span<std::byte>) {
   return Error::would_block();
+}
+
+Result<std::unique_ptr<FileLock>> Env::lock(const std::string&) {
+  return std::make_unique<FileLock>();
 }
 
 Result<void> read_exact_at(File& f, uint64_t offset, std::span<std::byte> buf) {
@@ -152,8 +157,23 @@ class PosixFile final : public File {
   bool nowait_unsupported_ = false;
 };
 
+class PosixLock final : public FileLock {
+ public:
+  explicit PosixLock(UniqueFd fd) : fd_(std::move(fd)) {}
+
+ private:
+  UniqueFd fd_;  // flock is released when the descriptor closes
+};
+
 class PosixEnv final : public Env {
  public:
+  Result<std::unique_ptr<FileLock>> lock(const std::string& path) override {
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+    if (!fd.valid()) return Error::from_errno(errno, "open " + path);
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) return Error::from_errno(errno, "lock " + path);
+    return std::unique_ptr<FileLock>(new PosixLock(std::move(fd)));
+  }
+
   Result<std::unique_ptr<File>> open(const std::string& path, OpenMode mode) override {
     int flags = O_CLOEXEC;
     switch (mode) {

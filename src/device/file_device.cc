@@ -88,29 +88,30 @@ Result<void> FileDevice::cache(uint64_t offset, uint64_t length) {
   return ok();
 }
 
-Result<void> FileDevice::block_status(size_t context, uint64_t offset, uint64_t length,
-                                      std::vector<Extent>& out) {
-  IMG_CHECK(context == 0 && offset + length <= size_ && length > 0);
+Result<void> file_extents(File& f, uint64_t offset, uint64_t length, std::vector<Extent>& out,
+                          size_t max_extents) {
   const uint64_t end = offset + length;
-  // Bound the answer: a fragmented file could otherwise produce millions of extents.
-  static constexpr size_t kExtentsMax = 1024;
   uint64_t pos = offset;
-  size_t added = 0;
-  while (pos < end && added < kExtentsMax) {
-    uint64_t data = std::min(TRY(file_->seek_data(pos)), end);
+  for (size_t added = 0; pos < end && added < max_extents; ++added) {
+    const uint64_t data = std::min(TRY(f.seek_data(pos)), end);
     if (data > pos) {
       out.push_back(Extent{data - pos, kStateHole | kStateZero});
-      ++added;
       pos = data;
       continue;
     }
-    uint64_t hole = std::min(TRY(file_->seek_hole(pos)), end);
+    uint64_t hole = std::min(TRY(f.seek_hole(pos)), end);
     if (hole <= pos) hole = end;  // defensive: a file system that reports nonsense
     out.push_back(Extent{hole - pos, 0});
-    ++added;
     pos = hole;
   }
   return ok();
+}
+
+Result<void> FileDevice::block_status(size_t context, uint64_t offset, uint64_t length,
+                                      std::vector<Extent>& out) {
+  IMG_CHECK(context == 0 && offset + length <= size_ && length > 0);
+  // Bounded: a fragmented file could otherwise produce millions of extents.
+  return file_extents(*file_, offset, length, out);
 }
 
 }  // namespace imgstream

@@ -13,6 +13,11 @@ namespace imgstream {
 
 enum class Access { ReadOnly, ReadWrite };
 
+// Appends base:allocation extents of [offset, offset + length) of a file from its holes
+// (SEEK_DATA / SEEK_HOLE), at most max_extents of them (the rest is left to a later call).
+Result<void> file_extents(File& f, uint64_t offset, uint64_t length, std::vector<Extent>& out,
+                          size_t max_extents = 1024);
+
 class FileDevice final : public BlockDevice {
  public:
   static Result<std::unique_ptr<FileDevice>> open(Env& env, const std::string& path, Access a);

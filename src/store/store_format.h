@@ -1,0 +1,66 @@
+// Encoding and decoding of the store's `meta` file: the header and the two bitmap slots.
+// docs/store-format.md is the byte-by-byte description; keep the two in step. Decoders
+// take untrusted bytes (a damaged disk) and never read out of bounds.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+
+namespace imgstream::store {
+
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr size_t kHeaderBytes = 4096;
+inline constexpr size_t kSlotHeaderBytes = 512;
+inline constexpr size_t kStringBytesMax = 1024;
+inline constexpr size_t kErrorMessageBytesMax = 256;
+inline constexpr uint32_t kRegionBytesMin = 4096;
+inline constexpr uint32_t kRegionBytesMax = 1u << 30;
+inline constexpr uint64_t kRegionsMax = 1ULL << 32;  // 512 MiB of bitmap at most
+static_assert(92 + 2 * kStringBytesMax <= kHeaderBytes - 4, "strings fit the header");
+
+enum class StoreState : uint32_t { Streaming = 0, Paused = 1, Complete = 2, Detached = 3, Error = 4 };
+const char* state_name(StoreState s);
+
+using Fingerprint = std::array<std::byte, 32>;
+
+struct StoreHeader {
+  uint64_t image_size = 0;
+  uint32_t region_size = 0;
+  bool external_device = false;
+  uint64_t created_unix = 0;
+  Fingerprint fingerprint{};
+  std::string source_uri;
+  std::string device_path;
+
+  uint64_t regions() const { return (image_size + region_size - 1) / region_size; }
+  uint64_t bitmap_bytes() const { return (regions() + 7) / 8; }
+  uint64_t slot_bytes() const { return (kSlotHeaderBytes + bitmap_bytes() + 4095) / 4096 * 4096; }
+  uint64_t slot_offset(int slot) const { return kHeaderBytes + uint64_t(slot) * slot_bytes(); }
+};
+
+struct Slot {
+  uint64_t generation = 0;
+  uint64_t bytes_fetched_demand = 0;
+  uint64_t bytes_fetched_background = 0;
+  StoreState state = StoreState::Streaming;
+  std::string error_message;
+  std::vector<uint8_t> bitmap;  // bitmap_bytes() long
+
+  uint64_t count_present() const;
+};
+
+// Checks the header's fields (sizes, region size a power of two, string lengths).
+Result<void> validate_header(const StoreHeader& h);
+std::vector<std::byte> encode_header(const StoreHeader& h);
+Result<StoreHeader> decode_header(std::span<const std::byte> bytes);
+
+// A slot is encoded to exactly slot_bytes() bytes.
+std::vector<std::byte> encode_slot(const StoreHeader& h, const Slot& s);
+Result<Slot> decode_slot(const StoreHeader& h, std::span<const std::byte> bytes);
+
+}  // namespace imgstream::store

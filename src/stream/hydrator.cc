@@ -1,0 +1,210 @@
+#include "stream/hydrator.h"
+
+#include <algorithm>
+
+#include "base/check.h"
+#include "base/log.h"
+
+namespace imgstream::stream {
+
+using namespace std::chrono_literals;
+
+Hydrator::Hydrator(StreamingDevice& dev, store::LocalStore& store, source::Source& src,
+                   HydratorOptions opt, std::function<void()> on_complete)
+    : dev_(dev), store_(store), src_(src), opt_(opt), on_complete_(std::move(on_complete)) {
+  opt_.in_flight = std::clamp(opt_.in_flight, 1u, kHydratorInFlightMax);
+  opt_.batch_bytes = std::max<uint64_t>(opt_.batch_bytes, store.region_size());
+  paused_ = opt_.start_paused;
+}
+
+Hydrator::~Hydrator() { stop(); }
+
+void Hydrator::start() {
+  IMG_CHECK(!thread_.joinable());
+  last_refill_ = std::chrono::steady_clock::now();
+  tokens_ = static_cast<double>(opt_.batch_bytes);
+  thread_ = std::thread([this] { loop(); });
+}
+
+void Hydrator::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  // Batches in flight hold claims on the device: wait for them to land.
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return in_flight_ == 0; });
+}
+
+void Hydrator::pause() {
+  std::lock_guard lock(mu_);
+  paused_ = true;
+  if (store_.state() == store::StoreState::Streaming) store_.set_state(store::StoreState::Paused);
+}
+
+void Hydrator::resume() {
+  {
+    std::lock_guard lock(mu_);
+    paused_ = false;
+    const auto s = store_.state();
+    if (s == store::StoreState::Paused || s == store::StoreState::Error)
+      store_.set_state(store::StoreState::Streaming);
+  }
+  cv_.notify_all();
+}
+
+void Hydrator::set_rate(uint64_t bytes_per_second) {
+  {
+    std::lock_guard lock(mu_);
+    opt_.rate_bytes_per_second = bytes_per_second;
+  }
+  cv_.notify_all();
+}
+
+bool Hydrator::paused() const {
+  std::lock_guard lock(mu_);
+  return paused_;
+}
+
+uint64_t Hydrator::rate() const {
+  std::lock_guard lock(mu_);
+  return opt_.rate_bytes_per_second;
+}
+
+// Waits until another batch may start. False when stopping.
+bool Hydrator::wait_turn(std::unique_lock<std::mutex>& lock) {
+  for (;;) {
+    if (stopping_) return false;
+    // Demand reads waiting on the source: one batch at a time, so their requests are not
+    // queued behind ours, but never zero, so hydration always progresses.
+    const unsigned limit = dev_.demand_waiting() > 0 ? 1 : opt_.in_flight;
+    if (!paused_ && in_flight_ < limit) return true;
+    cv_.wait_for(lock, 5ms);
+  }
+}
+
+void Hydrator::throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock) {
+  for (;;) {
+    const uint64_t rate = opt_.rate_bytes_per_second;
+    if (rate == 0 || stopping_) return;
+    const auto now = std::chrono::steady_clock::now();
+    const double elapsed = std::chrono::duration<double>(now - last_refill_).count();
+    last_refill_ = now;
+    const double cap = static_cast<double>(std::max<uint64_t>(bytes, opt_.batch_bytes));
+    tokens_ = std::min(cap, tokens_ + elapsed * static_cast<double>(rate));
+    if (tokens_ >= static_cast<double>(bytes)) {
+      tokens_ -= static_cast<double>(bytes);
+      return;
+    }
+    const double wait_s = (static_cast<double>(bytes) - tokens_) / static_cast<double>(rate);
+    cv_.wait_for(lock, std::chrono::duration<double>(std::min(wait_s, 0.1)));
+  }
+}
+
+Result<std::pair<uint64_t, bool>> Hydrator::classify(uint64_t first, uint64_t count) {
+  const uint64_t rs = store_.region_size();
+  const uint64_t size = store_.header().image_size;
+  auto window_end = [&] {
+    uint64_t e = window_start_;
+    for (const Extent& x : window_) e += x.length;
+    return e;
+  };
+  const uint64_t start = first * rs;
+  if (start < window_start_ || start >= window_end()) {
+    window_.clear();
+    window_start_ = start;
+    TRY(src_.block_status(start, std::min(kHoleWindowBytes, size - start), window_));
+  }
+  // Is [a, b) entirely zero in the window? (Past the window: unknown, so data.)
+  auto zero = [&](uint64_t a, uint64_t b) {
+    uint64_t pos = window_start_;
+    for (const Extent& x : window_) {
+      const uint64_t end = pos + x.length;
+      if (end > a && pos < b && !(x.flags & kStateZero)) return false;
+      if (end >= b) return true;
+      pos = end;
+    }
+    return false;
+  };
+  const bool hole = zero(start, start + store_.region_bytes(first));
+  uint64_t n = 1;
+  while (n < count) {
+    const uint64_t a = (first + n) * rs;
+    if (zero(a, a + store_.region_bytes(first + n)) != hole) break;
+    ++n;
+  }
+  return std::make_pair(n, hole);
+}
+
+void Hydrator::on_batch_done(Result<void> r) {
+  {
+    std::lock_guard lock(mu_);
+    --in_flight_;
+    if (!r && !paused_) {
+      LOG_WARN("hydration paused: {}", r.error().message);
+      paused_ = true;
+      store_.set_state(store::StoreState::Error, r.error().message);
+    }
+  }
+  cv_.notify_all();
+}
+
+void Hydrator::loop() {
+  const uint64_t regions = store_.regions();
+  const uint64_t batch_regions = std::max<uint64_t>(1, opt_.batch_bytes / store_.region_size());
+  uint64_t cursor = 0;
+  std::unique_lock lock(mu_);
+  auto fail = [&](const Error& e) {  // with mu_ held
+    LOG_WARN("hydration paused: {}", e.message);
+    paused_ = true;
+    store_.set_state(store::StoreState::Error, e.message);
+  };
+  while (wait_turn(lock)) {
+    if (store_.complete()) {
+      cv_.wait(lock, [&] { return in_flight_ == 0; });
+      lock.unlock();
+      on_complete_();
+      return;
+    }
+    uint64_t r = store_.next_missing(cursor);
+    if (r >= regions) r = store_.next_missing(0);
+    if (r >= regions) {  // all that is missing is claimed by someone: wait for it to land
+      cv_.wait_for(lock, 5ms);
+      continue;
+    }
+    uint64_t count = 1;
+    while (count < batch_regions && r + count < regions && !store_.present(r + count)) ++count;
+    lock.unlock();
+    auto cls = classify(r, count);
+    lock.lock();
+    if (!cls) {
+      fail(cls.error());
+      continue;
+    }
+    const auto [n, hole] = *cls;
+    cursor = r + n;
+    if (hole) {
+      lock.unlock();
+      auto m = dev_.fill_hole(r, n);
+      lock.lock();
+      if (!m) fail(m.error());
+      continue;
+    }
+    throttle(n * store_.region_size(), lock);
+    if (stopping_) break;
+    ++in_flight_;
+    lock.unlock();
+    const uint64_t claimed = dev_.fetch_background(r, n, [this](Result<void> res) {
+      on_batch_done(std::move(res));
+    });
+    lock.lock();
+    if (claimed == 0) {
+      --in_flight_;  // demand reads have them; look further on
+      cv_.wait_for(lock, 1ms);
+    }
+  }
+}
+
+}  // namespace imgstream::stream

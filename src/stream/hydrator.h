@@ -1,0 +1,84 @@
+// Hydrator: copies every missing region of a StreamingDevice from its source in the
+// background, so that the source can be let go.
+//
+// - Large contiguous batches (batch_bytes), several in flight (in_flight).
+// - Source holes (base:allocation zero extents) are not fetched: their regions are made
+//   zero locally and marked present.
+// - Demand reads come first: while one waits on the source, the hydrator keeps at most
+//   one batch in flight (never none, so it never starves either).
+// - A token bucket limits its rate; pause() / resume() / set_rate() work while it runs.
+// - A batch that fails (the source gave up after its I/O timeout) puts the store in the
+//   error state with the reason and pauses hydration: visible in status, no silent
+//   endless retry. resume() tries again.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "source/source.h"
+#include "store/local_store.h"
+#include "stream/streaming_device.h"
+
+namespace imgstream::stream {
+
+struct HydratorOptions {
+  uint64_t batch_bytes = 8u << 20;
+  unsigned in_flight = 4;
+  uint64_t rate_bytes_per_second = 0;  // 0: unlimited
+  bool start_paused = false;
+};
+
+inline constexpr unsigned kHydratorInFlightMax = 64;
+inline constexpr uint64_t kHoleWindowBytes = 1ULL << 30;  // block status asked per GiB
+
+class Hydrator {
+ public:
+  // `on_complete` runs on the hydrator's thread once every region is present.
+  Hydrator(StreamingDevice& dev, store::LocalStore& store, source::Source& src,
+           HydratorOptions opt, std::function<void()> on_complete);
+  ~Hydrator();  // stops and waits for batches in flight
+
+  void start();
+  void stop();
+  void pause();
+  void resume();
+  void set_rate(uint64_t bytes_per_second);
+  bool paused() const;
+  uint64_t rate() const;
+
+ private:
+  void loop();
+  bool wait_turn(std::unique_lock<std::mutex>& lock);
+  // Splits [first, first+count) at the source's holes; returns the regions in the first
+  // piece and whether it is a hole.
+  Result<std::pair<uint64_t, bool>> classify(uint64_t first, uint64_t count);
+  void throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock);
+  void on_batch_done(Result<void> r);
+
+  StreamingDevice& dev_;
+  store::LocalStore& store_;
+  source::Source& src_;
+  HydratorOptions opt_;
+  std::function<void()> on_complete_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool paused_ = false;
+  unsigned in_flight_ = 0;
+  // Token bucket.
+  double tokens_ = 0;
+  std::chrono::steady_clock::time_point last_refill_;
+  // Cached source extents: [hole_window_start_, +sum of lengths).
+  uint64_t window_start_ = 0;
+  std::vector<Extent> window_;
+
+  std::thread thread_;
+};
+
+}  // namespace imgstream::stream

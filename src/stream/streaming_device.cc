@@ -1,0 +1,450 @@
+#include "stream/streaming_device.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "base/check.h"
+#include "base/log.h"
+#include "device/file_device.h"
+
+namespace imgstream::stream {
+
+using store::FetchKind;
+
+struct StreamingDevice::Claim {
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false;
+};
+
+namespace {
+
+// Bounded retries of a request whose regions keep being claimed or keep failing to land.
+constexpr int kClaimRoundsMax = 64;
+
+}  // namespace
+
+StreamingDevice::StreamingDevice(store::LocalStore& store, source::Source* source)
+    : store_(store), region_size_(store.region_size()), source_(source) {
+  IMG_CHECK(source != nullptr || store.complete());
+}
+
+StreamingDevice::~StreamingDevice() {
+  std::lock_guard lock(mu_);
+  IMG_CHECK(claims_.empty());
+}
+
+DeviceCaps StreamingDevice::caps() const {
+  DeviceCaps c;
+  c.writable = c.can_flush = c.can_fua = c.can_trim = c.can_zero = c.can_fast_zero = true;
+  c.can_cache = true;
+  c.can_multi_conn = true;  // one store behind every connection; a flush commits it all
+  return c;
+}
+
+source::Source* StreamingDevice::current_source() const {
+  std::lock_guard lock(mu_);
+  return source_;
+}
+
+void StreamingDevice::detach_source() {
+  std::lock_guard lock(mu_);
+  IMG_CHECK(claims_.empty() && store_.complete());
+  source_ = nullptr;
+}
+
+uint64_t StreamingDevice::demand_waiting() const {
+  std::lock_guard lock(mu_);
+  return demand_waiting_;
+}
+
+bool StreamingDevice::all_present(uint64_t first, uint64_t last) const {
+  for (uint64_t r = first; r <= last; ++r)
+    if (!store_.present(r)) return false;
+  return true;
+}
+
+// --- claims -------------------------------------------------------------------------
+
+StreamingDevice::ClaimSet StreamingDevice::claim(uint64_t first, uint64_t last) {
+  const uint64_t run_max = std::max<uint64_t>(1, kFetchBytesMax / region_size_);
+  ClaimSet set;
+  std::lock_guard lock(mu_);
+  for (uint64_t r = first; r <= last; ++r) {
+    if (store_.present(r)) continue;
+    if (auto it = claims_.find(r); it != claims_.end()) {
+      if (set.others.empty() || set.others.back() != it->second) set.others.push_back(it->second);
+      continue;
+    }
+    Run* run = set.mine.empty() ? nullptr : &set.mine.back();
+    if (!run || run->first + run->count != r || run->count == run_max) {
+      set.mine.push_back(Run{r, 0, std::make_shared<Claim>()});
+      run = &set.mine.back();
+    }
+    ++run->count;
+    claims_.emplace(r, run->claim);
+  }
+  return set;
+}
+
+void StreamingDevice::release(const Run& run, const Result<void>& r) {
+  if (!r) LOG_DEBUG("regions {}+{}: {}", run.first, run.count, r.error().message);
+  {
+    std::lock_guard lock(mu_);
+    for (uint64_t i = run.first; i < run.first + run.count; ++i) {
+      auto it = claims_.find(i);
+      IMG_CHECK(it != claims_.end() && it->second == run.claim);
+      claims_.erase(it);
+    }
+  }
+  std::lock_guard lock(run.claim->m);
+  run.claim->done = true;
+  run.claim->cv.notify_all();
+}
+
+void StreamingDevice::release_all(const std::vector<Run>& runs, const Result<void>& r) {
+  for (const Run& run : runs) release(run, r);
+}
+
+void StreamingDevice::wait_for(const std::vector<ClaimPtr>& others) {
+  for (const ClaimPtr& c : others) {
+    std::unique_lock lock(c->m);
+    c->cv.wait(lock, [&] { return c->done; });
+  }
+}
+
+Result<std::vector<StreamingDevice::Run>> StreamingDevice::claim_exclusive(uint64_t first,
+                                                                            uint64_t last) {
+  for (int round = 0; round < kClaimRoundsMax; ++round) {
+    ClaimSet set = claim(first, last);
+    if (set.others.empty()) return std::move(set.mine);
+    release_all(set.mine, ok());
+    wait_for(set.others);
+  }
+  return Error::io("regions stay claimed by other requests");
+}
+
+// --- fetching -----------------------------------------------------------------------
+
+void StreamingDevice::fetch_run_async(const Run& run, FetchKind kind,
+                                      std::function<void(Result<void>)> done) {
+  source::Source* src = current_source();
+  if (!src) {
+    Result<void> r = Error{ESHUTDOWN, "source detached while regions are missing"};
+    release(run, r);
+    done(r);
+    return;
+  }
+  const uint64_t offset = run.first * region_size_;
+  const uint64_t bytes = std::min(run.count * region_size_, size() - offset);
+  auto buf = std::make_shared<std::vector<std::byte>>(bytes);
+  src->read_async(offset, *buf, [this, run, kind, offset, buf, done = std::move(done)](Result<void> r) {
+    if (r) r = write_all_at(store_.data(), offset, *buf);
+    if (r) {
+      store_.mark_present(run.first, run.count);  // after the data, never before
+      store_.add_fetched(kind, buf->size());
+    }
+    release(run, r);
+    done(r);
+  });
+}
+
+// Makes every region of [first, last] present. Our own fetches run in parallel; claims
+// of other requests (another reader, the hydrator) are waited for, and looked at again.
+Result<void> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
+  {
+    std::lock_guard lock(mu_);
+    ++demand_waiting_;
+  }
+  struct Waiting {
+    StreamingDevice* d;
+    ~Waiting() {
+      std::lock_guard lock(d->mu_);
+      --d->demand_waiting_;
+    }
+  } waiting{this};
+
+  for (int round = 0; round < kClaimRoundsMax; ++round) {
+    ClaimSet set = claim(first, last);
+    if (set.mine.empty() && set.others.empty()) return ok();
+    // Start all our runs, then wait for them and for the others.
+    struct Pending {
+      std::mutex m;
+      std::condition_variable cv;
+      size_t left;
+      Result<void> result;
+    };
+    auto pending = std::make_shared<Pending>();
+    pending->left = set.mine.size();
+    for (const Run& run : set.mine) {
+      fetch_run_async(run, FetchKind::Demand, [pending](Result<void> r) {
+        std::lock_guard lock(pending->m);
+        if (!r && pending->result) pending->result = std::move(r);
+        if (--pending->left == 0) pending->cv.notify_all();
+      });
+    }
+    {
+      std::unique_lock lock(pending->m);
+      pending->cv.wait(lock, [&] { return pending->left == 0; });
+      if (!pending->result) return pending->result;
+    }
+    wait_for(set.others);
+    if (all_present(first, last)) return ok();
+  }
+  return Error::io("regions could not be made present");
+}
+
+uint64_t StreamingDevice::fetch_background(uint64_t first, uint64_t count,
+                                           std::function<void(Result<void>)> done) {
+  ClaimSet set = claim(first, first + count - 1);
+  if (set.mine.empty()) return 0;
+  struct Pending {
+    std::mutex m;
+    size_t left;
+    Result<void> result;
+    std::function<void(Result<void>)> done;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = set.mine.size();
+  pending->done = std::move(done);
+  uint64_t claimed = 0;
+  for (const Run& run : set.mine) claimed += run.count;
+  for (const Run& run : set.mine) {
+    fetch_run_async(run, FetchKind::Background, [pending](Result<void> r) {
+      std::unique_lock lock(pending->m);
+      if (!r && pending->result) pending->result = std::move(r);
+      if (--pending->left > 0) return;
+      Result<void> result = std::move(pending->result);
+      lock.unlock();
+      pending->done(std::move(result));
+    });
+  }
+  return claimed;
+}
+
+Result<uint64_t> StreamingDevice::fill_hole(uint64_t first, uint64_t count) {
+  ClaimSet set = claim(first, first + count - 1);
+  uint64_t marked = 0;
+  for (const Run& run : set.mine) {
+    const uint64_t offset = run.first * region_size_;
+    const uint64_t bytes = std::min(run.count * region_size_, size() - offset);
+    // A crash may have left half a fetch in the data file: make it zero for real.
+    auto r = zero_local(offset, bytes, true);
+    if (r) {
+      store_.mark_present(run.first, run.count);
+      marked += run.count;
+    }
+    release(run, r);
+    if (!r) {
+      for (const Run& rest : set.mine)
+        if (rest.first > run.first) release(rest, ok());
+      return std::move(r).error();
+    }
+  }
+  return marked;
+}
+
+// --- reads --------------------------------------------------------------------------
+
+Result<void> StreamingDevice::read_nowait(uint64_t offset, std::span<std::byte> buf) {
+  IMG_CHECK(!buf.empty() && offset + buf.size() <= size());
+  if (!all_present(offset / region_size_, (offset + buf.size() - 1) / region_size_))
+    return Error::would_block();
+  TRY(store_.data().read_at_nowait(offset, buf));
+  return ok();
+}
+
+Result<void> StreamingDevice::read(uint64_t offset, std::span<std::byte> buf) {
+  IMG_CHECK(!buf.empty() && offset + buf.size() <= size());
+  const uint64_t first = offset / region_size_, last = (offset + buf.size() - 1) / region_size_;
+  if (!all_present(first, last)) TRY(ensure_present(first, last));
+  return read_exact_at(store_.data(), offset, buf);
+}
+
+Result<void> StreamingDevice::cache(uint64_t offset, uint64_t length) {
+  IMG_CHECK(length > 0 && offset + length <= size());
+  ClaimSet set = claim(offset / region_size_, (offset + length - 1) / region_size_);
+  for (const Run& run : set.mine) fetch_run_async(run, FetchKind::Demand, [](Result<void>) {});
+  return ok();
+}
+
+// --- writes -------------------------------------------------------------------------
+
+Result<void> StreamingDevice::write_region_merged(uint64_t region, uint64_t offset,
+                                                  std::span<const std::byte> data) {
+  source::Source* src = current_source();
+  if (!src) return Error{ESHUTDOWN, "source detached while regions are missing"};
+  const uint64_t start = region * region_size_;
+  std::vector<std::byte> buf(store_.region_bytes(region));
+  TRY(src->read(start, buf));
+  store_.add_fetched(FetchKind::Demand, buf.size());
+  IMG_CHECK(offset >= start && offset + data.size() <= start + buf.size());
+  std::copy(data.begin(), data.end(), buf.begin() + static_cast<ptrdiff_t>(offset - start));
+  return write_all_at(store_.data(), start, buf);
+}
+
+bool StreamingDevice::needs_merge(const std::vector<Run>& mine, uint64_t offset,
+                                   uint64_t length) const {
+  const uint64_t end = offset + length;
+  for (uint64_t reg : {offset / region_size_, (end - 1) / region_size_}) {
+    const uint64_t rs = reg * region_size_, re = rs + store_.region_bytes(reg);
+    const bool partial = offset > rs || end < re;
+    for (const Run& run : mine)
+      if (partial && reg >= run.first && reg < run.first + run.count) return true;
+  }
+  return false;
+}
+
+// The first and the last region of a write may be covered only in part; when they are
+// missing (claimed by this write), their other bytes come from the source.
+Result<void> StreamingDevice::merge_partial_edges(const std::vector<Run>& mine, uint64_t offset,
+                                                  uint64_t length,
+                                                  std::span<const std::byte> data) {
+  const uint64_t end = offset + length;
+  const uint64_t first = offset / region_size_, last = (end - 1) / region_size_;
+  for (uint64_t reg : {first, last}) {
+    const uint64_t rs = reg * region_size_, re = rs + store_.region_bytes(reg);
+    const bool claimed = std::any_of(mine.begin(), mine.end(), [&](const Run& run) {
+      return reg >= run.first && reg < run.first + run.count;
+    });
+    if (claimed && (offset > rs || end < re)) {
+      const uint64_t a = std::max(offset, rs), b = std::min(end, re);
+      std::vector<std::byte> zeros(data.empty() ? b - a : 0);
+      TRY(write_region_merged(reg, a, data.empty() ? std::span<const std::byte>(zeros)
+                                                   : data.subspan(a - offset, b - a)));
+    }
+    if (first == last) break;
+  }
+  return ok();
+}
+
+Result<void> StreamingDevice::write_nowait(uint64_t offset, std::span<const std::byte> data,
+                                           Durability d) {
+  IMG_CHECK(!data.empty() && offset + data.size() <= size());
+  // Inline only when nothing must be fetched or committed.
+  if (d == Durability::Fua ||
+      !all_present(offset / region_size_, (offset + data.size() - 1) / region_size_))
+    return Error::would_block();
+  return write_all_at(store_.data(), offset, data);
+}
+
+Result<void> StreamingDevice::write(uint64_t offset, std::span<const std::byte> data,
+                                    Durability d) {
+  IMG_CHECK(!data.empty() && offset + data.size() <= size());
+  const uint64_t end = offset + data.size();
+  const uint64_t first = offset / region_size_, last = (end - 1) / region_size_;
+  std::vector<Run> mine = TRY(claim_exclusive(first, last));
+  Result<void> r = merge_partial_edges(mine, offset, data.size(), data);
+  if (r) r = write_all_at(store_.data(), offset, data);
+  if (r)
+    for (const Run& run : mine) store_.mark_present(run.first, run.count);
+  release_all(mine, r);
+  TRY(r);
+  if (d == Durability::Fua) TRY(store_.commit());
+  return ok();
+}
+
+Result<void> StreamingDevice::zero_local(uint64_t offset, uint64_t length, bool may_punch) {
+  File& f = store_.data();
+  Result<void> r = Error{ENOTSUP, ""};
+  if (may_punch) r = f.punch_hole(offset, length);
+  if (!r && r.error().code == ENOTSUP) r = f.zero_range(offset, length);
+  if (!r && r.error().code == ENOTSUP) {
+    std::vector<std::byte> zeros(std::min<uint64_t>(length, 1u << 20));
+    for (uint64_t done = 0; done < length;) {
+      const uint64_t n = std::min<uint64_t>(zeros.size(), length - done);
+      TRY(write_all_at(f, offset + done, std::span(zeros).first(n)));
+      done += n;
+    }
+    r = ok();
+  }
+  return r;
+}
+
+Result<void> StreamingDevice::write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z,
+                                           Durability d) {
+  IMG_CHECK(length > 0 && offset + length <= size());
+  const uint64_t end = offset + length;
+  const uint64_t first = offset / region_size_, last = (end - 1) / region_size_;
+  std::vector<Run> mine = TRY(claim_exclusive(first, last));
+  Result<void> r;
+  if (z.fast_only && needs_merge(mine, offset, length))
+    r = Error{ENOTSUP, "zeroing part of a region not yet local is not fast"};
+  if (r) r = merge_partial_edges(mine, offset, length, {});
+  if (r) r = zero_local(offset, length, z.may_trim);
+  if (r)
+    for (const Run& run : mine) store_.mark_present(run.first, run.count);
+  release_all(mine, r);
+  TRY(r);
+  if (d == Durability::Fua) TRY(store_.commit());
+  return ok();
+}
+
+Result<void> StreamingDevice::trim(uint64_t offset, uint64_t length, Durability d) {
+  IMG_CHECK(length > 0 && offset + length <= size());
+  // Only whole regions are worth anything: a trimmed missing region needs no fetch, ever.
+  const uint64_t first = (offset + region_size_ - 1) / region_size_;
+  const uint64_t end = offset + length;
+  const uint64_t last_end = end == size() ? store_.regions() : end / region_size_;
+  if (first >= last_end) return ok();
+  std::vector<Run> mine = TRY(claim_exclusive(first, last_end - 1));
+  const uint64_t a = first * region_size_, b = std::min(last_end * region_size_, size());
+  // Trim is a hint, but a region marked present must read back as something defined.
+  Result<void> r = zero_local(a, b - a, true);
+  if (r)
+    for (const Run& run : mine) store_.mark_present(run.first, run.count);
+  release_all(mine, r);
+  TRY(r);
+  if (d == Durability::Fua) TRY(store_.commit());
+  return ok();
+}
+
+Result<void> StreamingDevice::flush() { return store_.commit(); }
+
+// --- block status -------------------------------------------------------------------
+
+std::vector<std::string> StreamingDevice::meta_contexts() const {
+  return {kBaseAllocation, kPresentContext};
+}
+
+Result<void> StreamingDevice::status_allocation(uint64_t offset, uint64_t length,
+                                                std::vector<Extent>& out) {
+  // Present regions: the local file's holes; missing regions: the source's.
+  const uint64_t end = offset + length;
+  uint64_t pos = offset;
+  while (pos < end && out.size() < 1024) {
+    const uint64_t r = pos / region_size_;
+    const bool here = store_.present(r);
+    uint64_t run_end = pos;
+    for (uint64_t q = r; q * region_size_ < end && store_.present(q) == here; ++q)
+      run_end = std::min(end, (q + 1) * region_size_);
+    if (here) {
+      TRY(file_extents(store_.data(), pos, run_end - pos, out, 64));
+    } else if (source::Source* src = current_source()) {
+      TRY(src->block_status(pos, run_end - pos, out));
+    } else {
+      out.push_back(Extent{run_end - pos, 0});
+    }
+    pos = offset;
+    for (const Extent& e : out) pos += e.length;
+  }
+  return ok();
+}
+
+Result<void> StreamingDevice::block_status(size_t context, uint64_t offset, uint64_t length,
+                                           std::vector<Extent>& out) {
+  IMG_CHECK(length > 0 && offset + length <= size() && context < 2);
+  if (context == 0) return status_allocation(offset, length, out);
+  const uint64_t end = offset + length;
+  for (uint64_t pos = offset; pos < end && out.size() < 4096;) {
+    const bool here = store_.present(pos / region_size_);
+    uint64_t next = std::min(end, (pos / region_size_ + 1) * region_size_);
+    while (next < end && store_.present(next / region_size_) == here)
+      next = std::min(end, next + region_size_);
+    out.push_back(Extent{next - pos, here ? kStatePresent : 0});
+    pos = next;
+  }
+  return ok();
+}
+
+}  // namespace imgstream::stream

@@ -1,0 +1,261 @@
+#include "stream/streaming_device.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <random>
+#include <thread>
+
+#include "stream/hydrator.h"
+
+namespace imgstream::stream {
+namespace {
+
+// A Source over memory that completes reads on its own thread, counts them, and can be
+// told to fail.
+class MemSource final : public source::Source {
+ public:
+  explicit MemSource(std::vector<std::byte> image) : image_(std::move(image)) {}
+  ~MemSource() override { close(); }
+  uint64_t size() const override { return image_.size(); }
+  const std::string& uri() const override { return uri_; }
+  void read_async(uint64_t offset, std::span<std::byte> buf, source::ReadDone done) override {
+    reads_++;
+    bytes_ += buf.size();
+    std::thread([this, offset, buf, done = std::move(done)] {
+      if (delay_us_) ::usleep(delay_us_);
+      if (fail_) return done(Error::io("injected source failure"));
+      std::copy_n(image_.begin() + static_cast<ptrdiff_t>(offset), buf.size(), buf.begin());
+      done(ok());
+    }).detach();
+  }
+  Result<void> block_status(uint64_t offset, uint64_t length, std::vector<Extent>& out) override {
+    // Zero runs of 64 KiB granularity are reported as holes.
+    constexpr uint64_t g = 64 * 1024;
+    for (uint64_t pos = offset; pos < offset + length;) {
+      const uint64_t n = std::min(g - pos % g, offset + length - pos);
+      bool zero = std::all_of(image_.begin() + static_cast<ptrdiff_t>(pos),
+                              image_.begin() + static_cast<ptrdiff_t>(pos + n),
+                              [](std::byte b) { return b == std::byte{0}; });
+      out.push_back(Extent{n, zero ? kStateHole | kStateZero : 0u});
+      pos += n;
+    }
+    return ok();
+  }
+  std::atomic<int> reads_{0};
+  std::atomic<uint64_t> bytes_{0};
+  std::atomic<bool> fail_{false};
+  std::atomic<int> delay_us_{0};
+
+ private:
+  std::vector<std::byte> image_;
+  std::string uri_ = "mem://image";
+};
+
+std::vector<std::byte> make_image(size_t size, uint32_t seed) {
+  std::vector<std::byte> v(size);
+  std::mt19937 rng(seed);
+  for (auto& b : v) b = std::byte(rng() & 0xff);
+  // A zero stretch in the middle, for hole handling.
+  std::fill(v.begin() + static_cast<ptrdiff_t>(size / 2),
+            v.begin() + static_cast<ptrdiff_t>(size / 2 + size / 8), std::byte{0});
+  return v;
+}
+
+class StreamingTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/imgstream-stream-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    image_ = make_image(kSize, 7);
+    src_ = std::make_unique<MemSource>(image_);
+  }
+  void TearDown() override {
+    dev_.reset();
+    store_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void open(uint32_t region = kRegion) {
+    store::StoreOptions o;
+    o.dir = dir_ + "/store";
+    o.image_size = image_.size();
+    o.region_size = region;
+    o.source_uri = src_->uri();
+    auto s = store::LocalStore::open_or_create(*Env::posix(), o);
+    ASSERT_TRUE(s) << s.error().message;
+    store_ = std::move(*s);
+    dev_ = std::make_unique<StreamingDevice>(*store_, src_.get());
+  }
+  void reopen() {
+    dev_.reset();
+    store_.reset();
+    open();
+  }
+  std::vector<std::byte> read(uint64_t off, size_t len) {
+    std::vector<std::byte> b(len);
+    auto r = dev_->read(off, b);
+    EXPECT_TRUE(r) << r.error().message;
+    return b;
+  }
+  std::vector<std::byte> slice(uint64_t off, size_t len) {
+    return {image_.begin() + static_cast<ptrdiff_t>(off),
+            image_.begin() + static_cast<ptrdiff_t>(off + len)};
+  }
+
+  static constexpr size_t kSize = 8u << 20;
+  static constexpr uint32_t kRegion = 64 * 1024;
+  std::string dir_;
+  std::vector<std::byte> image_;
+  std::unique_ptr<MemSource> src_;
+  std::unique_ptr<store::LocalStore> store_;
+  std::unique_ptr<StreamingDevice> dev_;
+};
+
+TEST_F(StreamingTest, ReadsEqualTheImageAndStayLocal) {
+  open();
+  EXPECT_EQ(read(0, 4096), slice(0, 4096));
+  EXPECT_EQ(read(100000, 300000), slice(100000, 300000));  // unaligned, several regions
+  EXPECT_EQ(read(kSize - 10, 10), slice(kSize - 10, 10));
+  const int reads = src_->reads_;
+  EXPECT_EQ(read(0, 4096), slice(0, 4096));
+  EXPECT_EQ(read(100000, 300000), slice(100000, 300000));
+  EXPECT_EQ(src_->reads_, reads) << "present regions must be read locally";
+  // Adjacent missing regions are coalesced into one source request.
+  const int before = src_->reads_;
+  read(4u << 20, 8 * kRegion);
+  EXPECT_EQ(src_->reads_, before + 1);
+}
+
+TEST_F(StreamingTest, ConcurrentReadersShareOneFetch) {
+  open();
+  src_->delay_us_ = 20000;
+  std::vector<std::thread> t;
+  for (int i = 0; i < 8; ++i) t.emplace_back([&] { EXPECT_EQ(read(kRegion, 100), slice(kRegion, 100)); });
+  for (auto& th : t) th.join();
+  EXPECT_EQ(src_->reads_, 1);
+}
+
+TEST_F(StreamingTest, PartialWriteMergesWholeWriteDoesNotFetch) {
+  open();
+  std::vector<std::byte> data(100, std::byte{0xab});
+  ASSERT_TRUE(dev_->write(kRegion + 10, data, Durability::Buffered));
+  EXPECT_EQ(src_->reads_, 1);  // fetch and merge
+  auto got = read(kRegion, kRegion);
+  auto want = slice(kRegion, kRegion);
+  std::copy(data.begin(), data.end(), want.begin() + 10);
+  EXPECT_EQ(got, want);
+  // A whole-region write needs no fetch.
+  std::vector<std::byte> whole(2 * kRegion, std::byte{0xcd});
+  ASSERT_TRUE(dev_->write(4 * kRegion, whole, Durability::Fua));
+  EXPECT_EQ(src_->reads_, 1);
+  EXPECT_EQ(read(4 * kRegion, 2 * kRegion), whole);
+}
+
+TEST_F(StreamingTest, TrimAndZeroOfWholeRegionsNeedNoFetch) {
+  open();
+  ASSERT_TRUE(dev_->write_zeroes(2 * kRegion, 3 * kRegion, ZeroFlags{}, Durability::Buffered));
+  ASSERT_TRUE(dev_->trim(10 * kRegion, 2 * kRegion, Durability::Buffered));
+  EXPECT_EQ(src_->reads_, 0);
+  EXPECT_EQ(read(2 * kRegion, 3 * kRegion), std::vector<std::byte>(3 * kRegion));
+  // Zeroing part of a missing region fetches the rest; FAST_ZERO refuses it.
+  ZeroFlags fast;
+  fast.fast_only = true;
+  auto r = dev_->write_zeroes(20 * kRegion + 5, 100, fast, Durability::Buffered);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ENOTSUP);
+  ASSERT_TRUE(dev_->write_zeroes(20 * kRegion + 5, 100, ZeroFlags{}, Durability::Buffered));
+  auto want = slice(20 * kRegion, kRegion);
+  std::fill(want.begin() + 5, want.begin() + 105, std::byte{0});
+  EXPECT_EQ(read(20 * kRegion, kRegion), want);
+}
+
+TEST_F(StreamingTest, FlushedStateSurvivesReopen) {
+  open();
+  read(0, 3 * kRegion);
+  std::vector<std::byte> data(kRegion, std::byte{0x5a});
+  ASSERT_TRUE(dev_->write(7 * kRegion, data, Durability::Buffered));
+  ASSERT_TRUE(dev_->flush());
+  reopen();
+  EXPECT_TRUE(store_->present(0) && store_->present(2) && store_->present(7));
+  EXPECT_FALSE(store_->present(3));
+  const int reads = src_->reads_;
+  EXPECT_EQ(read(7 * kRegion, kRegion), data);
+  EXPECT_EQ(read(0, 3 * kRegion), slice(0, 3 * kRegion));
+  EXPECT_EQ(src_->reads_, reads);
+}
+
+TEST_F(StreamingTest, RefusesAStoreOfAnotherImage) {
+  open();
+  dev_.reset();
+  store_.reset();
+  store::StoreOptions o;
+  o.dir = dir_ + "/store";
+  o.image_size = image_.size() * 2;
+  o.region_size = kRegion;
+  auto s = store::LocalStore::open_or_create(*Env::posix(), o);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("another image"), std::string::npos) << s.error().message;
+  o.image_size = image_.size();
+  o.fingerprint[0] = std::byte{1};
+  s = store::LocalStore::open_or_create(*Env::posix(), o);
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("fingerprint"), std::string::npos);
+}
+
+TEST_F(StreamingTest, HydrationCompletesSkipsHolesAndKeepsClientWrites) {
+  open();
+  std::vector<std::byte> data(3 * kRegion + 17, std::byte{0x77});
+  ASSERT_TRUE(dev_->write(30 * kRegion + 3, data, Durability::Buffered));
+  std::atomic<bool> complete{false};
+  HydratorOptions ho;
+  ho.batch_bytes = 4 * kRegion;
+  Hydrator h(*dev_, *store_, *src_, ho, [&] { complete = true; });
+  h.start();
+  // Client writes while hydration runs must never be overwritten by it.
+  std::vector<std::byte> later(kRegion, std::byte{0x99});
+  ASSERT_TRUE(dev_->write(100 * kRegion, later, Durability::Buffered));
+  for (int i = 0; i < 2000 && !complete; ++i) ::usleep(5000);
+  ASSERT_TRUE(complete);
+  h.stop();
+  EXPECT_TRUE(store_->complete());
+  auto want = image_;
+  std::copy(data.begin(), data.end(), want.begin() + 30 * kRegion + 3);
+  std::copy(later.begin(), later.end(), want.begin() + 100 * kRegion);
+  EXPECT_EQ(read(0, kSize), want);
+  // The zero eighth of the image was not fetched.
+  EXPECT_LE(src_->bytes_.load(), kSize - kSize / 8 + 2 * kRegion);
+  EXPECT_GT(store_->fetched(store::FetchKind::Background), 0u);
+}
+
+TEST_F(StreamingTest, SourceFailureIsAnErrorNotAHang) {
+  open();
+  src_->fail_ = true;
+  std::vector<std::byte> b(4096);
+  auto r = dev_->read(0, b);
+  ASSERT_FALSE(r);
+  EXPECT_FALSE(store_->present(0));
+  src_->fail_ = false;
+  EXPECT_EQ(read(0, 4096), slice(0, 4096));
+}
+
+TEST_F(StreamingTest, BlockStatusShowsPresenceAndSourceHoles) {
+  open();
+  read(0, 2 * kRegion);
+  std::vector<Extent> ex;
+  ASSERT_TRUE(dev_->block_status(1, 0, 4 * kRegion, ex));
+  ASSERT_EQ(ex.size(), 2u);
+  EXPECT_EQ(ex[0].length, 2 * kRegion);
+  EXPECT_EQ(ex[0].flags, kStatePresent);
+  EXPECT_EQ(ex[1].flags, 0u);
+  ex.clear();
+  ASSERT_TRUE(dev_->block_status(0, kSize / 2, kRegion, ex));
+  ASSERT_FALSE(ex.empty());
+  EXPECT_EQ(ex[0].flags & kStateZero, kStateZero);
+}
+
+}  // namespace
+}  // namespace imgstream::stream
