@@ -19,6 +19,9 @@ inline constexpr int kExitUsage = 2;
 using Runner = std::function<int()>;
 
 Runner add_serve(CLI::App& app);
+Runner add_stream(CLI::App& app);
+Runner add_status(CLI::App& app);
+Runner add_ctl(CLI::App& app);
 
 // Prints "imgstream: error: MESSAGE" on stderr.
 void print_error(const std::string& message);

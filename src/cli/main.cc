@@ -40,8 +40,14 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "Only errors on stderr");
 
   std::vector<std::pair<CLI::App*, cli::Runner>> commands;
-  cli::Runner serve = cli::add_serve(app);
-  commands.emplace_back(app.get_subcommand("serve"), serve);
+  commands.emplace_back(nullptr, cli::add_serve(app));
+  commands.back().first = app.get_subcommand("serve");
+  commands.emplace_back(nullptr, cli::add_stream(app));
+  commands.back().first = app.get_subcommand("stream");
+  commands.emplace_back(nullptr, cli::add_status(app));
+  commands.back().first = app.get_subcommand("status");
+  commands.emplace_back(nullptr, cli::add_ctl(app));
+  commands.back().first = app.get_subcommand("ctl");
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,155 @@
+// imgstream stream SOURCE --store DIR: boot/run from a remote image now; the local store is
+// hydrated on demand and in the background; detached from the source when complete.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/env.h"
+#include "base/log.h"
+#include "base/units.h"
+#include "cli/cli.h"
+#include "cli/run_server.h"
+#include "nbd/server.h"
+#include "stream/streamer.h"
+
+namespace imgstream::cli {
+
+namespace {
+
+struct StreamArgs {
+  std::string source;
+  std::string store;
+  std::vector<std::string> listen;
+  std::string export_name;
+  std::string region_size = "1M";
+  std::string rate = "0";
+  std::string batch = "8M";
+  std::string device;
+  std::string run;
+  double io_timeout_s = 30;
+  unsigned in_flight = 4;
+  bool no_background = false;
+  bool paused = false;
+};
+
+int run_stream(const StreamArgs& a) {
+  block_stop_signals();
+  stream::StreamerOptions o;
+  o.source = a.source;
+  o.store_dir = a.store;
+  o.device_path = a.device;
+  o.background = !a.no_background;
+  o.io_timeout = std::chrono::milliseconds(static_cast<int64_t>(a.io_timeout_s * 1000));
+  o.request_timeout = std::min(o.io_timeout, std::chrono::milliseconds(10'000));
+  o.hydrate.in_flight = a.in_flight;
+  o.hydrate.start_paused = a.paused;
+  auto region = parse_size(a.region_size);
+  auto rate = parse_size(a.rate);
+  auto batch = parse_size(a.batch);
+  for (auto* r : {&region, &rate, &batch})
+    if (!*r) {
+      print_error(r->error().message);
+      return kExitUsage;
+    }
+  if (*region > UINT32_MAX) {
+    print_error("--region-size " + a.region_size + " is too large");
+    return kExitUsage;
+  }
+  o.region_size = static_cast<uint32_t>(*region);
+  o.hydrate.rate_bytes_per_second = *rate;
+  o.hydrate.batch_bytes = *batch;
+
+  auto streamer = stream::Streamer::open(*Env::posix(), o);
+  if (!streamer) {
+    print_error("stream " + a.source + " into " + a.store + ": " + streamer.error().message);
+    return kExitFailure;
+  }
+  nbd::ServerOptions so;
+  so.exports.push_back(nbd::Export{a.export_name, "imgstream stream of " + a.source,
+                                   &(*streamer)->device(), false});
+  for (const std::string& l : a.listen) {
+    auto addr = parse_address(l);
+    if (!addr) {
+      print_error(addr.error().message);
+      return kExitUsage;
+    }
+    so.listen.push_back(*addr);
+  }
+  bool private_addr = false;
+  if (so.listen.empty()) {
+    if (!a.run.empty()) {
+      auto p = private_socket();
+      if (!p) {
+        print_error(p.error().message);
+        return kExitFailure;
+      }
+      so.listen.push_back(*p);
+      private_addr = true;
+    } else {
+      so.listen.push_back(*parse_address(kDefaultListen));
+    }
+  }
+  auto server = nbd::Server::create(std::move(so));
+  if (!server) {
+    print_error(server.error().message);
+    return kExitFailure;
+  }
+  const Address first = (*server)->addresses().front();
+  (*streamer)->start();
+  LOG_INFO("streaming {} into {}", a.source, a.store);
+  int status = run_server(**server, a.export_name, a.run);
+  server->reset();
+  if (private_addr) remove_private_socket(first);
+  auto r = (*streamer)->stop();
+  if (!r) {
+    print_error("store " + a.store + ": " + r.error().message);
+    return kExitFailure;
+  }
+  return status;
+}
+
+}  // namespace
+
+Runner add_stream(CLI::App& app) {
+  auto a = std::make_shared<StreamArgs>();
+  CLI::App* cmd = app.add_subcommand(
+      "stream",
+      "Serve a remote image over NBD now, keeping every block read on the local store and\n"
+      "copying the rest in the background; when the copy is complete the source is let go.\n"
+      "Run again on the same store to resume after a crash or a stop.");
+  cmd->add_option("SOURCE", a->source,
+                  "The image: an NBD URI (nbd://host:port/export, nbd+unix:///export?socket=PATH) "
+                  "or a local path")
+      ->required();
+  cmd->add_option("--store", a->store, "Store directory: the local copy and its state")->required();
+  cmd->add_option("--listen", a->listen,
+                  "Address to serve on: unix:PATH or tcp:HOST:PORT (repeatable; default "
+                  "tcp:127.0.0.1:10809, or a private unix socket with --run)");
+  cmd->add_option("--export", a->export_name, "Export name to serve (default: empty)");
+  cmd->add_option("--region-size", a->region_size,
+                  "Unit of fetching and of the presence bitmap, a power of two from 4K to 1G")
+      ->check(size_validator())
+      ->capture_default_str();
+  cmd->add_option("--rate", a->rate, "Limit background hydration to RATE bytes/s (0: no limit)")
+      ->check(size_validator())
+      ->capture_default_str();
+  cmd->add_option("--batch", a->batch, "Bytes per background request")
+      ->check(size_validator())
+      ->capture_default_str();
+  cmd->add_option("--in-flight", a->in_flight, "Background requests in flight")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
+  cmd->add_option("--io-timeout", a->io_timeout_s,
+                  "Seconds a source read is retried before the client sees EIO")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  cmd->add_option("--device", a->device,
+                  "Keep the local copy on this file or block device instead of STORE/data");
+  cmd->add_flag("--no-background", a->no_background, "Fetch on demand only");
+  cmd->add_flag("--paused", a->paused, "Start with background hydration paused");
+  cmd->add_option("--run", a->run,
+                  "Captive mode: run CMD under sh -c with $uri set, stop when it exits");
+  return [a] { return run_stream(*a); };
+}
+
+}  // namespace imgstream::cli

@@ -1,0 +1,299 @@
+#include "stream/streamer.h"
+
+#include <openssl/evp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "base/check.h"
+#include "base/endian.h"
+#include "base/log.h"
+#include "base/units.h"
+#include "io/socket.h"
+#include "source/file_source.h"
+#include "source/nbd_source.h"
+
+namespace imgstream::stream {
+
+using store::StoreState;
+
+bool is_nbd_uri(const std::string& s) {
+  return s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbds://") ||
+         s.starts_with("nbds+unix://") || s.starts_with("nbd+vsock://");
+}
+
+Result<store::Fingerprint> fingerprint(source::Source& src) {
+  constexpr uint64_t kEdge = 64 * 1024;
+  const uint64_t size = src.size();
+  const uint64_t head = std::min(kEdge, size);
+  const uint64_t tail = std::min(kEdge, size);
+  std::vector<std::byte> buf(8 + head + tail);
+  le::put64(buf.data(), size);
+  TRY_CTX(src.read(0, std::span(buf).subspan(8, head)), "fingerprint of " + src.uri());
+  TRY_CTX(src.read(size - tail, std::span(buf).subspan(8 + head, tail)),
+          "fingerprint of " + src.uri());
+  store::Fingerprint fp{};
+  unsigned int len = 0;
+  if (EVP_Digest(buf.data(), buf.size(), reinterpret_cast<unsigned char*>(fp.data()), &len,
+                 EVP_sha256(), nullptr) != 1 ||
+      len != fp.size())
+    return Error::io("SHA-256 failed");
+  return fp;
+}
+
+Result<void> Streamer::open_sources() {
+  if (is_nbd_uri(opt_.source)) {
+    source::NbdSourceOptions so;
+    so.io_timeout = opt_.io_timeout;
+    so.request_timeout = std::min(opt_.request_timeout, opt_.io_timeout);
+    demand_src_ = TRY(source::NbdSource::open(opt_.source, so));
+    // Background hydration gets its own connection, so that its large requests never
+    // queue ahead of a demand read inside one connection.
+    if (opt_.background) {
+      auto bg = source::NbdSource::open(opt_.source, so);
+      if (bg) background_src_ = std::move(*bg);
+      else LOG_WARN("second connection to {} failed ({}): hydrating over the first", opt_.source, bg.error().message);
+    }
+  } else {
+    demand_src_ = TRY(source::FileSource::open(env_, opt_.source));
+  }
+  return ok();
+}
+
+Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions& o) {
+  std::unique_ptr<Streamer> s(new Streamer(env, o));
+  // A store that is already whole needs no source at all: run from the local disk.
+  auto existing = store::LocalStore::read_status(env, o.store_dir);
+  const bool whole = existing && existing->slot.count_present() == existing->header.regions();
+  store::StoreOptions so;
+  so.dir = o.store_dir;
+  so.region_size = o.region_size;
+  so.device_path = o.device_path;
+  if (whole) {
+    so.image_size = existing->header.image_size;
+    so.fingerprint = existing->header.fingerprint;
+    so.source_uri = existing->header.source_uri;
+    so.region_size = existing->header.region_size;
+  } else {
+    TRY_CTX(s->open_sources(), "source " + o.source);
+    so.image_size = s->demand_src_->size();
+    so.source_uri = s->demand_src_->uri();
+    so.fingerprint = TRY(fingerprint(*s->demand_src_));
+    if (existing) so.region_size = o.region_size ? o.region_size : existing->header.region_size;
+  }
+  s->store_ = TRY(store::LocalStore::open_or_create(env, so));
+  s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get());
+  if (whole) {
+    s->store_->set_state(StoreState::Detached);
+  } else if (s->store_->state() != StoreState::Error) {
+    s->store_->set_state(o.hydrate.start_paused ? StoreState::Paused : StoreState::Streaming);
+  } else {
+    s->store_->set_state(StoreState::Streaming);  // resuming is a new try
+  }
+  TRY(s->store_->commit());
+  if (!whole && o.background) {
+    source::Source& bg = s->background_src_ ? *s->background_src_ : *s->demand_src_;
+    s->hydrator_ = std::make_unique<Hydrator>(*s->device_, *s->store_, bg, o.hydrate,
+                                              [p = s.get()] { p->on_complete(); });
+  }
+  return s;
+}
+
+Streamer::~Streamer() { (void)stop(); }
+
+void Streamer::start() {
+  commit_thread_ = std::thread([this] { commit_loop(); });
+  // The control socket is a convenience: a store path too long for a socket goes without.
+  Address a;
+  a.kind = Address::Kind::Unix;
+  a.path = opt_.store_dir + "/" + kControlSocketName;
+  auto fd = listen_on(a);
+  control_wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (fd && control_wake_.valid()) {
+    control_fd_ = std::move(*fd);
+    control_thread_ = std::thread([this] { control_loop(); });
+  } else if (!fd) {
+    LOG_WARN("no control socket: {}", fd.error().message);
+  }
+  if (hydrator_) hydrator_->start();
+}
+
+Result<void> Streamer::stop() {
+  {
+    std::lock_guard lock(mu_);
+    if (stopped_) return ok();
+    stopped_ = stopping_ = true;
+  }
+  cv_.notify_all();
+  if (hydrator_) hydrator_->stop();
+  if (commit_thread_.joinable()) commit_thread_.join();
+  if (control_thread_.joinable()) {
+    uint64_t one = 1;
+    (void)!::write(control_wake_.get(), &one, sizeof one);
+    control_thread_.join();
+    ::unlink((opt_.store_dir + "/" + kControlSocketName).c_str());
+  }
+  return store_->commit();
+}
+
+void Streamer::on_complete() {
+  // Everything is local: make it durable, then let the source go.
+  auto r = store_->commit();
+  if (!r) {
+    LOG_ERROR("final commit failed: {}", r.error().message);
+    store_->set_state(StoreState::Error, r.error().message);
+    return;
+  }
+  store_->set_state(StoreState::Complete);
+  (void)store_->commit();
+  device_->detach_source();
+  if (background_src_) background_src_->close();
+  if (demand_src_) demand_src_->close();
+  store_->set_state(StoreState::Detached);
+  r = store_->commit();
+  if (!r) LOG_ERROR("commit failed: {}", r.error().message);
+  LOG_INFO("hydration complete: {} detached from {}", opt_.store_dir, opt_.source);
+  cv_.notify_all();
+}
+
+bool Streamer::wait_detached(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] {
+    return store_->state() == StoreState::Detached || stopping_;
+  }) && store_->state() == StoreState::Detached;
+}
+
+void Streamer::commit_loop() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    cv_.wait_for(lock, kCommitInterval);
+    if (stopping_) break;
+    lock.unlock();
+    auto r = store_->commit();
+    if (!r) LOG_WARN("periodic commit failed: {}", r.error().message);
+    lock.lock();
+  }
+}
+
+void Streamer::pause() {
+  if (hydrator_) hydrator_->pause();
+}
+void Streamer::resume() {
+  if (hydrator_) hydrator_->resume();
+}
+void Streamer::set_rate(uint64_t bps) {
+  if (hydrator_) hydrator_->set_rate(bps);
+}
+
+nlohmann::json Streamer::status() const {
+  const auto& h = store_->header();
+  nlohmann::json j;
+  j["state"] = store::state_name(store_->state());
+  j["image_size"] = h.image_size;
+  j["region_size"] = h.region_size;
+  j["regions_total"] = store_->regions();
+  j["regions_present"] = store_->regions_present();
+  j["bytes_fetched_demand"] = store_->fetched(store::FetchKind::Demand);
+  j["bytes_fetched_background"] = store_->fetched(store::FetchKind::Background);
+  j["source"] = h.source_uri;
+  j["store"] = opt_.store_dir;
+  j["daemon_running"] = true;
+  j["rate_limit"] = hydrator_ ? hydrator_->rate() : 0;
+  auto st = store::LocalStore::read_status(env_, opt_.store_dir);
+  if (st && !st->slot.error_message.empty()) j["error"] = st->slot.error_message;
+  return j;
+}
+
+// One command per line, one JSON line back: "status", "pause", "resume", "rate BYTES".
+std::string Streamer::handle_command(const std::string& line) {
+  nlohmann::json reply;
+  if (line == "status") return status().dump();
+  if (line == "pause") {
+    pause();
+  } else if (line == "resume") {
+    resume();
+  } else if (line.starts_with("rate ")) {
+    auto r = parse_size(line.substr(5));
+    if (!r) {
+      reply["error"] = r.error().message;
+      return reply.dump();
+    }
+    set_rate(*r);
+  } else {
+    reply["error"] = "unknown command '" + line + "'";
+    return reply.dump();
+  }
+  reply["ok"] = true;
+  return reply.dump();
+}
+
+void Streamer::control_loop() {
+  pollfd fds[2] = {{control_fd_.get(), POLLIN, 0}, {control_wake_.get(), POLLIN, 0}};
+  for (;;) {
+    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
+    if (fds[1].revents) return;
+    if (!(fds[0].revents & POLLIN)) continue;
+    UniqueFd c(::accept4(control_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c.valid()) continue;
+    // Bounded: one short line, two seconds to send it.
+    timeval tv{2, 0};
+    ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[256];
+    size_t got = 0;
+    while (got < sizeof buf) {
+      ssize_t n = ::recv(c.get(), buf + got, sizeof buf - got, 0);
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+      if (std::memchr(buf, '\n', got)) break;
+    }
+    std::string line(buf, got);
+    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+    std::string reply = handle_command(line) + "\n";
+    (void)!::send(c.get(), reply.data(), reply.size(), MSG_NOSIGNAL);
+  }
+}
+
+Result<nlohmann::json> control_request(const std::string& dir, const std::string& command) {
+  Address a;
+  a.kind = Address::Kind::Unix;
+  a.path = dir + "/" + kControlSocketName;
+  UniqueFd fd = TRY(connect_to(a));
+  timeval tv{5, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  const std::string line = command + "\n";
+  if (::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) < 0)
+    return Error::from_errno(errno, "send to " + a.path);
+  std::string reply;
+  char buf[4096];
+  while (reply.find('\n') == std::string::npos && reply.size() < 65536) {
+    ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n < 0) return Error::from_errno(errno, "read from " + a.path);
+    if (n == 0) break;
+    reply.append(buf, static_cast<size_t>(n));
+  }
+  auto j = nlohmann::json::parse(reply, nullptr, false);
+  if (j.is_discarded()) return Error::io("bad reply from " + a.path);
+  return j;
+}
+
+Result<nlohmann::json> stored_status(Env& env, const std::string& dir) {
+  auto st = TRY(store::LocalStore::read_status(env, dir));
+  nlohmann::json j;
+  j["state"] = store::state_name(st.slot.state);
+  j["image_size"] = st.header.image_size;
+  j["region_size"] = st.header.region_size;
+  j["regions_total"] = st.header.regions();
+  j["regions_present"] = st.slot.count_present();
+  j["bytes_fetched_demand"] = st.slot.bytes_fetched_demand;
+  j["bytes_fetched_background"] = st.slot.bytes_fetched_background;
+  j["source"] = st.header.source_uri;
+  j["store"] = dir;
+  j["daemon_running"] = false;
+  if (!st.slot.error_message.empty()) j["error"] = st.slot.error_message;
+  return j;
+}
+
+}  // namespace imgstream::stream

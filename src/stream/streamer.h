@@ -1,0 +1,106 @@
+// Streamer: one streamed image put together: the source(s), the local store, the
+// StreamingDevice, the background Hydrator, the commit timer and the control socket.
+// `imgstream stream` exports streamer.device() over NBD; tests drive it directly.
+//
+// Lifecycle: open() resumes or creates the store (refusing another image's store),
+// start() begins hydration and the timers, stop() ends them with a final commit. When
+// every region is present the source is closed and the state becomes `detached`; a store
+// already complete is opened without any source at all.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "base/env.h"
+#include "base/unique_fd.h"
+#include "source/source.h"
+#include "store/local_store.h"
+#include "stream/hydrator.h"
+#include "stream/streaming_device.h"
+
+namespace imgstream::stream {
+
+inline constexpr std::chrono::milliseconds kCommitInterval{1000};
+inline constexpr const char* kControlSocketName = "ctl.sock";
+
+struct StreamerOptions {
+  std::string source;  // NBD URI or local path
+  std::string store_dir;
+  uint32_t region_size = 1u << 20;
+  std::string device_path;  // optional external local disk
+  HydratorOptions hydrate;
+  bool background = true;  // false: fetch on demand only
+  std::chrono::milliseconds io_timeout{30'000};
+  std::chrono::milliseconds request_timeout{10'000};
+};
+
+class Streamer {
+ public:
+  static Result<std::unique_ptr<Streamer>> open(Env& env, const StreamerOptions& o);
+  ~Streamer();
+
+  BlockDevice& device() { return *device_; }
+  store::LocalStore& store() { return *store_; }
+
+  void start();
+  // Stops hydration and timers and commits. Idempotent.
+  Result<void> stop();
+
+  void pause();
+  void resume();
+  void set_rate(uint64_t bytes_per_second);
+  // Blocks until the store is detached or `timeout` passes; true when detached.
+  bool wait_detached(std::chrono::milliseconds timeout);
+
+  // The status object of DESIGN.md (live values).
+  nlohmann::json status() const;
+
+ private:
+  Streamer(Env& env, StreamerOptions o) : env_(env), opt_(std::move(o)) {}
+  Result<void> open_sources();
+  void on_complete();
+  void commit_loop();
+  void control_loop();
+  std::string handle_command(const std::string& line);
+
+  Env& env_;
+  StreamerOptions opt_;
+  std::unique_ptr<source::Source> demand_src_;
+  std::unique_ptr<source::Source> background_src_;  // a second connection, or null
+  std::unique_ptr<store::LocalStore> store_;
+  std::unique_ptr<StreamingDevice> device_;
+  std::unique_ptr<Hydrator> hydrator_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  bool stopped_ = false;
+  std::thread commit_thread_;
+  std::thread control_thread_;
+  UniqueFd control_fd_;
+  UniqueFd control_wake_;  // eventfd that ends control_loop
+  std::thread complete_thread_;
+};
+
+// SHA-256 over the image size and its first and last 64 KiB (docs/store-format.md).
+Result<store::Fingerprint> fingerprint(source::Source& src);
+
+// Sends one command to the streamer running on store `dir` and returns its JSON reply.
+// ECONNREFUSED / ENOENT when none runs.
+Result<nlohmann::json> control_request(const std::string& dir, const std::string& command);
+
+// The status of a store read from disk (no streamer needed): the same fields as
+// Streamer::status(), as of the last commit, with daemon_running false.
+Result<nlohmann::json> stored_status(Env& env, const std::string& dir);
+
+// Whether a SOURCE string names an NBD server (else it is a local path).
+bool is_nbd_uri(const std::string& s);
+
+}  // namespace imgstream::stream
