@@ -10,6 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstring>
 
 namespace imgstream {
@@ -144,12 +145,26 @@ Result<UniqueFd> connect_to(const Address& a) {
   return fd;
 }
 
+std::string uri_escape(std::string_view s) {
+  // RFC 3986 unreserved characters and '/' pass; everything else is %XX (UTF-8 bytes too).
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+      out += static_cast<char>(c);
+    } else {
+      out += fmt::format("%{:02X}", c);
+    }
+  }
+  return out;
+}
+
 std::string nbd_uri(const Address& a, std::string_view export_name) {
+  const std::string name = uri_escape(export_name);
   if (a.kind == Address::Kind::Unix)
-    return fmt::format("nbd+unix:///{}?socket={}", export_name, a.path);
+    return fmt::format("nbd+unix:///{}?socket={}", name, uri_escape(a.path));
   if (a.host.find(':') != std::string::npos)
-    return fmt::format("nbd://[{}]:{}/{}", a.host, a.port, export_name);
-  return fmt::format("nbd://{}:{}/{}", a.host, a.port, export_name);
+    return fmt::format("nbd://[{}]:{}/{}", a.host, a.port, name);
+  return fmt::format("nbd://{}:{}/{}", a.host, a.port, name);
 }
 
 }  // namespace imgstream

@@ -32,7 +32,10 @@ Result<UniqueFd> listen_on(Address& addr);
 
 Result<UniqueFd> connect_to(const Address& addr);
 
-// "nbd://127.0.0.1:10809/name" or "nbd+unix:///name?socket=/path".
+// Percent-encodes all but RFC 3986's unreserved characters and '/'.
+std::string uri_escape(std::string_view s);
+
+// "nbd://127.0.0.1:10809/name" or "nbd+unix:///name?socket=/path", percent-encoded.
 std::string nbd_uri(const Address& addr, std::string_view export_name);
 
 }  // namespace imgstream
