@@ -13,6 +13,14 @@ namespace {
 
 std::string meta_path(const std::string& dir) { return dir + "/meta"; }
 
+std::string parent_dir(const std::string& dir) {
+  std::string d = dir;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  const size_t slash = d.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : d.substr(0, slash);
+}
+
 // Generation g lives in slot (g - 1) mod 2: each commit overwrites the older slot.
 int slot_index(uint64_t generation) { return static_cast<int>((generation - 1) % 2); }
 
@@ -102,6 +110,8 @@ Result<void> LocalStore::create(const StoreOptions& o) {
   }
   TRY(env_.rename(tmp, meta_path(dir_)));
   TRY(env_.sync_dir(dir_));
+  // The store directory itself is new too: its entry in the parent must be durable.
+  TRY(env_.sync_dir(parent_dir(dir_)));
   meta_ = TRY(env_.open(meta_path(dir_), OpenMode::ReadWrite));
   adopt_slot(first);
   return ok();

@@ -1,0 +1,63 @@
+// Test helpers for the streaming layer: a Source over memory.
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+#include <vector>
+
+#include "source/source.h"
+
+namespace imgstream::stream::testing {
+
+// A Source over memory that completes reads on its own thread, counts them, and can be
+// told to fail.
+class MemSource final : public source::Source {
+ public:
+  explicit MemSource(std::vector<std::byte> image) : image_(std::move(image)) {}
+  ~MemSource() override { close(); }
+  uint64_t size() const override { return image_.size(); }
+  const std::string& uri() const override { return uri_; }
+  void read_async(uint64_t offset, std::span<std::byte> buf, source::ReadDone done) override {
+    reads_++;
+    bytes_ += buf.size();
+    auto work = [this, offset, buf, done = std::move(done)] {
+      if (delay_us_) ::usleep(delay_us_);
+      if (fail_) return done(Error::io("injected source failure"));
+      std::copy_n(image_.begin() + static_cast<ptrdiff_t>(offset), buf.size(), buf.begin());
+      done(ok());
+    };
+    if (inline_) {
+      work();
+    } else {
+      std::thread(std::move(work)).detach();
+    }
+  }
+  Result<void> block_status(uint64_t offset, uint64_t length, std::vector<Extent>& out) override {
+    // Zero runs of 64 KiB granularity are reported as holes.
+    constexpr uint64_t g = 64 * 1024;
+    for (uint64_t pos = offset; pos < offset + length;) {
+      const uint64_t n = std::min(g - pos % g, offset + length - pos);
+      bool zero = std::all_of(image_.begin() + static_cast<ptrdiff_t>(pos),
+                              image_.begin() + static_cast<ptrdiff_t>(pos + n),
+                              [](std::byte b) { return b == std::byte{0}; });
+      out.push_back(Extent{n, zero ? kStateHole | kStateZero : 0u});
+      pos += n;
+    }
+    return ok();
+  }
+  std::atomic<int> reads_{0};
+  std::atomic<uint64_t> bytes_{0};
+  std::atomic<bool> fail_{false};
+  std::atomic<int> delay_us_{0};
+  bool inline_ = false;  // complete reads on the caller's thread (deterministic order)
+
+ private:
+  std::vector<std::byte> image_;
+  std::string uri_ = "mem://image";
+};
+
+
+}  // namespace imgstream::stream::testing
