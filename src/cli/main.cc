@@ -53,8 +53,7 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
-    cli::print_error(e.what());
-    std::fprintf(stderr, "Run '%s --help' for usage.\n", argv[0]);
+    cli::print_error(std::string(e.what()) + " (see 'imgstream --help')");
     return cli::kExitUsage;
   }
   set_log_level(quiet ? LogLevel::Error
