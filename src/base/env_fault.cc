@@ -11,21 +11,36 @@ namespace {
 
 const char* op_name(FaultOp op) {
   switch (op) {
-    case FaultOp::Open: return "open";
-    case FaultOp::Read: return "read";
-    case FaultOp::Write: return "write";
-    case FaultOp::Sync: return "fdatasync";
-    case FaultOp::Size: return "stat";
-    case FaultOp::Truncate: return "truncate";
-    case FaultOp::PunchHole: return "punch";
-    case FaultOp::ZeroRange: return "zero";
-    case FaultOp::Seek: return "lseek";
-    case FaultOp::Exists: return "stat";
-    case FaultOp::Rename: return "rename";
-    case FaultOp::Remove: return "remove";
-    case FaultOp::Mkdir: return "mkdir";
-    case FaultOp::SyncDir: return "fsync directory";
-    case FaultOp::ListDir: return "open directory";
+    case FaultOp::Open:
+      return "open";
+    case FaultOp::Read:
+      return "read";
+    case FaultOp::Write:
+      return "write";
+    case FaultOp::Sync:
+      return "fdatasync";
+    case FaultOp::Size:
+      return "stat";
+    case FaultOp::Truncate:
+      return "truncate";
+    case FaultOp::PunchHole:
+      return "punch";
+    case FaultOp::ZeroRange:
+      return "zero";
+    case FaultOp::Seek:
+      return "lseek";
+    case FaultOp::Exists:
+      return "stat";
+    case FaultOp::Rename:
+      return "rename";
+    case FaultOp::Remove:
+      return "remove";
+    case FaultOp::Mkdir:
+      return "mkdir";
+    case FaultOp::SyncDir:
+      return "fsync directory";
+    case FaultOp::ListDir:
+      return "open directory";
   }
   return "?";
 }
@@ -126,8 +141,7 @@ class FaultEnv::FaultFile final : public File {
  public:
   FaultFile(std::shared_ptr<State> state, std::unique_ptr<File> inner, std::string path,
             uint64_t epoch)
-      : state_(std::move(state)), inner_(std::move(inner)), path_(std::move(path)),
-        epoch_(epoch) {}
+      : state_(std::move(state)), inner_(std::move(inner)), path_(std::move(path)), epoch_(epoch) {}
 
   Result<size_t> read_at(uint64_t offset, std::span<std::byte> buf) override {
     size_t limit = TRY(admit(FaultOp::Read));

@@ -41,7 +41,9 @@ struct Node {
   std::map<std::string, std::shared_ptr<Node>> durable_entries;
 };
 
-uint64_t pages_spanned(uint64_t size_bytes) { return (size_bytes + kPage - 1) / kPage; }
+uint64_t pages_spanned(uint64_t size_bytes) {
+  return (size_bytes + kPage - 1) / kPage;
+}
 
 // A page that may be written: copied first when it is shared, created zeroed when absent.
 Page& writable_page(Contents& c, uint64_t index) {
@@ -176,8 +178,36 @@ bool is_prefix(const std::vector<std::string>& prefix, const std::vector<std::st
 }  // namespace
 
 struct MemEnv::State {
+  State() : root(new_dir()) {}
+
+  // Durable links can form reference cycles between directories (see drop_unsynced), so
+  // the directories are unlinked by hand when the file system goes; a cycle cut off by a
+  // drop lives until then. Files hold no links.
+  ~State() {
+    for (auto& weak : dirs) {
+      if (auto d = weak.lock()) {
+        d->entries.clear();
+        d->durable_entries.clear();
+      }
+    }
+  }
+
+  // A new directory, registered so that cycles through it can be broken.
+  std::shared_ptr<Node> new_dir() {
+    auto d = std::make_shared<Node>(/*dir=*/true);
+    if (dirs.size() >= dirs_pruned_size * 2) {
+      std::erase_if(dirs, [](const std::weak_ptr<Node>& w) { return w.expired(); });
+      dirs_pruned_size = std::max<size_t>(dirs.size(), 64);
+    }
+    dirs.push_back(d);
+    return d;
+  }
+
   std::mutex mu;
-  const std::shared_ptr<Node> root = std::make_shared<Node>(/*dir=*/true);
+  // Every directory ever made that may still be alive; pruned when it doubles.
+  std::vector<std::weak_ptr<Node>> dirs;
+  size_t dirs_pruned_size = 64;
+  const std::shared_ptr<Node> root;
   // Bumped by every drop_unsynced(): a File of an older generation is dead.
   uint64_t generation = 0;
 };
@@ -332,8 +362,8 @@ Result<std::unique_ptr<File>> MemEnv::open(const std::string& path, OpenMode mod
     node = std::make_shared<Node>(/*dir=*/false);
     dir->entries.emplace(parts.back(), node);
   }
-  return std::unique_ptr<File>(new MemFile(state_, std::move(node), path, state_->generation,
-                                           mode != OpenMode::ReadOnly));
+  return std::unique_ptr<File>(
+      new MemFile(state_, std::move(node), path, state_->generation, mode != OpenMode::ReadOnly));
 }
 
 Result<bool> MemEnv::exists(const std::string& path) {
@@ -399,7 +429,7 @@ Result<void> MemEnv::mkdir(const std::string& path) {
     if (it->second->is_dir) return ok();
     return Error::from_errno(EEXIST, "mkdir " + path);
   }
-  dir->entries.emplace(parts.back(), std::make_shared<Node>(/*dir=*/true));
+  dir->entries.emplace(parts.back(), state_->new_dir());
   return ok();
 }
 

@@ -209,8 +209,11 @@ class PosixEnv final : public Env {
   }
 
   Result<void> mkdir(const std::string& path) override {
-    if (::mkdir(path.c_str(), 0755) == 0 || errno == EEXIST) return ok();
-    return Error::from_errno(errno, "mkdir " + path);
+    if (::mkdir(path.c_str(), 0755) == 0) return ok();
+    const int err = errno;
+    struct stat st {};
+    if (err == EEXIST && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return ok();
+    return Error::from_errno(err, "mkdir " + path);
   }
 
   Result<void> sync_dir(const std::string& path) override {

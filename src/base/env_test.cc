@@ -25,27 +25,27 @@ namespace {
 #define IMG_CAT(a, b) IMG_CAT_(a, b)
 
 // Asserts that a Result holds a value, printing the error message otherwise.
-#define ASSERT_OK(expr)                                               \
-  do {                                                                \
-    auto _ok_r = (expr);                                              \
+#define ASSERT_OK(expr)                                                       \
+  do {                                                                        \
+    auto _ok_r = (expr);                                                      \
     ASSERT_TRUE(_ok_r.has_value()) << #expr << ": " << _ok_r.error().message; \
   } while (0)
 
-#define ASSERT_OK_AND_ASSIGN(lhs, expr)                                                 \
-  auto IMG_CAT(_ok_r, __LINE__) = (expr);                                               \
-  ASSERT_TRUE(IMG_CAT(_ok_r, __LINE__).has_value())                                     \
-      << #expr << ": " << IMG_CAT(_ok_r, __LINE__).error().message;                      \
+#define ASSERT_OK_AND_ASSIGN(lhs, expr)                             \
+  auto IMG_CAT(_ok_r, __LINE__) = (expr);                           \
+  ASSERT_TRUE(IMG_CAT(_ok_r, __LINE__).has_value())                 \
+      << #expr << ": " << IMG_CAT(_ok_r, __LINE__).error().message; \
   lhs = std::move(IMG_CAT(_ok_r, __LINE__)).value()
 
 // Asserts that a Result holds an error with the given errno.
-#define EXPECT_ERRNO(expr, err)                                                \
-  do {                                                                         \
-    auto _err_r = (expr);                                                      \
-    if (_err_r.has_value()) {                                                  \
-      ADD_FAILURE() << #expr << " succeeded, expected errno " << (err);        \
-    } else {                                                                   \
-      EXPECT_EQ(_err_r.error().code, (err)) << _err_r.error().message;         \
-    }                                                                          \
+#define EXPECT_ERRNO(expr, err)                                         \
+  do {                                                                  \
+    auto _err_r = (expr);                                               \
+    if (_err_r.has_value()) {                                           \
+      ADD_FAILURE() << #expr << " succeeded, expected errno " << (err); \
+    } else {                                                            \
+      EXPECT_EQ(_err_r.error().code, (err)) << _err_r.error().message;  \
+    }                                                                   \
   } while (0)
 
 std::span<const std::byte> as_bytes(std::string_view s) {
@@ -232,8 +232,8 @@ TEST_P(EnvContract, PunchHoleReadsZerosAndKeepsSize) {
   auto r = f->punch_hole(100, 20000);
   if (!r && r.error().code == ENOTSUP) GTEST_SKIP() << "no hole punching here";
   ASSERT_OK(r);
-  std::string want = std::string(100, 'a') + std::string(20000, '\0') +
-                     std::string(kSize - 20100, 'a');
+  std::string want =
+      std::string(100, 'a') + std::string(20000, '\0') + std::string(kSize - 20100, 'a');
   EXPECT_EQ(slurp(*f), want);
   // Past the end: the size stays.
   ASSERT_OK(f->punch_hole(kSize - 10, 1000));
@@ -249,8 +249,8 @@ TEST_P(EnvContract, ZeroRangeReadsZerosAndKeepsSize) {
   auto r = f->zero_range(4095, 8194);
   if (!r && r.error().code == ENOTSUP) GTEST_SKIP() << "no zero range here";
   ASSERT_OK(r);
-  std::string want = std::string(4095, 'z') + std::string(8194, '\0') +
-                     std::string(kSize - 4095 - 8194, 'z');
+  std::string want =
+      std::string(4095, 'z') + std::string(8194, '\0') + std::string(kSize - 4095 - 8194, 'z');
   EXPECT_EQ(slurp(*f), want);
   ASSERT_OK(f->zero_range(kSize - 1, 100));
   ASSERT_OK_AND_ASSIGN(uint64_t size, f->size());
@@ -641,6 +641,21 @@ TEST_F(Durability, DirectoriesMovedIntoEachOtherDoNotLoop) {
   EXPECT_TRUE(exists("/d/a/b/a/b"));
 }
 
+TEST_F(Durability, UnreachableCyclesAreFreed) {
+  // As above, inside an undurable directory /x: after the drop the cycle hangs from
+  // nothing; ASan's leak check tells whether the MemEnv frees it when it goes.
+  ASSERT_OK(env_.mkdir("/x"));
+  ASSERT_OK(env_.mkdir("/x/a"));
+  ASSERT_OK(env_.mkdir("/x/a/b"));
+  ASSERT_OK(env_.sync_dir("/x"));
+  ASSERT_OK(env_.sync_dir("/x/a"));
+  ASSERT_OK(env_.rename("/x/a/b", "/x/b"));
+  ASSERT_OK(env_.rename("/x/a", "/x/b/a"));
+  ASSERT_OK(env_.sync_dir("/x/b"));
+  env_.drop_unsynced();
+  EXPECT_FALSE(exists("/x"));
+}
+
 // ---------------------------------------------------------------------------------------
 // FaultEnv.
 
@@ -795,7 +810,7 @@ TEST_F(Faults, ConcurrentCallsAreCountedExactly) {
 
 TEST_F(Faults, CrashStopsEverythingUntilRestart) {
   ASSERT_OK_AND_ASSIGN(auto f, env_.open("/f", OpenMode::CreateOrOpen));  // point 1
-  ASSERT_OK(env_.sync_dir("/"));                                           // point 2
+  ASSERT_OK(env_.sync_dir("/"));                                          // point 2
   env_.set_crash_at(4);
   ASSERT_OK(write_all_at(*f, 0, as_bytes("synced")));  // point 3
   std::array<std::byte, 4> b{};

@@ -11,7 +11,7 @@
 namespace imgstream {
 
 Result<uint64_t> parse_size(std::string_view text);
-// "1.5 GiB", "512 KiB", "17 B": for progress lines and messages.
+// "1.5 GiB", "512.0 KiB", "17 B": for progress lines and messages.
 std::string format_size(uint64_t bytes);
 
 }  // namespace imgstream
