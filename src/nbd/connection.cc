@@ -82,9 +82,13 @@ void Connection::run() {
   auto neg = negotiate(stream, exports_);
   if (!neg) {
     LOG_INFO("handshake failed: {}", neg.error().message);
+    ::shutdown(fd_.get(), SHUT_RDWR);  // now, not when the server reaps us (up to 1 s later)
     return;
   }
-  if (!neg->has_value()) return;  // client aborted
+  if (!neg->has_value()) {  // client aborted
+    ::shutdown(fd_.get(), SHUT_RDWR);
+    return;
+  }
   set_recv_timeout(fd_.get(), 0);
   neg_ = std::move(**neg);
   dev_ = neg_.exp->device;
@@ -144,6 +148,7 @@ Result<void> Connection::recv_exact(std::span<std::byte> buf) {
 // Handles every complete request in rbuf_. False when the connection must end.
 bool Connection::process_buffer() {
   for (;;) {
+    if (dead_) return false;  // the client is gone: its buffered requests need no work
     const size_t avail = rend_ - rstart_;
     if (avail < kRequestHeaderBytes) return true;
     std::byte* p = rbuf_.get() + rstart_;

@@ -37,7 +37,6 @@ inline constexpr size_t kBatchRequestsMax = 512;
 inline constexpr size_t kInflightMax = 256;
 inline constexpr size_t kInflightBytesMax = 256u << 20;
 inline constexpr int kHandshakeTimeoutSeconds = 30;
-inline constexpr uint32_t kPayloadMax = 32u << 20;  // NBD's customary maximum
 
 static_assert(kInlinePayloadMax >= (1u << 20), "1 MiB writes should take the inline path");
 static_assert(kBatchBytesMax >= kChunkHeaderBytes + 8 + (1u << 20),

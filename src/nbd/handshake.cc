@@ -38,7 +38,8 @@ class Reader {
   bool u32(uint32_t& v) { return take(4) ? (v = get_u32(&d_[pos_ - 4]), true) : false; }
   bool str(uint32_t len, std::string& out) {
     if (len > kStringBytesMax || !take(len)) return false;
-    out.assign(reinterpret_cast<const char*>(&d_[pos_ - len]), len);
+    // data() + offset, not &d_[...]: an empty string may end the data (index == size()).
+    out.assign(reinterpret_cast<const char*>(d_.data() + (pos_ - len)), len);
     return true;
   }
   size_t left() const { return d_.size() - pos_; }
@@ -110,7 +111,7 @@ Result<const Export*> handle_info_go(Stream& s, uint32_t opt, std::span<const st
   append_u16(b, kInfoBlockSize);
   append_u32(b, caps.block_size_min);
   append_u32(b, caps.block_size_preferred);
-  append_u32(b, caps.block_size_max);
+  append_u32(b, std::min(caps.block_size_max, kPayloadMax));
   TRY(send_reply(s, opt, kRepInfo, b));
   if (want_name) {
     b.clear();

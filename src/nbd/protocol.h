@@ -75,6 +75,8 @@ inline constexpr uint32_t kStructuredReplyMagic = 0x668e33ef;
 inline constexpr size_t kRequestHeaderBytes = 28;
 inline constexpr size_t kSimpleReplyBytes = 16;
 inline constexpr size_t kChunkHeaderBytes = 20;
+// The largest READ / WRITE payload we accept: NBD's customary maximum.
+inline constexpr uint32_t kPayloadMax = 32u << 20;
 
 enum Command : uint16_t {
   kCmdRead = 0,
