@@ -17,8 +17,9 @@ namespace imgstream::cli {
 namespace {
 
 Result<nlohmann::json> current_status(const std::string& dir) {
+  // A live reply has a state (its "error" field, if any, is the stream's failure reason).
   auto live = stream::control_request(dir, "status");
-  if (live && !live->contains("error")) return live;
+  if (live && live->contains("state")) return live;
   return stream::stored_status(*Env::posix(), dir);
 }
 

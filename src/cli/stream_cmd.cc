@@ -21,7 +21,7 @@ struct StreamArgs {
   std::string store;
   std::vector<std::string> listen;
   std::string export_name;
-  std::string region_size = "1M";
+  std::string region_size;  // empty: the store's own, or 1M for a new store
   std::string rate = "0";
   std::string batch = "8M";
   std::string device;
@@ -43,7 +43,7 @@ int run_stream(const StreamArgs& a) {
   o.request_timeout = std::min(o.io_timeout, std::chrono::milliseconds(10'000));
   o.hydrate.in_flight = a.in_flight;
   o.hydrate.start_paused = a.paused;
-  auto region = parse_size(a.region_size);
+  auto region = parse_size(a.region_size.empty() ? "0" : a.region_size);
   auto rate = parse_size(a.rate);
   auto batch = parse_size(a.batch);
   for (auto* r : {&region, &rate, &batch})
@@ -127,9 +127,9 @@ Runner add_stream(CLI::App& app) {
                   "tcp:127.0.0.1:10809, or a private unix socket with --run)");
   cmd->add_option("--export", a->export_name, "Export name to serve (default: empty)");
   cmd->add_option("--region-size", a->region_size,
-                  "Unit of fetching and of the presence bitmap, a power of two from 4K to 1G")
-      ->check(size_validator())
-      ->capture_default_str();
+                  "Unit of fetching and of the presence bitmap, a power of two from 4K to 1G "
+                  "(default: 1M for a new store, the store's own when resuming)")
+      ->check(size_validator());
   cmd->add_option("--rate", a->rate, "Limit background hydration to RATE bytes/s (0: no limit)")
       ->check(size_validator())
       ->capture_default_str();

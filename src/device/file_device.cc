@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "base/check.h"
 
@@ -65,17 +66,27 @@ Result<void> FileDevice::trim(uint64_t offset, uint64_t length, Durability d) {
   return ok();
 }
 
+Result<void> zero_file_range(File& f, uint64_t offset, uint64_t length, bool may_punch,
+                             bool fast_only) {
+  Result<void> r = Error{ENOTSUP, ""};
+  if (may_punch) r = f.punch_hole(offset, length);
+  if (!r && r.error().code == ENOTSUP) r = f.zero_range(offset, length);
+  if (r || r.error().code != ENOTSUP) return r;
+  if (fast_only) return Error{ENOTSUP, "fast zero not supported on " + f.path()};
+  static constexpr uint64_t kChunk = 1u << 20;
+  std::vector<std::byte> zeros(std::min(kChunk, length));
+  for (uint64_t done = 0; done < length;) {
+    const uint64_t n = std::min<uint64_t>(zeros.size(), length - done);
+    TRY(write_all_at(f, offset + done, std::span(zeros).first(n)));
+    done += n;
+  }
+  return ok();
+}
+
 Result<void> FileDevice::write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z,
                                       Durability d) {
   IMG_CHECK(access_ == Access::ReadWrite && offset + length <= size_);
-  Result<void> r = Error{ENOTSUP, ""};
-  if (z.may_trim) r = file_->punch_hole(offset, length);
-  if (!r && r.error().code == ENOTSUP) r = file_->zero_range(offset, length);
-  if (!r) {
-    if (r.error().code != ENOTSUP) return r;
-    if (z.fast_only) return Error{ENOTSUP, "fast zero not supported on " + file_->path()};
-    return BlockDevice::write_zeroes(offset, length, z, d);
-  }
+  TRY(zero_file_range(*file_, offset, length, z.may_trim, z.fast_only));
   if (d == Durability::Fua) TRY(file_->sync());
   return ok();
 }

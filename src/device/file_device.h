@@ -18,6 +18,12 @@ enum class Access { ReadOnly, ReadWrite };
 Result<void> file_extents(File& f, uint64_t offset, uint64_t length, std::vector<Extent>& out,
                           size_t max_extents = 1024);
 
+// Makes [offset, offset + length) of a file read as zeros: punches a hole (when may_punch),
+// else zeroes the range in place (FALLOC_FL_ZERO_RANGE), else, unless fast_only, writes
+// zeros. ENOTSUP when fast_only and only writing would do.
+Result<void> zero_file_range(File& f, uint64_t offset, uint64_t length, bool may_punch,
+                             bool fast_only = false);
+
 class FileDevice final : public BlockDevice {
  public:
   static Result<std::unique_ptr<FileDevice>> open(Env& env, const std::string& path, Access a);

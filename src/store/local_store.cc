@@ -235,6 +235,11 @@ StoreState LocalStore::state() const {
   return state_;
 }
 
+std::string LocalStore::error_message() const {
+  std::lock_guard lock(state_mu_);
+  return error_message_;
+}
+
 std::vector<uint8_t> LocalStore::snapshot_bitmap() const {
   std::vector<uint8_t> bytes(header_.bitmap_bytes());
   for (size_t w = 0; w < word_count_; ++w) {

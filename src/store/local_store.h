@@ -72,6 +72,7 @@ class LocalStore {
   uint64_t fetched(FetchKind k) const;
   void set_state(StoreState s, std::string error_message = {});
   StoreState state() const;
+  std::string error_message() const;
 
   // Makes every write to data() so far durable, then commits the bitmap, counters and
   // state to the next slot. Skipped when nothing changed since the last commit.

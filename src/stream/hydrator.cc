@@ -194,6 +194,7 @@ void Hydrator::loop() {
     }
     throttle(n * store_.region_size(), lock);
     if (stopping_) break;
+    if (paused_) continue;  // paused while waiting for tokens: fetch nothing more
     ++in_flight_;
     lock.unlock();
     const uint64_t claimed = dev_.fetch_background(r, n, [this](Result<void> res) {

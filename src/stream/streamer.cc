@@ -70,19 +70,22 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
   const bool whole = existing && existing->slot.count_present() == existing->header.regions();
   store::StoreOptions so;
   so.dir = o.store_dir;
-  so.region_size = o.region_size;
+  // 0 means: the store's own region size when resuming, the default when new.
+  so.region_size = o.region_size ? o.region_size
+                                 : existing ? existing->header.region_size
+                                            : kRegionSizeDefault;
   so.device_path = o.device_path;
   if (whole) {
     so.image_size = existing->header.image_size;
     so.fingerprint = existing->header.fingerprint;
     so.source_uri = existing->header.source_uri;
     so.region_size = existing->header.region_size;
+    TRY(s->check_whole_store_source(existing->header));
   } else {
     TRY_CTX(s->open_sources(), "source " + o.source);
     so.image_size = s->demand_src_->size();
     so.source_uri = s->demand_src_->uri();
     so.fingerprint = TRY(fingerprint(*s->demand_src_));
-    if (existing) so.region_size = o.region_size ? o.region_size : existing->header.region_size;
   }
   s->store_ = TRY(store::LocalStore::open_or_create(env, so));
   s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get());
@@ -103,6 +106,35 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
 }
 
 Streamer::~Streamer() { (void)stop(); }
+
+// A complete store needs no source. But when the user names one that answers, it must
+// be the image the store was made from: a store never serves another image's data.
+Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
+  if (opt_.source.empty()) return ok();
+  std::unique_ptr<source::Source> src;
+  if (is_nbd_uri(opt_.source)) {
+    source::NbdSourceOptions so;
+    so.io_timeout = so.request_timeout = std::chrono::milliseconds(2000);
+    auto r = source::NbdSource::open(opt_.source, so);
+    if (r) src = std::move(*r);
+  } else {
+    auto r = source::FileSource::open(env_, opt_.source);
+    if (r) src = std::move(*r);
+  }
+  if (!src) {
+    LOG_INFO("store {} is complete; source {} not reachable, not needed", opt_.store_dir, opt_.source);
+    return ok();
+  }
+  const bool same = src->size() == h.image_size && [&] {
+    auto fp = fingerprint(*src);
+    return fp && *fp == h.fingerprint;
+  }();
+  src->close();
+  if (!same)
+    return Error{EEXIST, "store " + opt_.store_dir + " was made for another image than " +
+                             opt_.source + " (made from " + h.source_uri + ")"};
+  return ok();
+}
 
 void Streamer::start() {
   commit_thread_ = std::thread([this] { commit_loop(); });
@@ -136,7 +168,8 @@ Result<void> Streamer::stop() {
     control_thread_.join();
     ::unlink((opt_.store_dir + "/" + kControlSocketName).c_str());
   }
-  return store_->commit();
+  // open() may have failed before the store existed.
+  return store_ ? store_->commit() : ok();
 }
 
 void Streamer::on_complete() {
@@ -172,6 +205,8 @@ void Streamer::commit_loop() {
     cv_.wait_for(lock, kCommitInterval);
     if (stopping_) break;
     lock.unlock();
+    // Without background hydration, demand reads alone may complete the store.
+    if (!hydrator_ && store_->complete() && store_->state() != StoreState::Detached) on_complete();
     auto r = store_->commit();
     if (!r) LOG_WARN("periodic commit failed: {}", r.error().message);
     lock.lock();
@@ -202,8 +237,7 @@ nlohmann::json Streamer::status() const {
   j["store"] = opt_.store_dir;
   j["daemon_running"] = true;
   j["rate_limit"] = hydrator_ ? hydrator_->rate() : 0;
-  auto st = store::LocalStore::read_status(env_, opt_.store_dir);
-  if (st && !st->slot.error_message.empty()) j["error"] = st->slot.error_message;
+  if (std::string e = store_->error_message(); !e.empty()) j["error"] = e;
   return j;
 }
 

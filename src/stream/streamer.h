@@ -28,12 +28,13 @@
 namespace imgstream::stream {
 
 inline constexpr std::chrono::milliseconds kCommitInterval{1000};
+inline constexpr uint32_t kRegionSizeDefault = 1u << 20;
 inline constexpr const char* kControlSocketName = "ctl.sock";
 
 struct StreamerOptions {
   std::string source;  // NBD URI or local path
   std::string store_dir;
-  uint32_t region_size = 1u << 20;
+  uint32_t region_size = 0;  // 0: the store's own when resuming, else kRegionSizeDefault
   std::string device_path;  // optional external local disk
   HydratorOptions hydrate;
   bool background = true;  // false: fetch on demand only
@@ -65,6 +66,7 @@ class Streamer {
  private:
   Streamer(Env& env, StreamerOptions o) : env_(env), opt_(std::move(o)) {}
   Result<void> open_sources();
+  Result<void> check_whole_store_source(const store::StoreHeader& h);
   void on_complete();
   void commit_loop();
   void control_loop();

@@ -229,7 +229,7 @@ Result<uint64_t> StreamingDevice::fill_hole(uint64_t first, uint64_t count) {
     const uint64_t offset = run.first * region_size_;
     const uint64_t bytes = std::min(run.count * region_size_, size() - offset);
     // A crash may have left half a fetch in the data file: make it zero for real.
-    auto r = zero_local(offset, bytes, true);
+    auto r = zero_file_range(store_.data(), offset, bytes, true);
     if (r) {
       store_.mark_present(run.first, run.count);
       marked += run.count;
@@ -333,32 +333,23 @@ Result<void> StreamingDevice::write(uint64_t offset, std::span<const std::byte> 
   IMG_CHECK(!data.empty() && offset + data.size() <= size());
   const uint64_t end = offset + data.size();
   const uint64_t first = offset / region_size_, last = (end - 1) / region_size_;
+  return with_claims(first, last, d, [&](const std::vector<Run>& mine) -> Result<void> {
+    TRY(merge_partial_edges(mine, offset, data.size(), data));
+    return write_all_at(store_.data(), offset, data);
+  });
+}
+
+Result<void> StreamingDevice::with_claims(
+    uint64_t first, uint64_t last, Durability d,
+    const std::function<Result<void>(const std::vector<Run>&)>& work) {
   std::vector<Run> mine = TRY(claim_exclusive(first, last));
-  Result<void> r = merge_partial_edges(mine, offset, data.size(), data);
-  if (r) r = write_all_at(store_.data(), offset, data);
+  Result<void> r = work(mine);
   if (r)
     for (const Run& run : mine) store_.mark_present(run.first, run.count);
   release_all(mine, r);
   TRY(r);
   if (d == Durability::Fua) TRY(store_.commit());
   return ok();
-}
-
-Result<void> StreamingDevice::zero_local(uint64_t offset, uint64_t length, bool may_punch) {
-  File& f = store_.data();
-  Result<void> r = Error{ENOTSUP, ""};
-  if (may_punch) r = f.punch_hole(offset, length);
-  if (!r && r.error().code == ENOTSUP) r = f.zero_range(offset, length);
-  if (!r && r.error().code == ENOTSUP) {
-    std::vector<std::byte> zeros(std::min<uint64_t>(length, 1u << 20));
-    for (uint64_t done = 0; done < length;) {
-      const uint64_t n = std::min<uint64_t>(zeros.size(), length - done);
-      TRY(write_all_at(f, offset + done, std::span(zeros).first(n)));
-      done += n;
-    }
-    r = ok();
-  }
-  return r;
 }
 
 Result<void> StreamingDevice::write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z,
@@ -366,18 +357,12 @@ Result<void> StreamingDevice::write_zeroes(uint64_t offset, uint64_t length, Zer
   IMG_CHECK(length > 0 && offset + length <= size());
   const uint64_t end = offset + length;
   const uint64_t first = offset / region_size_, last = (end - 1) / region_size_;
-  std::vector<Run> mine = TRY(claim_exclusive(first, last));
-  Result<void> r;
-  if (z.fast_only && needs_merge(mine, offset, length))
-    r = Error{ENOTSUP, "zeroing part of a region not yet local is not fast"};
-  if (r) r = merge_partial_edges(mine, offset, length, {});
-  if (r) r = zero_local(offset, length, z.may_trim);
-  if (r)
-    for (const Run& run : mine) store_.mark_present(run.first, run.count);
-  release_all(mine, r);
-  TRY(r);
-  if (d == Durability::Fua) TRY(store_.commit());
-  return ok();
+  return with_claims(first, last, d, [&](const std::vector<Run>& mine) -> Result<void> {
+    if (z.fast_only && needs_merge(mine, offset, length))
+      return Error{ENOTSUP, "zeroing part of a region not yet local is not fast"};
+    TRY(merge_partial_edges(mine, offset, length, {}));
+    return zero_file_range(store_.data(), offset, length, z.may_trim);
+  });
 }
 
 Result<void> StreamingDevice::trim(uint64_t offset, uint64_t length, Durability d) {
@@ -387,16 +372,11 @@ Result<void> StreamingDevice::trim(uint64_t offset, uint64_t length, Durability 
   const uint64_t end = offset + length;
   const uint64_t last_end = end == size() ? store_.regions() : end / region_size_;
   if (first >= last_end) return ok();
-  std::vector<Run> mine = TRY(claim_exclusive(first, last_end - 1));
   const uint64_t a = first * region_size_, b = std::min(last_end * region_size_, size());
   // Trim is a hint, but a region marked present must read back as something defined.
-  Result<void> r = zero_local(a, b - a, true);
-  if (r)
-    for (const Run& run : mine) store_.mark_present(run.first, run.count);
-  release_all(mine, r);
-  TRY(r);
-  if (d == Durability::Fua) TRY(store_.commit());
-  return ok();
+  return with_claims(first, last_end - 1, d, [&](const std::vector<Run>&) {
+    return zero_file_range(store_.data(), a, b - a, true);
+  });
 }
 
 Result<void> StreamingDevice::flush() { return store_.commit(); }

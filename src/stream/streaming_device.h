@@ -121,7 +121,10 @@ class StreamingDevice final : public BlockDevice {
   // Fetches and merges those edge regions; `data` empty means zeros.
   Result<void> merge_partial_edges(const std::vector<Run>& mine, uint64_t offset,
                                    uint64_t length, std::span<const std::byte> data);
-  Result<void> zero_local(uint64_t offset, uint64_t length, bool may_punch);
+  // The shape of every write: claims [first, last] exclusively, runs `work`, marks the
+  // claimed runs present when it succeeded, releases them, and commits for FUA.
+  Result<void> with_claims(uint64_t first, uint64_t last, Durability d,
+                           const std::function<Result<void>(const std::vector<Run>&)>& work);
   Result<void> status_allocation(uint64_t offset, uint64_t length, std::vector<Extent>& out);
 
   store::LocalStore& store_;
