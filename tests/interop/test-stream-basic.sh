@@ -327,4 +327,17 @@ stop_server_ok "$STREAMER_PID"
     fail "paused, yet regions_present went from $pa to $pb once the rate limit was lifted: a batch waiting in the rate limiter is issued despite the pause"
 pass "ctl pause holds a batch waiting for rate tokens"
 
+# ---------------------------------------------------------------- status --watch
+s13="$T/s13"
+start_streamer "$src" "$s13" --rate 16M
+rc=0
+timeout 120 "$IMGSTREAM" status "$s13" --watch --interval 0.2 >"$T/watch.out" 2>&1 || rc=$?
+[[ $rc -eq 0 ]] || { cat "$T/watch.out" >&2; fail "status --watch exited $rc"; }
+grep -qE "streaming +[0-9.]+%.*MB/s +ETA" "$T/watch.out" ||
+    { cat "$T/watch.out" >&2; fail "status --watch printed no live progress line (percent, MB/s, ETA)"; }
+tail -1 "$T/watch.out" | grep -qE "detached +100.0%" ||
+    { cat "$T/watch.out" >&2; fail "status --watch did not end at detached 100%"; }
+stop_server_ok "$STREAMER_PID"
+pass "status --watch shows live progress and ends when the stream is detached"
+
 kill_source "$src_pid" TERM
