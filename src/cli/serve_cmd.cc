@@ -9,6 +9,7 @@
 #include "cli/run_server.h"
 #include "device/file_device.h"
 #include "nbd/server.h"
+#include "profile/tracing_device.h"
 
 namespace imgstream::cli {
 
@@ -21,6 +22,7 @@ struct ServeArgs {
   std::string description;
   bool read_only = false;
   std::string run;
+  std::string trace;
   unsigned threads = nbd::kWorkerThreadsDefault;
 };
 
@@ -32,9 +34,23 @@ int run_serve(const ServeArgs& args) {
     print_error(dev.error().message);
     return kExitFailure;
   }
+  BlockDevice* exported = dev->get();
+  std::unique_ptr<profile::TraceWriter> trace;
+  std::unique_ptr<profile::TracingDevice> traced;
+  if (!args.trace.empty()) {
+    auto t = profile::TraceWriter::create(*Env::posix(), args.trace,
+                                          profile::TraceHeader{.image_size = (*dev)->size()});
+    if (!t) {
+      print_error(t.error().message);
+      return kExitFailure;
+    }
+    trace = std::move(*t);
+    traced = std::make_unique<profile::TracingDevice>(**dev, *trace);
+    exported = traced.get();
+  }
   nbd::ServerOptions opt;
   opt.worker_threads = args.threads;
-  opt.exports.push_back(nbd::Export{args.export_name, args.description, dev->get(), args.read_only});
+  opt.exports.push_back(nbd::Export{args.export_name, args.description, exported, args.read_only});
   bool private_addr = false;
   for (const std::string& l : args.listen) {
     auto a = parse_address(l);
@@ -68,6 +84,13 @@ int run_serve(const ServeArgs& args) {
   int status = run_server(**server, args.export_name, args.run);
   server->reset();
   if (private_addr) remove_private_socket(first);
+  if (trace) {
+    auto r = trace->close();
+    if (!r) {
+      print_error(r.error().message);
+      return kExitFailure;
+    }
+  }
   return status;
 }
 
@@ -93,6 +116,8 @@ Runner add_serve(CLI::App& app) {
   cmd->add_option("--threads", args->threads, "Threads for requests that may block")
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
+  cmd->add_option("--trace", args->trace,
+                  "Record every read (time, offset, length) in FILE (docs/trace-format.md)");
   return [args] { return run_serve(*args); };
 }
 

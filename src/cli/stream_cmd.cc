@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "cli/run_server.h"
 #include "nbd/server.h"
+#include "profile/tracing_device.h"
 #include "stream/streamer.h"
 
 namespace imgstream::cli {
@@ -26,11 +27,29 @@ struct StreamArgs {
   std::string batch = "8M";
   std::string device;
   std::string run;
+  std::string trace;
   double io_timeout_s = 30;
   unsigned in_flight = 4;
   bool no_background = false;
   bool paused = false;
 };
+
+// Whether every region of [offset, offset + length) is present in the store.
+bool regions_present(const store::LocalStore& store, uint64_t offset, uint64_t length) {
+  const uint64_t last = (offset + length - 1) / store.region_size();
+  for (uint64_t r = offset / store.region_size(); r <= last; ++r)
+    if (!store.present(r)) return false;
+  return true;
+}
+
+Result<std::unique_ptr<profile::TraceWriter>> open_stream_trace(stream::Streamer& s,
+                                                                const std::string& path) {
+  const store::StoreHeader& h = s.store().header();
+  return profile::TraceWriter::create(*Env::posix(), path,
+                                      profile::TraceHeader{.image_size = h.image_size,
+                                                           .region_size = h.region_size,
+                                                           .flags = profile::kTraceFlagStreaming});
+}
 
 int run_stream(const StreamArgs& a) {
   block_stop_signals();
@@ -64,9 +83,25 @@ int run_stream(const StreamArgs& a) {
     print_error("stream " + a.source + " into " + a.store + ": " + streamer.error().message);
     return kExitFailure;
   }
+  BlockDevice* exported = &(*streamer)->device();
+  std::unique_ptr<profile::TraceWriter> trace;
+  std::unique_ptr<profile::TracingDevice> traced;
+  if (!a.trace.empty()) {
+    auto t = open_stream_trace(**streamer, a.trace);
+    if (!t) {
+      print_error(t.error().message);
+      return kExitFailure;
+    }
+    trace = std::move(*t);
+    traced = std::make_unique<profile::TracingDevice>(
+        *exported, *trace, [&store = (*streamer)->store()](uint64_t offset, uint64_t length) {
+          return regions_present(store, offset, length);
+        });
+    exported = traced.get();
+  }
   nbd::ServerOptions so;
-  so.exports.push_back(nbd::Export{a.export_name, "imgstream stream of " + a.source,
-                                   &(*streamer)->device(), false});
+  so.exports.push_back(
+      nbd::Export{a.export_name, "imgstream stream of " + a.source, exported, false});
   for (const std::string& l : a.listen) {
     auto addr = parse_address(l);
     if (!addr) {
@@ -104,6 +139,13 @@ int run_stream(const StreamArgs& a) {
   if (!r) {
     print_error("store " + a.store + ": " + r.error().message);
     return kExitFailure;
+  }
+  if (trace) {
+    auto t = trace->close();
+    if (!t) {
+      print_error(t.error().message);
+      return kExitFailure;
+    }
   }
   return status;
 }
@@ -147,6 +189,9 @@ Runner add_stream(CLI::App& app) {
                   "Keep the local copy on this file or block device instead of STORE/data");
   cmd->add_flag("--no-background", a->no_background, "Fetch on demand only");
   cmd->add_flag("--paused", a->paused, "Start with background hydration paused");
+  cmd->add_option("--trace", a->trace,
+                  "Record every read (time, offset, length, served locally or fetched) in FILE "
+                  "(docs/trace-format.md)");
   cmd->add_option("--run", a->run,
                   "Captive mode: run CMD under sh -c with $uri set, stop when it exits");
   return [a] { return run_stream(*a); };
