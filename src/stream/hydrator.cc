@@ -151,8 +151,37 @@ void Hydrator::on_batch_done(Result<void> r) {
   cv_.notify_all();
 }
 
-void Hydrator::loop() {
+bool Hydrator::next_batch(uint64_t cursor, uint64_t batch_regions, uint64_t& first,
+                          uint64_t& count, bool& from_profile) {
+  from_profile = false;
   const uint64_t regions = store_.regions();
+  // The profile first: skip what is present already, coalesce the rest of the run.
+  while (prefetch_run_ < opt_.prefetch.size()) {
+    const PrefetchRun& run = opt_.prefetch[prefetch_run_];
+    const uint64_t end = std::min(run.first_region + run.count, regions);
+    uint64_t r = run.first_region + prefetch_done_;
+    while (r < end && store_.present(r)) ++r;
+    if (r >= end) {
+      ++prefetch_run_;
+      prefetch_done_ = 0;
+      continue;
+    }
+    count = 1;
+    while (count < batch_regions && r + count < end && !store_.present(r + count)) ++count;
+    first = r;
+    from_profile = true;
+    return true;
+  }
+  uint64_t r = store_.next_missing(cursor);
+  if (r >= regions) r = store_.next_missing(0);
+  if (r >= regions) return false;
+  count = 1;
+  while (count < batch_regions && r + count < regions && !store_.present(r + count)) ++count;
+  first = r;
+  return true;
+}
+
+void Hydrator::loop() {
   const uint64_t batch_regions = std::max<uint64_t>(1, opt_.batch_bytes / store_.region_size());
   uint64_t cursor = 0;
   std::unique_lock lock(mu_);
@@ -168,14 +197,12 @@ void Hydrator::loop() {
       on_complete_();
       return;
     }
-    uint64_t r = store_.next_missing(cursor);
-    if (r >= regions) r = store_.next_missing(0);
-    if (r >= regions) {  // all that is missing is claimed by someone: wait for it to land
-      cv_.wait_for(lock, 5ms);
+    uint64_t r = 0, count = 0;
+    bool from_profile = false;
+    if (!next_batch(cursor, batch_regions, r, count, from_profile)) {
+      cv_.wait_for(lock, 5ms);  // all that is missing is claimed by someone: let it land
       continue;
     }
-    uint64_t count = 1;
-    while (count < batch_regions && r + count < regions && !store_.present(r + count)) ++count;
     lock.unlock();
     auto cls = classify(r, count);
     lock.lock();
@@ -184,7 +211,11 @@ void Hydrator::loop() {
       continue;
     }
     const auto [n, hole] = *cls;
-    cursor = r + n;
+    if (from_profile) {
+      prefetch_done_ = r + n - opt_.prefetch[prefetch_run_].first_region;
+    } else {
+      cursor = r + n;
+    }
     if (hole) {
       lock.unlock();
       auto m = dev_.fill_hole(r, n);

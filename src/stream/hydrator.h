@@ -6,6 +6,8 @@
 //   zero locally and marked present.
 // - Demand reads come first: while one waits on the source, the hydrator keeps at most
 //   one batch in flight (never none, so it never starves either).
+// - With a prefetch list, its runs are fetched first, in order, in the same coalesced
+//   batches; then ordinary hydration goes on from the start of the image.
 // - A token bucket limits its rate; pause() / resume() / set_rate() work while it runs.
 // - A batch that fails (the source gave up after its I/O timeout) puts the store in the
 //   error state with the reason and pauses hydration: visible in status, no silent
@@ -26,7 +28,15 @@
 
 namespace imgstream::stream {
 
+// A run of regions to fetch first, in the order given (a boot profile's prediction).
+struct PrefetchRun {
+  uint64_t first_region = 0;
+  uint64_t count = 0;
+};
+
 struct HydratorOptions {
+  // Fetched first, in this order, before ordinary hydration (issue 4: boot profiles).
+  std::vector<PrefetchRun> prefetch;
   uint64_t batch_bytes = 8u << 20;
   unsigned in_flight = 4;
   uint64_t rate_bytes_per_second = 0;  // 0: unlimited
@@ -59,6 +69,10 @@ class Hydrator {
   Result<std::pair<uint64_t, bool>> classify(uint64_t first, uint64_t count);
   void throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock);
   void on_batch_done(Result<void> r);
+  // The next batch: from the prefetch list while it lasts (from_profile), else at the
+  // cursor. False when nothing is missing.
+  bool next_batch(uint64_t cursor, uint64_t batch_regions, uint64_t& first, uint64_t& count,
+                  bool& from_profile);
 
   StreamingDevice& dev_;
   store::LocalStore& store_;
@@ -77,6 +91,9 @@ class Hydrator {
   // Cached source extents: [hole_window_start_, +sum of lengths).
   uint64_t window_start_ = 0;
   std::vector<Extent> window_;
+  // Position in opt_.prefetch: run index and regions of that run already handed out.
+  size_t prefetch_run_ = 0;
+  uint64_t prefetch_done_ = 0;
 
   std::thread thread_;
 };

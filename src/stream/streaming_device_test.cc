@@ -193,6 +193,29 @@ TEST_F(StreamingTest, HydrationCompletesSkipsHolesAndKeepsClientWrites) {
   EXPECT_GT(store_->fetched(store::FetchKind::Background), 0u);
 }
 
+TEST_F(StreamingTest, PrefetchRunsComeFirstInTheirOrder) {
+  open();
+  std::atomic<bool> complete{false};
+  HydratorOptions ho;
+  ho.batch_bytes = 4 * kRegion;
+  ho.in_flight = 1;
+  ho.prefetch = {{50, 6}, {10, 3}, {120, 1}};
+  Hydrator h(*dev_, *store_, *src_, ho, [&] { complete = true; });
+  h.start();
+  for (int i = 0; i < 2000 && !complete; ++i) ::usleep(5000);
+  ASSERT_TRUE(complete);
+  h.stop();
+  std::vector<uint64_t> got;
+  {
+    std::lock_guard lock(src_->log_mu_);
+    got.assign(src_->offsets_.begin(), src_->offsets_.begin() + 4);
+  }
+  // The 6-region run in two batches of at most 4, then the next runs, in profile order.
+  const std::vector<uint64_t> want = {50 * kRegion, 54 * kRegion, 10 * kRegion, 120 * kRegion};
+  EXPECT_EQ(got, want);
+  EXPECT_EQ(read(0, kSize), image_);
+}
+
 TEST_F(StreamingTest, SourceFailureIsAnErrorNotAHang) {
   open();
   src_->fail_ = true;

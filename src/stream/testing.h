@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -23,6 +24,10 @@ class MemSource final : public source::Source {
   void read_async(uint64_t offset, std::span<std::byte> buf, source::ReadDone done) override {
     reads_++;
     bytes_ += buf.size();
+    {
+      std::lock_guard lock(log_mu_);
+      offsets_.push_back(offset);
+    }
     auto work = [this, offset, buf, done = std::move(done)] {
       if (delay_us_) ::usleep(delay_us_);
       if (fail_) return done(Error::io("injected source failure"));
@@ -52,7 +57,9 @@ class MemSource final : public source::Source {
   std::atomic<uint64_t> bytes_{0};
   std::atomic<bool> fail_{false};
   std::atomic<int> delay_us_{0};
-  bool inline_ = false;  // complete reads on the caller's thread (deterministic order)
+  bool inline_ = false;
+  std::mutex log_mu_;
+  std::vector<uint64_t> offsets_;  // every read's offset, in the order asked  // complete reads on the caller's thread (deterministic order)
 
  private:
   std::vector<std::byte> image_;
