@@ -17,6 +17,8 @@ namespace imgstream::cli {
 
 namespace {
 
+constexpr const char* kBootTraceName = "boot.trace";
+
 struct StreamArgs {
   std::string source;
   std::string store;
@@ -28,6 +30,7 @@ struct StreamArgs {
   std::string device;
   std::string run;
   std::string trace;
+  bool no_boot_trace = false;
   double io_timeout_s = 30;
   unsigned in_flight = 4;
   bool no_background = false;
@@ -86,8 +89,13 @@ int run_stream(const StreamArgs& a) {
   BlockDevice* exported = &(*streamer)->device();
   std::unique_ptr<profile::TraceWriter> trace;
   std::unique_ptr<profile::TracingDevice> traced;
-  if (!a.trace.empty()) {
-    auto t = open_stream_trace(**streamer, a.trace);
+  // A new store records its own first boot (STORE/boot.trace), so that profiles can be
+  // merged from stores as well as from trace files.
+  std::string trace_path = a.trace;
+  if (trace_path.empty() && (*streamer)->store().created() && !a.no_boot_trace)
+    trace_path = a.store + "/" + kBootTraceName;
+  if (!trace_path.empty()) {
+    auto t = open_stream_trace(**streamer, trace_path);
     if (!t) {
       print_error(t.error().message);
       return kExitFailure;
@@ -189,6 +197,8 @@ Runner add_stream(CLI::App& app) {
                   "Keep the local copy on this file or block device instead of STORE/data");
   cmd->add_flag("--no-background", a->no_background, "Fetch on demand only");
   cmd->add_flag("--paused", a->paused, "Start with background hydration paused");
+  cmd->add_flag("--no-boot-trace", a->no_boot_trace,
+                "Do not record the first boot of a new store in STORE/boot.trace");
   cmd->add_option("--trace", a->trace,
                   "Record every read (time, offset, length, served locally or fetched) in FILE "
                   "(docs/trace-format.md)");

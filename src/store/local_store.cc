@@ -68,6 +68,7 @@ Result<std::unique_ptr<LocalStore>> LocalStore::open_or_create(Env& env, const S
     TRY(s->load(o));
   } else {
     TRY(s->create(o));
+    s->created_ = true;
   }
   return s;
 }

@@ -52,6 +52,8 @@ class LocalStore {
 
   const StoreHeader& header() const { return header_; }
   const std::string& dir() const { return dir_; }
+  // Whether open_or_create made the store (rather than resuming one).
+  bool created() const { return created_; }
   File& data() { return *data_; }
   uint64_t regions() const { return regions_; }
   uint32_t region_size() const { return header_.region_size; }
@@ -93,6 +95,7 @@ class LocalStore {
   std::unique_ptr<File> data_;
   StoreHeader header_;
   uint64_t regions_ = 0;
+  bool created_ = false;
 
   std::unique_ptr<std::atomic<uint64_t>[]> words_;
   size_t word_count_ = 0;
