@@ -22,6 +22,7 @@ Runner add_serve(CLI::App& app);
 Runner add_stream(CLI::App& app);
 Runner add_status(CLI::App& app);
 Runner add_ctl(CLI::App& app);
+Runner add_profile(CLI::App& app);
 
 // Prints "imgstream: error: MESSAGE" on stderr.
 void print_error(const std::string& message);

@@ -48,6 +48,8 @@ int main(int argc, char** argv) {
   commands.back().first = app.get_subcommand("status");
   commands.emplace_back(nullptr, cli::add_ctl(app));
   commands.back().first = app.get_subcommand("ctl");
+  commands.emplace_back(nullptr, cli::add_profile(app));
+  commands.back().first = app.get_subcommand("profile");
 
   try {
     app.parse(argc, argv);

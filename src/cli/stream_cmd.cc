@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "cli/run_server.h"
 #include "nbd/server.h"
+#include "profile/profile.h"
 #include "profile/tracing_device.h"
 #include "stream/streamer.h"
 
@@ -30,6 +31,7 @@ struct StreamArgs {
   std::string device;
   std::string run;
   std::string trace;
+  std::string profile;
   bool no_boot_trace = false;
   double io_timeout_s = 30;
   unsigned in_flight = 4;
@@ -78,6 +80,19 @@ int run_stream(const StreamArgs& a) {
     return kExitUsage;
   }
   o.region_size = static_cast<uint32_t>(*region);
+  if (!a.profile.empty()) {
+    auto p = profile::read_profile(*Env::posix(), a.profile);
+    if (!p) {
+      print_error(p.error().message);
+      return kExitFailure;
+    }
+    o.prefetch_image_size = p->image_size;
+    for (const profile::ProfileRun& run : p->runs)
+      o.prefetch_ranges.emplace_back(run.first_region * p->region_size,
+                                     run.count * p->region_size);
+    LOG_INFO("profile {}: {} runs, {} to prefetch", a.profile, p->runs.size(),
+             format_size(p->boot_set_bytes()));
+  }
   o.hydrate.rate_bytes_per_second = *rate;
   o.hydrate.batch_bytes = *batch;
 
@@ -197,6 +212,9 @@ Runner add_stream(CLI::App& app) {
                   "Keep the local copy on this file or block device instead of STORE/data");
   cmd->add_flag("--no-background", a->no_background, "Fetch on demand only");
   cmd->add_flag("--paused", a->paused, "Start with background hydration paused");
+  cmd->add_option("--profile", a->profile,
+                  "Boot profile (imgstream profile merge): fetch its regions first, in its "
+                  "order, ahead of the machine; then hydrate the rest");
   cmd->add_flag("--no-boot-trace", a->no_boot_trace,
                 "Do not record the first boot of a new store in STORE/boot.trace");
   cmd->add_option("--trace", a->trace,

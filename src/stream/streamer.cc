@@ -88,6 +88,10 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     so.fingerprint = TRY(fingerprint(*s->demand_src_));
   }
   s->store_ = TRY(store::LocalStore::open_or_create(env, so));
+  if (o.prefetch_image_size && o.prefetch_image_size != s->store_->header().image_size)
+    return Error::invalid("the profile was made for an image of " +
+                          std::to_string(o.prefetch_image_size) + " bytes, this one has " +
+                          std::to_string(s->store_->header().image_size));
   s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get());
   if (whole) {
     s->store_->set_state(StoreState::Detached);
@@ -98,8 +102,15 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
   }
   TRY(s->store_->commit());
   if (!whole && o.background) {
+    HydratorOptions ho = o.hydrate;
+    const uint64_t rs = s->store_->region_size(), size = s->store_->header().image_size;
+    for (auto [off, len] : o.prefetch_ranges) {
+      if (len == 0 || off >= size) continue;
+      const uint64_t first = off / rs, end = (std::min(off + len, size) + rs - 1) / rs;
+      ho.prefetch.push_back(PrefetchRun{first, end - first});
+    }
     source::Source& bg = s->background_src_ ? *s->background_src_ : *s->demand_src_;
-    s->hydrator_ = std::make_unique<Hydrator>(*s->device_, *s->store_, bg, o.hydrate,
+    s->hydrator_ = std::make_unique<Hydrator>(*s->device_, *s->store_, bg, std::move(ho),
                                               [p = s.get()] { p->on_complete(); });
   }
   return s;

@@ -37,6 +37,10 @@ struct StreamerOptions {
   uint32_t region_size = 0;  // 0: the store's own when resuming, else kRegionSizeDefault
   std::string device_path;  // optional external local disk
   HydratorOptions hydrate;
+  // Byte ranges to fetch first, in this order (a boot profile); converted to the store's
+  // regions when it is opened.
+  std::vector<std::pair<uint64_t, uint64_t>> prefetch_ranges;
+  uint64_t prefetch_image_size = 0;  // the profile's image size: must be the store's
   bool background = true;  // false: fetch on demand only
   std::chrono::milliseconds io_timeout{30'000};
   std::chrono::milliseconds request_timeout{10'000};
