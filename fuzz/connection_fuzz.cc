@@ -18,6 +18,7 @@
 // status extents that are non-empty and within the request; nothing else is sent. On a
 // read-only export, read data and block status flags must match the device's contents.
 // The device asserts the block_device.h contract on every call.
+#include "fuzz_check.h"
 #include <sys/socket.h>
 
 #include <cstdio>
@@ -37,14 +38,6 @@ namespace {
 using namespace imgstream;
 using namespace imgstream::nbd;
 using testing::Bytes;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 constexpr uint64_t kDeviceBytes = 256 * 1024;
 constexpr uint64_t kFailBytes = 4096;

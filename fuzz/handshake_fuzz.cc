@@ -6,6 +6,7 @@
 //   successful NBD_OPT_EXPORT_NAME) the 10- or 134-byte export answer;
 // - what was agreed is self-consistent: a known export, its transmission flags, metadata
 //   contexts only with structured replies and only ones the export's device has.
+#include "fuzz_check.h"
 #include <cstdio>
 #include <cstdlib>
 
@@ -17,14 +18,6 @@ namespace {
 
 using namespace imgstream;
 using namespace imgstream::nbd;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 struct Exports {
   testing::MemoryDevice disk{

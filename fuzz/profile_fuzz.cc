@@ -4,6 +4,7 @@
 // in first-read order, frequencies in (0, 1], runs derived from the regions) and the file
 // is canonical: encoding it again gives back exactly the input; any shorter prefix of a
 // valid file is an error.
+#include "fuzz_check.h"
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -16,14 +17,6 @@
 namespace {
 
 using namespace imgstream::profile;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 void check_valid(const Profile& p) {
   FUZZ_CHECK(p.image_size > 0 && p.traces > 0);

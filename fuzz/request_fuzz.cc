@@ -6,6 +6,7 @@
 // transmission flags u16, structured u8, contexts u8), then 28 bytes of request header;
 // short inputs are padded with zeros. The first header byte's low bit, when the input is
 // short of a header, plants the right magic so that the interesting path is reached.
+#include "fuzz_check.h"
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -19,14 +20,6 @@
 namespace {
 
 using namespace imgstream::nbd;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 constexpr size_t kLimitsBytes = 20;
 

@@ -5,6 +5,7 @@
 // Input: the first 4096 bytes (zero padded) are the header; the rest is a slot for the
 // header that decoded, or, when it did not, for a small fixed header (so slot decoding is
 // reached either way).
+#include "fuzz_check.h"
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -15,14 +16,6 @@
 namespace {
 
 using namespace imgstream::store;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 StoreHeader fallback_header() {
   StoreHeader h;

@@ -3,6 +3,7 @@
 // what decodes is valid (every record inside the image, known flags only) and encodes
 // back to bytes that decode to the same header and records; cutting the re-encoded file
 // inside its last block drops exactly that block and flags a torn tail.
+#include "fuzz_check.h"
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -12,14 +13,6 @@
 namespace {
 
 using namespace imgstream::profile;
-
-#define FUZZ_CHECK(cond)                                                                \
-  do {                                                                                  \
-    if (!(cond)) {                                                                      \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                                     \
-    }                                                                                   \
-  } while (0)
 
 std::vector<std::byte> encode(const Trace& t) {
   std::vector<std::byte> b = encode_trace_header(t.header);
