@@ -87,6 +87,19 @@ print(r["read_iops"], r["read_bw"], r["write_iops"], r["write_bw"])
 PY
 }
 
+# record SERVER ROW VALUE / result SERVER ROW: collect one measurement; the median of a
+# cell's measurements, or "-" when it has none.
+record() { echo "$3" >>"$BENCH_TMP/result-$1-$2"; }
+result() {
+    local f="$BENCH_TMP/result-$1-$2"
+    if [[ -s $f ]]; then
+        # shellcheck disable=SC2046
+        median $(cat "$f")
+    else
+        echo "-"
+    fi
+}
+
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
         if (NR == 0) exit 1

@@ -107,7 +107,7 @@ run_row() {
         seqread1m) value="$(awk -v v="$r_bw" 'BEGIN { printf "%.1f", v / 1048576 }')" ;;
         randwrite4k) value="$(awk -v v="$w_iops" 'BEGIN { printf "%.2f", v / 1000 }')" ;;
     esac
-    echo "$value" >>"$BENCH_TMP/result-$server-$id"
+    record "$server" "$id" "$value"
     echo "  rep $rep $server $id: $value $unit" >&2
 }
 
@@ -121,15 +121,6 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
     done
 done
 
-result() {
-    local f="$BENCH_TMP/result-$1-$2"
-    if [[ -s $f ]]; then
-        # shellcheck disable=SC2046
-        median $(cat "$f")
-    else
-        echo "-"
-    fi
-}
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f×", a / b }'
 }

@@ -181,16 +181,6 @@ run_fio() {
     echo "$r_iops $r_bw"
 }
 
-record() { echo "$3" >>"$BENCH_TMP/result-$1-$2"; }
-result() {
-    local f="$BENCH_TMP/result-$1-$2"
-    if [[ -s $f ]]; then
-        # shellcheck disable=SC2046
-        median $(cat "$f")
-    else
-        echo "-"
-    fi
-}
 # best PEER-RESULTS... HIGHER(1|0): the best number among the non-"-" ones.
 best() {
     local higher="$1"
