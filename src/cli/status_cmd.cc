@@ -32,11 +32,30 @@ std::string human_line(const nlohmann::json& j, double rate_bps) {
                                  j.value("state", "?"), pct, present, total,
                                  format_size(u64(j, "bytes_fetched_demand")),
                                  format_size(u64(j, "bytes_fetched_background")));
+  if (u64(j, "bytes_prefetched") > 0)
+    line += fmt::format("  prefetch {} ({:.0f}% read)", format_size(u64(j, "bytes_prefetched")),
+                        100.0 * j.value("prefetch_precision", 0.0));
   if (rate_bps > 0) {
     const double left = double(total - present) * double(u64(j, "region_size"));
     line += fmt::format("  {:.1f} MB/s  ETA {:.0f} s", rate_bps / 1e6, left / rate_bps);
   }
   if (j.contains("error")) line += "  error: " + j["error"].get<std::string>();
+  return line;
+}
+
+// Reads: how many were served locally, and what the others cost in waiting.
+std::string reads_line(const nlohmann::json& j) {
+  const uint64_t total = u64(j, "reads_total"), waited = u64(j, "reads_waited");
+  std::string line = fmt::format("reads: {} total, {:.1f}% local, {} waited on the source",
+                                 total, 100.0 * j.value("hit_ratio", 1.0), waited);
+  if (waited > 0) {
+    const double s = j.value("wait_seconds", 0.0);
+    line += fmt::format(" ({:.3f} s in all, {:.1f} ms each)", s, 1e3 * s / double(waited));
+  }
+  if (u64(j, "bytes_prefetched") > 0)
+    line += fmt::format("; prefetched {}, {:.1f}% of it read since",
+                        format_size(u64(j, "bytes_prefetched")),
+                        100.0 * j.value("prefetch_precision", 0.0));
   return line;
 }
 
@@ -50,8 +69,8 @@ int run_status(const std::string& dir, bool json, bool watch, double interval_s)
     if (json) {
       std::printf("%s\n", j->dump().c_str());
     } else {
-      std::printf("%s\nsource: %s\nstore: %s (%s)\n", human_line(*j, 0).c_str(),
-                  j->value("source", "").c_str(), dir.c_str(),
+      std::printf("%s\n%s\nsource: %s\nstore: %s (%s)\n", human_line(*j, 0).c_str(),
+                  reads_line(*j).c_str(), j->value("source", "").c_str(), dir.c_str(),
                   j->value("daemon_running", false) ? "streamer running" : "no streamer running");
     }
     return kExitOk;
@@ -59,7 +78,8 @@ int run_status(const std::string& dir, bool json, bool watch, double interval_s)
   // --watch: a live line until the stream ends (detached or error) or Ctrl-C.
   const bool tty = ::isatty(STDOUT_FILENO);
   auto fetched = [](const nlohmann::json& s) {
-    return u64(s, "bytes_fetched_demand") + u64(s, "bytes_fetched_background");
+    return u64(s, "bytes_fetched_demand") + u64(s, "bytes_fetched_background") +
+           u64(s, "bytes_prefetched");
   };
   auto last = std::chrono::steady_clock::now();
   uint64_t last_bytes = fetched(*j);
@@ -98,8 +118,11 @@ Runner add_status(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
-      "status", "Show how far a stream is: state, regions present, bytes fetched on demand\n"
-                "and in the background. Works whether or not the streamer runs.");
+      "status", "Show how far a stream is: state, regions present, bytes fetched on demand,\n"
+                "in the background and by a profile's prefetch; reads served locally (hit\n"
+                "ratio), reads that waited on the source and for how long, and the share of\n"
+                "prefetched bytes read since (precision). Works whether or not the streamer\n"
+                "runs (then as of the last commit).");
   cmd->add_option("DIR", a->dir, "Store directory")->required();
   cmd->add_flag("--json", a->json, "One JSON object (with --watch: one per line)");
   cmd->add_flag("--watch", a->watch,

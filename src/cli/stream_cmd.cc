@@ -195,7 +195,8 @@ Runner add_stream(CLI::App& app) {
                   "Unit of fetching and of the presence bitmap, a power of two from 4K to 1G "
                   "(default: 1M for a new store, the store's own when resuming)")
       ->check(size_validator());
-  cmd->add_option("--rate", a->rate, "Limit background hydration to RATE bytes/s (0: no limit)")
+  cmd->add_option("--rate", a->rate, "Limit background hydration to RATE bytes/s (0: no limit; a --profile's "
+                  "prefetch is not limited)")
       ->check(size_validator())
       ->capture_default_str();
   cmd->add_option("--batch", a->batch, "Bytes per background request")
@@ -210,11 +211,13 @@ Runner add_stream(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--device", a->device,
                   "Keep the local copy on this file or block device instead of STORE/data");
-  cmd->add_flag("--no-background", a->no_background, "Fetch on demand only");
+  cmd->add_flag("--no-background", a->no_background,
+                "Fetch on demand only (and, with --profile, the profile's regions)");
   cmd->add_flag("--paused", a->paused, "Start with background hydration paused");
   cmd->add_option("--profile", a->profile,
                   "Boot profile (imgstream profile merge): fetch its regions first, in its "
-                  "order, ahead of the machine; then hydrate the rest");
+                  "order, ahead of the machine; then hydrate the rest. `imgstream status` shows "
+                  "the bytes prefetched and the share of them read since (precision)");
   cmd->add_flag("--no-boot-trace", a->no_boot_trace,
                 "Do not record the first boot of a new store in STORE/boot.trace");
   cmd->add_option("--trace", a->trace,

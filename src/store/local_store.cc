@@ -177,8 +177,15 @@ void LocalStore::adopt_slot(const Slot& s) {
   }
   IMG_CHECK(count == s.count_present());
   present_count_ = count;
-  fetched_demand_ = s.bytes_fetched_demand;
-  fetched_background_ = s.bytes_fetched_background;
+  const Counters& c = s.counters;
+  fetched_demand_ = c.bytes_fetched_demand;
+  fetched_background_ = c.bytes_fetched_background;
+  fetched_prefetch_ = c.bytes_fetched_prefetch;
+  prefetch_read_ = c.prefetch_bytes_read;
+  reads_local_ = c.reads_local;
+  reads_waited_ = c.reads_waited;
+  wait_ns_ = c.wait_ns;
+  committed_counters_ = c;
   state_ = s.state;
   error_message_ = s.error_message;
   generation_ = s.generation;
@@ -214,13 +221,42 @@ void LocalStore::mark_present(uint64_t first, uint64_t count) {
   }
 }
 
+namespace {
+
+template <typename A>
+A& by_kind(FetchKind k, A& demand, A& background, A& prefetch) {
+  switch (k) {
+    case FetchKind::Demand: return demand;
+    case FetchKind::Background: return background;
+    case FetchKind::Prefetch: return prefetch;
+  }
+  IMG_CHECK(false);
+  return demand;
+}
+
+}  // namespace
+
 void LocalStore::add_fetched(FetchKind k, uint64_t bytes) {
-  (k == FetchKind::Demand ? fetched_demand_ : fetched_background_).fetch_add(bytes);
+  by_kind(k, fetched_demand_, fetched_background_, fetched_prefetch_).fetch_add(bytes);
   changes_.fetch_add(1, std::memory_order_release);
 }
 
 uint64_t LocalStore::fetched(FetchKind k) const {
-  return (k == FetchKind::Demand ? fetched_demand_ : fetched_background_).load();
+  return by_kind(k, fetched_demand_, fetched_background_, fetched_prefetch_).load();
+}
+
+Counters LocalStore::counters() const {
+  Counters c;
+  // prefetch_read_ first: a prefetched region is counted in fetched_prefetch_ before any
+  // read can count it as read, so this order keeps read <= prefetched.
+  c.prefetch_bytes_read = prefetch_read_.load();
+  c.bytes_fetched_prefetch = fetched_prefetch_.load();
+  c.bytes_fetched_demand = fetched_demand_.load();
+  c.bytes_fetched_background = fetched_background_.load();
+  c.reads_local = reads_local_.load(std::memory_order_relaxed);
+  c.reads_waited = reads_waited_.load(std::memory_order_relaxed);
+  c.wait_ns = wait_ns_.load(std::memory_order_relaxed);
+  return c;
 }
 
 void LocalStore::set_state(StoreState s, std::string error_message) {
@@ -251,18 +287,18 @@ std::vector<uint8_t> LocalStore::snapshot_bitmap() const {
   return bytes;
 }
 
-Result<void> LocalStore::commit() {
+Result<void> LocalStore::commit(bool with_counters) {
   std::lock_guard lock(commit_mu_);
   const uint64_t changes = changes_.load(std::memory_order_acquire);
-  if (changes == committed_changes_) {
+  const Counters counters = this->counters();
+  if (changes == committed_changes_ && (!with_counters || counters == committed_counters_)) {
     // Nothing new for the bitmap, but a client FLUSH still needs its writes durable.
     return data_->sync();
   }
   Slot s;
   s.generation = generation_ + 1;
   s.bitmap = snapshot_bitmap();  // only bits whose data was written before this point
-  s.bytes_fetched_demand = fetched_demand_.load();
-  s.bytes_fetched_background = fetched_background_.load();
+  s.counters = counters;
   {
     std::lock_guard sl(state_mu_);
     s.state = state_;
@@ -275,6 +311,7 @@ Result<void> LocalStore::commit() {
   TRY_CTX(meta_->sync(), "store " + dir_);
   generation_ = s.generation;
   committed_changes_ = changes;
+  committed_counters_ = counters;
   return ok();
 }
 

@@ -31,7 +31,7 @@ struct StoreOptions {
   std::string device_path;  // empty: DIR/data
 };
 
-enum class FetchKind { Demand, Background };
+enum class FetchKind { Demand, Background, Prefetch };
 
 // What `imgstream status` reads, whether or not a streamer runs.
 struct StoreStatus {
@@ -72,13 +72,26 @@ class LocalStore {
 
   void add_fetched(FetchKind k, uint64_t bytes);
   uint64_t fetched(FetchKind k) const;
+  // Read statistics (cheap: relaxed atomics on the read path). A change of these alone
+  // does not make commit() write a slot unless it is asked to (with_counters).
+  void add_read_local() { reads_local_.fetch_add(1, std::memory_order_relaxed); }
+  void add_read_waited(uint64_t wait_ns) {
+    wait_ns_.fetch_add(wait_ns, std::memory_order_relaxed);
+    reads_waited_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void add_prefetch_read(uint64_t bytes) { prefetch_read_.fetch_add(bytes); }
+  // All counters now. prefetch_bytes_read <= bytes_fetched_prefetch holds in the result.
+  Counters counters() const;
   void set_state(StoreState s, std::string error_message = {});
   StoreState state() const;
   std::string error_message() const;
 
   // Makes every write to data() so far durable, then commits the bitmap, counters and
-  // state to the next slot. Skipped when nothing changed since the last commit.
-  Result<void> commit();
+  // state to the next slot. Skipped when nothing changed since the last commit; changes
+  // of the read statistics alone count only `with_counters` (the streamer asks for that
+  // every few seconds and when it stops), so that reading a complete store does not
+  // write its meta file every second.
+  Result<void> commit(bool with_counters = false);
 
  private:
   LocalStore(Env& env, std::string dir) : env_(env), dir_(std::move(dir)) {}
@@ -100,7 +113,9 @@ class LocalStore {
   std::unique_ptr<std::atomic<uint64_t>[]> words_;
   size_t word_count_ = 0;
   std::atomic<uint64_t> present_count_{0};
-  std::atomic<uint64_t> fetched_demand_{0}, fetched_background_{0};
+  std::atomic<uint64_t> fetched_demand_{0}, fetched_background_{0}, fetched_prefetch_{0};
+  std::atomic<uint64_t> prefetch_read_{0}, reads_local_{0}, reads_waited_{0}, wait_ns_{0};
+  Counters committed_counters_;  // under commit_mu_
   std::atomic<uint64_t> changes_{0};  // bumped by every change a commit should record
 
   mutable std::mutex state_mu_;

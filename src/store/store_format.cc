@@ -109,14 +109,20 @@ std::vector<std::byte> encode_slot(const StoreHeader& h, const Slot& s) {
   put_bytes(p, kSlotMagic, 8);
   le::put64(p + 8, s.generation);
   le::put64(p + 16, s.count_present());
-  le::put64(p + 24, s.bytes_fetched_demand);
-  le::put64(p + 32, s.bytes_fetched_background);
+  const Counters& c = s.counters;
+  le::put64(p + 24, c.bytes_fetched_demand);
+  le::put64(p + 32, c.bytes_fetched_background);
   le::put32(p + 40, static_cast<uint32_t>(s.state));
   auto bitmap = std::as_bytes(std::span(s.bitmap));
   le::put32(p + 44, crc32c(bitmap));
   le::put64(p + 48, s.bitmap.size());
   le::put16(p + 56, static_cast<uint16_t>(s.error_message.size()));
   put_bytes(p + 58, s.error_message.data(), s.error_message.size());
+  le::put64(p + 320, c.bytes_fetched_prefetch);
+  le::put64(p + 328, c.prefetch_bytes_read);
+  le::put64(p + 336, c.reads_local);
+  le::put64(p + 344, c.reads_waited);
+  le::put64(p + 352, c.wait_ns);
   le::put32(p + kSlotCrcAt, crc32c(std::span(b).first(kSlotCrcAt)));
   put_bytes(p + kSlotHeaderBytes, s.bitmap.data(), s.bitmap.size());
   return b;
@@ -132,8 +138,18 @@ Result<Slot> decode_slot(const StoreHeader& h, std::span<const std::byte> b) {
   Slot s;
   s.generation = le::get64(p + 8);
   if (s.generation == 0) return Error::invalid("slot generation is zero");
-  s.bytes_fetched_demand = le::get64(p + 24);
-  s.bytes_fetched_background = le::get64(p + 32);
+  Counters& c = s.counters;
+  c.bytes_fetched_demand = le::get64(p + 24);
+  c.bytes_fetched_background = le::get64(p + 32);
+  c.bytes_fetched_prefetch = le::get64(p + 320);
+  c.prefetch_bytes_read = le::get64(p + 328);
+  c.reads_local = le::get64(p + 336);
+  c.reads_waited = le::get64(p + 344);
+  c.wait_ns = le::get64(p + 352);
+  // Format 1 stores written before these counters existed hold zeros there.
+  if (c.prefetch_bytes_read > c.bytes_fetched_prefetch)
+    return Error::invalid("slot counts more prefetched bytes read than prefetched");
+  if (c.reads_local > UINT64_MAX - c.reads_waited) return Error::invalid("slot read counts overflow");
   const uint32_t state = le::get32(p + 40);
   if (state > static_cast<uint32_t>(StoreState::Error)) return Error::invalid("bad slot state");
   s.state = static_cast<StoreState>(state);

@@ -43,10 +43,28 @@ struct StoreHeader {
   uint64_t slot_offset(int slot) const { return kHeaderBytes + uint64_t(slot) * slot_bytes(); }
 };
 
+// What a store has done, kept across restarts (`imgstream status`). Reads are counted at
+// the device (one NBD read = one read); prefetch precision is counted per region: a
+// prefetched region counts as read once any read touches it.
+struct Counters {
+  uint64_t bytes_fetched_demand = 0;      // for reads and partial writes of missing regions
+  uint64_t bytes_fetched_background = 0;  // by ordinary hydration
+  uint64_t bytes_fetched_prefetch = 0;    // by a boot profile's prefetch
+  uint64_t prefetch_bytes_read = 0;       // bytes of prefetched regions read since
+  uint64_t reads_local = 0;               // reads served without waiting on the source
+  uint64_t reads_waited = 0;              // reads that waited on the source
+  uint64_t wait_ns = 0;                   // total time those reads waited
+
+  uint64_t reads_total() const { return reads_local + reads_waited; }
+  uint64_t bytes_fetched() const {
+    return bytes_fetched_demand + bytes_fetched_background + bytes_fetched_prefetch;
+  }
+  bool operator==(const Counters&) const = default;
+};
+
 struct Slot {
   uint64_t generation = 0;
-  uint64_t bytes_fetched_demand = 0;
-  uint64_t bytes_fetched_background = 0;
+  Counters counters;
   StoreState state = StoreState::Streaming;
   std::string error_message;
   std::vector<uint8_t> bitmap;  // bitmap_bytes() long

@@ -199,7 +199,12 @@ void Hydrator::loop() {
     }
     uint64_t r = 0, count = 0;
     bool from_profile = false;
-    if (!next_batch(cursor, batch_regions, r, count, from_profile)) {
+    const bool more = next_batch(cursor, batch_regions, r, count, from_profile);
+    if (opt_.prefetch_only && !from_profile) {
+      LOG_INFO("prefetch done; no background hydration (fetching on demand only)");
+      break;
+    }
+    if (!more) {
       cv_.wait_for(lock, 5ms);  // all that is missing is claimed by someone: let it land
       continue;
     }
@@ -223,12 +228,13 @@ void Hydrator::loop() {
       if (!m) fail(m.error());
       continue;
     }
-    throttle(n * store_.region_size(), lock);
+    if (!from_profile) throttle(n * store_.region_size(), lock);
     if (stopping_) break;
     if (paused_) continue;  // paused while waiting for tokens: fetch nothing more
     ++in_flight_;
     lock.unlock();
-    const uint64_t claimed = dev_.fetch_background(r, n, [this](Result<void> res) {
+    const auto kind = from_profile ? store::FetchKind::Prefetch : store::FetchKind::Background;
+    const uint64_t claimed = dev_.fetch_background(r, n, kind, [this](Result<void> res) {
       on_batch_done(std::move(res));
     });
     lock.lock();

@@ -8,7 +8,10 @@
 //   one batch in flight (never none, so it never starves either).
 // - With a prefetch list, its runs are fetched first, in order, in the same coalesced
 //   batches; then ordinary hydration goes on from the start of the image.
-// - A token bucket limits its rate; pause() / resume() / set_rate() work while it runs.
+// - A token bucket limits the rate of ordinary hydration (not of the prefetch: a boot
+//   profile is a few percent of the image, and it is wanted now); pause() / resume() /
+//   set_rate() work while it runs.
+// - prefetch_only: the prefetch list and nothing more; the store completes on demand.
 // - A batch that fails (the source gave up after its I/O timeout) puts the store in the
 //   error state with the reason and pauses hydration: visible in status, no silent
 //   endless retry. resume() tries again.
@@ -39,8 +42,10 @@ struct HydratorOptions {
   std::vector<PrefetchRun> prefetch;
   uint64_t batch_bytes = 8u << 20;
   unsigned in_flight = 4;
-  uint64_t rate_bytes_per_second = 0;  // 0: unlimited
+  uint64_t rate_bytes_per_second = 0;  // 0: unlimited; the prefetch is never limited
   bool start_paused = false;
+  // Fetch the prefetch list and stop there (`stream --no-background --profile`).
+  bool prefetch_only = false;
 };
 
 inline constexpr unsigned kHydratorInFlightMax = 64;

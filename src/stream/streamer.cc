@@ -92,7 +92,8 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     return Error::invalid("the profile was made for an image of " +
                           std::to_string(o.prefetch_image_size) + " bytes, this one has " +
                           std::to_string(s->store_->header().image_size));
-  s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get());
+  const bool prefetching = !whole && !o.prefetch_ranges.empty();
+  s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching);
   if (whole) {
     s->store_->set_state(StoreState::Detached);
   } else if (s->store_->state() != StoreState::Error) {
@@ -101,8 +102,9 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     s->store_->set_state(StoreState::Streaming);  // resuming is a new try
   }
   TRY(s->store_->commit());
-  if (!whole && o.background) {
+  if (!whole && (o.background || prefetching)) {
     HydratorOptions ho = o.hydrate;
+    ho.prefetch_only = !o.background;
     const uint64_t rs = s->store_->region_size(), size = s->store_->header().image_size;
     for (auto [off, len] : o.prefetch_ranges) {
       if (len == 0 || off >= size) continue;
@@ -180,10 +182,13 @@ Result<void> Streamer::stop() {
     ::unlink((opt_.store_dir + "/" + kControlSocketName).c_str());
   }
   // open() may have failed before the store existed.
-  return store_ ? store_->commit() : ok();
+  return store_ ? store_->commit(/*with_counters=*/true) : ok();
 }
 
 void Streamer::on_complete() {
+  // The hydrator and the commit timer (when hydration is not running) may both see the
+  // store complete: the first one lets the source go.
+  if (completed_.exchange(true)) return;
   // Everything is local: make it durable, then let the source go.
   auto r = store_->commit();
   if (!r) {
@@ -212,13 +217,14 @@ bool Streamer::wait_detached(std::chrono::milliseconds timeout) {
 
 void Streamer::commit_loop() {
   std::unique_lock lock(mu_);
-  while (!stopping_) {
+  for (uint64_t tick = 1; !stopping_; ++tick) {
     cv_.wait_for(lock, kCommitInterval);
     if (stopping_) break;
     lock.unlock();
     // Without background hydration, demand reads alone may complete the store.
-    if (!hydrator_ && store_->complete() && store_->state() != StoreState::Detached) on_complete();
-    auto r = store_->commit();
+    if (!opt_.background && store_->complete() && store_->state() != StoreState::Detached)
+      on_complete();
+    auto r = store_->commit(tick % kCountersCommitTicks == 0);
     if (!r) LOG_WARN("periodic commit failed: {}", r.error().message);
     lock.lock();
   }
@@ -234,21 +240,45 @@ void Streamer::set_rate(uint64_t bps) {
   if (hydrator_) hydrator_->set_rate(bps);
 }
 
-nlohmann::json Streamer::status() const {
-  const auto& h = store_->header();
+namespace {
+
+// The fields of DESIGN.md's status object, from a store's header and numbers; shared by
+// the live status and the status read from disk so that the two never differ in shape.
+nlohmann::json status_json(const store::StoreHeader& h, StoreState state, uint64_t present,
+                           const store::Counters& c, const std::string& error,
+                           const std::string& dir, bool running) {
   nlohmann::json j;
-  j["state"] = store::state_name(store_->state());
+  j["state"] = store::state_name(state);
   j["image_size"] = h.image_size;
   j["region_size"] = h.region_size;
-  j["regions_total"] = store_->regions();
-  j["regions_present"] = store_->regions_present();
-  j["bytes_fetched_demand"] = store_->fetched(store::FetchKind::Demand);
-  j["bytes_fetched_background"] = store_->fetched(store::FetchKind::Background);
+  j["regions_total"] = h.regions();
+  j["regions_present"] = present;
+  j["bytes_fetched_demand"] = c.bytes_fetched_demand;
+  j["bytes_fetched_background"] = c.bytes_fetched_background;
+  j["bytes_prefetched"] = c.bytes_fetched_prefetch;
+  j["prefetch_bytes_read"] = c.prefetch_bytes_read;
+  if (c.bytes_fetched_prefetch > 0)
+    j["prefetch_precision"] =
+        double(c.prefetch_bytes_read) / double(c.bytes_fetched_prefetch);
+  j["reads_total"] = c.reads_total();
+  j["reads_local"] = c.reads_local;
+  j["reads_waited"] = c.reads_waited;
+  j["wait_seconds"] = double(c.wait_ns) / 1e9;
+  if (c.reads_total() > 0) j["hit_ratio"] = double(c.reads_local) / double(c.reads_total());
   j["source"] = h.source_uri;
-  j["store"] = opt_.store_dir;
-  j["daemon_running"] = true;
+  j["store"] = dir;
+  j["daemon_running"] = running;
+  if (!error.empty()) j["error"] = error;
+  return j;
+}
+
+}  // namespace
+
+nlohmann::json Streamer::status() const {
+  nlohmann::json j = status_json(store_->header(), store_->state(), store_->regions_present(),
+                                 store_->counters(), store_->error_message(), opt_.store_dir,
+                                 true);
   j["rate_limit"] = hydrator_ ? hydrator_->rate() : 0;
-  if (std::string e = store_->error_message(); !e.empty()) j["error"] = e;
   return j;
 }
 
@@ -326,19 +356,8 @@ Result<nlohmann::json> control_request(const std::string& dir, const std::string
 
 Result<nlohmann::json> stored_status(Env& env, const std::string& dir) {
   auto st = TRY(store::LocalStore::read_status(env, dir));
-  nlohmann::json j;
-  j["state"] = store::state_name(st.slot.state);
-  j["image_size"] = st.header.image_size;
-  j["region_size"] = st.header.region_size;
-  j["regions_total"] = st.header.regions();
-  j["regions_present"] = st.slot.count_present();
-  j["bytes_fetched_demand"] = st.slot.bytes_fetched_demand;
-  j["bytes_fetched_background"] = st.slot.bytes_fetched_background;
-  j["source"] = st.header.source_uri;
-  j["store"] = dir;
-  j["daemon_running"] = false;
-  if (!st.slot.error_message.empty()) j["error"] = st.slot.error_message;
-  return j;
+  return status_json(st.header, st.slot.state, st.slot.count_present(), st.slot.counters,
+                     st.slot.error_message, dir, false);
 }
 
 }  // namespace imgstream::stream

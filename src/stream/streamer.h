@@ -28,6 +28,8 @@
 namespace imgstream::stream {
 
 inline constexpr std::chrono::milliseconds kCommitInterval{1000};
+// Read statistics alone are committed every this many commit intervals (and at stop).
+inline constexpr uint64_t kCountersCommitTicks = 10;
 inline constexpr uint32_t kRegionSizeDefault = 1u << 20;
 inline constexpr const char* kControlSocketName = "ctl.sock";
 
@@ -92,7 +94,7 @@ class Streamer {
   std::thread control_thread_;
   UniqueFd control_fd_;
   UniqueFd control_wake_;  // eventfd that ends control_loop
-  std::thread complete_thread_;
+  std::atomic<bool> completed_{false};  // on_complete() ran
 };
 
 // SHA-256 over the image size and its first and last 64 KiB (docs/store-format.md).

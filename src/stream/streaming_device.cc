@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 
 #include "base/check.h"
 #include "base/log.h"
@@ -24,9 +25,15 @@ constexpr int kClaimRoundsMax = 64;
 
 }  // namespace
 
-StreamingDevice::StreamingDevice(store::LocalStore& store, source::Source* source)
+StreamingDevice::StreamingDevice(store::LocalStore& store, source::Source* source,
+                                 bool track_prefetch)
     : store_(store), region_size_(store.region_size()), source_(source) {
   IMG_CHECK(source != nullptr || store.complete());
+  if (track_prefetch) {
+    const size_t words = (store.regions() + 63) / 64;
+    prefetched_ = std::make_unique<std::atomic<uint64_t>[]>(words);
+    for (size_t w = 0; w < words; ++w) prefetched_[w].store(0, std::memory_order_relaxed);
+  }
 }
 
 StreamingDevice::~StreamingDevice() {
@@ -141,8 +148,14 @@ void StreamingDevice::fetch_run_async(const Run& run, FetchKind kind,
   src->read_async(offset, *buf, [this, run, kind, offset, buf, done = std::move(done)](Result<void> r) {
     if (r) r = write_all_at(store_.data(), offset, *buf);
     if (r) {
-      store_.mark_present(run.first, run.count);  // after the data, never before
       store_.add_fetched(kind, buf->size());
+      if (kind == FetchKind::Prefetch && prefetched_) {
+        // Before the regions are present, so that any read that finds them present
+        // finds them here too (and counts as a read of prefetched bytes).
+        for (uint64_t i = run.first; i < run.first + run.count; ++i)
+          prefetched_[i / 64].fetch_or(1ULL << (i % 64), std::memory_order_acq_rel);
+      }
+      store_.mark_present(run.first, run.count);  // after the data, never before
     }
     release(run, r);
     done(r);
@@ -151,7 +164,7 @@ void StreamingDevice::fetch_run_async(const Run& run, FetchKind kind,
 
 // Makes every region of [first, last] present. Our own fetches run in parallel; claims
 // of other requests (another reader, the hydrator) are waited for, and looked at again.
-Result<void> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
+Result<bool> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
   {
     std::lock_guard lock(mu_);
     ++demand_waiting_;
@@ -166,7 +179,7 @@ Result<void> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
 
   for (int round = 0; round < kClaimRoundsMax; ++round) {
     ClaimSet set = claim(first, last);
-    if (set.mine.empty() && set.others.empty()) return ok();
+    if (set.mine.empty() && set.others.empty()) return round > 0;
     // Start all our runs, then wait for them and for the others.
     struct Pending {
       std::mutex m;
@@ -186,16 +199,17 @@ Result<void> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
     {
       std::unique_lock lock(pending->m);
       pending->cv.wait(lock, [&] { return pending->left == 0; });
-      if (!pending->result) return pending->result;
+      if (!pending->result) return std::move(pending->result).error();
     }
     wait_for(set.others);
-    if (all_present(first, last)) return ok();
+    if (all_present(first, last)) return true;
   }
   return Error::io("regions could not be made present");
 }
 
-uint64_t StreamingDevice::fetch_background(uint64_t first, uint64_t count,
+uint64_t StreamingDevice::fetch_background(uint64_t first, uint64_t count, FetchKind kind,
                                            std::function<void(Result<void>)> done) {
+  IMG_CHECK(kind != FetchKind::Demand);
   ClaimSet set = claim(first, first + count - 1);
   if (set.mine.empty()) return 0;
   struct Pending {
@@ -210,7 +224,7 @@ uint64_t StreamingDevice::fetch_background(uint64_t first, uint64_t count,
   uint64_t claimed = 0;
   for (const Run& run : set.mine) claimed += run.count;
   for (const Run& run : set.mine) {
-    fetch_run_async(run, FetchKind::Background, [pending](Result<void> r) {
+    fetch_run_async(run, kind, [pending](Result<void> r) {
       std::unique_lock lock(pending->m);
       if (!r && pending->result) pending->result = std::move(r);
       if (--pending->left > 0) return;
@@ -246,19 +260,44 @@ Result<uint64_t> StreamingDevice::fill_hole(uint64_t first, uint64_t count) {
 
 // --- reads --------------------------------------------------------------------------
 
+void StreamingDevice::count_read(uint64_t first, uint64_t last, bool waited, uint64_t wait_ns) {
+  if (waited) store_.add_read_waited(wait_ns);
+  else store_.add_read_local();
+  if (!prefetched_) return;
+  for (uint64_t r = first; r <= last; ++r) {
+    const uint64_t bit = 1ULL << (r % 64);
+    std::atomic<uint64_t>& w = prefetched_[r / 64];
+    // Mostly clear: a load first keeps the common case free of atomic writes.
+    if ((w.load(std::memory_order_acquire) & bit) &&
+        (w.fetch_and(~bit, std::memory_order_acq_rel) & bit))
+      store_.add_prefetch_read(store_.region_bytes(r));
+  }
+}
+
 Result<void> StreamingDevice::read_nowait(uint64_t offset, std::span<std::byte> buf) {
   IMG_CHECK(!buf.empty() && offset + buf.size() <= size());
-  if (!all_present(offset / region_size_, (offset + buf.size() - 1) / region_size_))
-    return Error::would_block();
+  const uint64_t first = offset / region_size_, last = (offset + buf.size() - 1) / region_size_;
+  if (!all_present(first, last)) return Error::would_block();
   TRY(store_.data().read_at_nowait(offset, buf));
+  count_read(first, last, false, 0);  // only once served: a would-block read comes again
   return ok();
 }
 
 Result<void> StreamingDevice::read(uint64_t offset, std::span<std::byte> buf) {
   IMG_CHECK(!buf.empty() && offset + buf.size() <= size());
   const uint64_t first = offset / region_size_, last = (offset + buf.size() - 1) / region_size_;
-  if (!all_present(first, last)) TRY(ensure_present(first, last));
-  return read_exact_at(store_.data(), offset, buf);
+  bool waited = false;
+  uint64_t wait_ns = 0;
+  if (!all_present(first, last)) {
+    const auto t0 = std::chrono::steady_clock::now();
+    waited = TRY(ensure_present(first, last));
+    wait_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                        std::chrono::steady_clock::now() - t0)
+                                        .count());
+  }
+  TRY(read_exact_at(store_.data(), offset, buf));
+  count_read(first, last, waited, wait_ns);
+  return ok();
 }
 
 Result<void> StreamingDevice::cache(uint64_t offset, uint64_t length) {

@@ -20,6 +20,7 @@
 // the hydrator, the commit timer).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -43,7 +44,9 @@ inline constexpr uint64_t kFetchBytesMax = 32u << 20;
 class StreamingDevice final : public BlockDevice {
  public:
   // `source` may be null when the store is complete (detached: local disk alone).
-  StreamingDevice(store::LocalStore& store, source::Source* source);
+  // `track_prefetch`: keep the set of prefetched regions not yet read, for the prefetch
+  // precision in status (one bit per region, in memory).
+  StreamingDevice(store::LocalStore& store, source::Source* source, bool track_prefetch = false);
   ~StreamingDevice() override;
 
   uint64_t size() const override { return store_.header().image_size; }
@@ -65,8 +68,9 @@ class StreamingDevice final : public BlockDevice {
   // For the hydrator: claims the missing, unclaimed regions of [first, first + count) and
   // fetches them in runs (one source request per run), calling done once with the
   // result when all have landed. Returns the number of regions claimed (0: nothing to do,
-  // done is not called).
-  uint64_t fetch_background(uint64_t first, uint64_t count, std::function<void(Result<void>)> done);
+  // done is not called). `kind` is Background or Prefetch (a boot profile's regions).
+  uint64_t fetch_background(uint64_t first, uint64_t count, store::FetchKind kind,
+                            std::function<void(Result<void>)> done);
   // For the hydrator: marks missing, unclaimed regions of a source hole present without a
   // fetch (their local data is made zero). Returns the regions marked.
   Result<uint64_t> fill_hole(uint64_t first, uint64_t count);
@@ -107,7 +111,11 @@ class StreamingDevice final : public BlockDevice {
   void fetch_run_async(const Run& run, store::FetchKind kind,
                        std::function<void(Result<void>)> done);
   // Makes every region of [first, last] present, fetching the missing ones.
-  Result<void> ensure_present(uint64_t first, uint64_t last);
+  // Returns whether it had to wait on the source (anything was missing or claimed).
+  Result<bool> ensure_present(uint64_t first, uint64_t last);
+  // Counts a read of [first, last] in the store's statistics: local or waited, and the
+  // prefetched regions it reads for the first time.
+  void count_read(uint64_t first, uint64_t last, bool waited, uint64_t wait_ns);
   bool all_present(uint64_t first, uint64_t last) const;
 
   // Fetches region `region` from the source, lays `data` (at image offset `offset`, within
@@ -134,6 +142,8 @@ class StreamingDevice final : public BlockDevice {
   std::unordered_map<uint64_t, ClaimPtr> claims_;  // region -> the claim on it
   source::Source* source_;                         // null once detached
   uint64_t demand_waiting_ = 0;
+  // Prefetched regions not yet read (bit per region), null when not tracked.
+  std::unique_ptr<std::atomic<uint64_t>[]> prefetched_;
 };
 
 }  // namespace imgstream::stream

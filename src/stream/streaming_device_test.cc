@@ -41,7 +41,7 @@ class StreamingTest : public ::testing::Test {
     store_.reset();
     std::filesystem::remove_all(dir_);
   }
-  void open(uint32_t region = kRegion) {
+  void open(uint32_t region = kRegion, bool track_prefetch = false) {
     store::StoreOptions o;
     o.dir = dir_ + "/store";
     o.image_size = image_.size();
@@ -50,7 +50,7 @@ class StreamingTest : public ::testing::Test {
     auto s = store::LocalStore::open_or_create(*Env::posix(), o);
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
-    dev_ = std::make_unique<StreamingDevice>(*store_, src_.get());
+    dev_ = std::make_unique<StreamingDevice>(*store_, src_.get(), track_prefetch);
   }
   void reopen() {
     dev_.reset();
@@ -214,6 +214,42 @@ TEST_F(StreamingTest, PrefetchRunsComeFirstInTheirOrder) {
   const std::vector<uint64_t> want = {50 * kRegion, 54 * kRegion, 10 * kRegion, 120 * kRegion};
   EXPECT_EQ(got, want);
   EXPECT_EQ(read(0, kSize), image_);
+}
+
+TEST_F(StreamingTest, StatisticsCountHitsWaitsAndPrefetchPrecision) {
+  open(kRegion, /*track_prefetch=*/true);
+  HydratorOptions ho;
+  ho.prefetch = {{10, 4}};
+  ho.prefetch_only = true;
+  ho.rate_bytes_per_second = 1;  // ordinary hydration would crawl; the prefetch must not
+  Hydrator h(*dev_, *store_, *src_, ho, [] {});
+  h.start();
+  for (int i = 0; i < 2000 && store_->regions_present() < 4; ++i) ::usleep(1000);
+  h.stop();
+  ASSERT_EQ(store_->regions_present(), 4u) << "the prefetch and nothing else";
+  EXPECT_EQ(store_->fetched(store::FetchKind::Prefetch), 4 * kRegion);
+  EXPECT_EQ(store_->fetched(store::FetchKind::Background), 0u);
+
+  src_->delay_us_ = 2000;
+  read(10 * kRegion, 100);                 // local, reads prefetched region 10
+  read(11 * kRegion + 5, kRegion);         // local, regions 11 and 12
+  read(10 * kRegion + 200, 100);           // local, region 10 again: counted once
+  read(30 * kRegion, 100);                 // waits on the source
+  std::vector<std::byte> b(100);
+  ASSERT_TRUE(dev_->read_nowait(12 * kRegion, b));  // the inline path counts too
+  EXPECT_FALSE(dev_->read_nowait(40 * kRegion, b)); // would block: not counted
+  store::Counters c = store_->counters();
+  EXPECT_EQ(c.reads_local, 4u);
+  EXPECT_EQ(c.reads_waited, 1u);
+  EXPECT_GE(c.wait_ns, 2'000'000u);
+  EXPECT_EQ(c.bytes_fetched_prefetch, 4 * kRegion);
+  EXPECT_EQ(c.prefetch_bytes_read, 3 * kRegion);  // region 13 was never read
+  EXPECT_EQ(c.bytes_fetched_demand, kRegion);
+
+  // Counters alone are committed only when asked, and then survive a restart.
+  ASSERT_TRUE(store_->commit(/*with_counters=*/true));
+  reopen();
+  EXPECT_EQ(store_->counters(), c);
 }
 
 TEST_F(StreamingTest, SourceFailureIsAnErrorNotAHang) {
