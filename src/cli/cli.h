@@ -23,6 +23,10 @@ Runner add_stream(CLI::App& app);
 Runner add_status(CLI::App& app);
 Runner add_ctl(CLI::App& app);
 Runner add_profile(CLI::App& app);
+Runner add_pack(CLI::App& app);
+Runner add_unpack(CLI::App& app);
+Runner add_verify(CLI::App& app);
+Runner add_info(CLI::App& app);
 
 // Prints "imgstream: error: MESSAGE" on stderr.
 void print_error(const std::string& message);

@@ -50,6 +50,11 @@ int main(int argc, char** argv) {
   commands.back().first = app.get_subcommand("ctl");
   commands.emplace_back(nullptr, cli::add_profile(app));
   commands.back().first = app.get_subcommand("profile");
+  for (auto [name, add] : {std::pair{"pack", &cli::add_pack}, std::pair{"unpack", &cli::add_unpack},
+                           std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info}}) {
+    commands.emplace_back(nullptr, add(app));
+    commands.back().first = app.get_subcommand(name);
+  }
 
   try {
     app.parse(argc, argv);

@@ -9,6 +9,7 @@
 #include "cli/run_server.h"
 #include "device/file_device.h"
 #include "nbd/server.h"
+#include "pack/pack_source.h"
 #include "profile/tracing_device.h"
 
 namespace imgstream::cli {
@@ -26,14 +27,26 @@ struct ServeArgs {
   unsigned threads = nbd::kWorkerThreadsDefault;
 };
 
+Result<std::unique_ptr<BlockDevice>> open_pack_device(const std::string& where) {
+  auto p = TRY(pack::Pack::open(*Env::posix(), where));
+  return std::unique_ptr<BlockDevice>(std::make_unique<pack::PackDevice>(std::move(p)));
+}
+
+Result<std::unique_ptr<BlockDevice>> open_file_device(const std::string& path, bool read_only) {
+  auto d = TRY(FileDevice::open(*Env::posix(), path, read_only ? Access::ReadOnly : Access::ReadWrite));
+  return std::unique_ptr<BlockDevice>(std::move(d));
+}
+
 int run_serve(const ServeArgs& args) {
   block_stop_signals();
-  auto dev = FileDevice::open(*Env::posix(), args.image,
-                              args.read_only ? Access::ReadOnly : Access::ReadWrite);
+  // A pack (docs/pack-format.md) is served read-only: its chunks are immutable.
+  const bool pack = pack::is_pack_source(args.image);
+  auto dev = pack ? open_pack_device(args.image) : open_file_device(args.image, args.read_only);
   if (!dev) {
     print_error(dev.error().message);
     return kExitFailure;
   }
+  const bool read_only = args.read_only || pack;
   BlockDevice* exported = dev->get();
   std::unique_ptr<profile::TraceWriter> trace;
   std::unique_ptr<profile::TracingDevice> traced;
@@ -50,7 +63,7 @@ int run_serve(const ServeArgs& args) {
   }
   nbd::ServerOptions opt;
   opt.worker_threads = args.threads;
-  opt.exports.push_back(nbd::Export{args.export_name, args.description, exported, args.read_only});
+  opt.exports.push_back(nbd::Export{args.export_name, args.description, exported, read_only});
   bool private_addr = false;
   for (const std::string& l : args.listen) {
     auto a = parse_address(l);
@@ -79,7 +92,7 @@ int run_serve(const ServeArgs& args) {
     print_error("serve " + args.image + ": " + server.error().message);
     return kExitFailure;
   }
-  LOG_INFO("serving {} ({} bytes{})", args.image, (*dev)->size(), args.read_only ? ", read-only" : "");
+  LOG_INFO("serving {} ({} bytes{})", args.image, (*dev)->size(), read_only ? ", read-only" : "");
   const Address first = (*server)->addresses().front();
   int status = run_server(**server, args.export_name, args.run);
   server->reset();
@@ -103,7 +116,10 @@ Runner add_serve(CLI::App& app) {
       "Export a disk image (a file or a block device) over NBD.\n"
       "Prints the NBD URI of the export on stdout when ready; stops cleanly on SIGINT or\n"
       "SIGTERM after answering the requests in flight.");
-  cmd->add_option("IMAGE", args->image, "Raw disk image file or block device")->required();
+  cmd->add_option("IMAGE", args->image,
+                  "Raw disk image file or block device, or a pack (NAME.pack or an http(s) "
+                  "URL of one; served read-only)")
+      ->required();
   cmd->add_option("--listen", args->listen,
                   "Address to listen on: unix:PATH or tcp:HOST:PORT (repeatable; default "
                   "tcp:127.0.0.1:10809, or a private unix socket with --run)");

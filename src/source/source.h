@@ -9,7 +9,9 @@
 // Thread safety: every method may be called from any thread, concurrently.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <optional>
 #include <functional>
 #include <span>
 #include <string>
@@ -42,6 +44,10 @@ class Source {
   // Appends base:allocation extents (kStateHole / kStateZero) describing [offset, ...) up
   // to at most length bytes, at least one extent. Sources that cannot tell report data.
   virtual Result<void> block_status(uint64_t offset, uint64_t length, std::vector<Extent>& out);
+
+  // The image's identity when the source knows it (a pack's index digest): the store
+  // keeps it as the source's fingerprint. Empty: the streamer computes one from the bytes.
+  virtual std::optional<std::array<std::byte, 32>> identity() const { return std::nullopt; }
 
   // Lets go of the remote side (closes connections). Later calls fail with ESHUTDOWN.
   virtual void close() {}

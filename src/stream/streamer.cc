@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "base/check.h"
@@ -15,6 +16,7 @@
 #include "io/socket.h"
 #include "source/file_source.h"
 #include "source/nbd_source.h"
+#include "pack/pack_source.h"
 
 namespace imgstream::stream {
 
@@ -57,10 +59,36 @@ Result<void> Streamer::open_sources() {
       if (bg) background_src_ = std::move(*bg);
       else LOG_WARN("second connection to {} failed ({}): hydrating over the first", opt_.source, bg.error().message);
     }
+  } else if (pack::is_pack_source(opt_.source)) {
+    // One Pack (header, index, base chain) behind the source; its pool reads in parallel.
+    pack::PackOpenOptions po;
+    po.blob.timeout = opt_.io_timeout;
+    demand_src_ = std::make_unique<pack::PackSource>(TRY(pack::Pack::open(env_, opt_.source, po)));
   } else {
     demand_src_ = TRY(source::FileSource::open(env_, opt_.source));
   }
   return ok();
+}
+
+// A pack packed with a profile knows its boot set: its chunks stored in the boot range,
+// in the order they are stored (the profile's order).
+std::vector<std::pair<uint64_t, uint64_t>> pack_boot_ranges(const pack::Pack& p) {
+  const pack::PackHeader& h = p.header();
+  std::vector<std::pair<uint64_t, uint64_t>> by_offset;  // (pack offset, chunk)
+  for (uint64_t c = 0; c < p.index().size(); ++c) {
+    const pack::IndexEntry& e = p.index()[c];
+    if (e.stored() && e.offset >= h.boot_begin && e.offset < h.boot_end) by_offset.emplace_back(e.offset, c);
+  }
+  std::sort(by_offset.begin(), by_offset.end());
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (auto [off, c] : by_offset) {
+    const uint64_t start = c * h.chunk_size, len = h.chunk_bytes(c);
+    if (!ranges.empty() && ranges.back().first + ranges.back().second == start)
+      ranges.back().second += len;
+    else
+      ranges.emplace_back(start, len);
+  }
+  return ranges;
 }
 
 Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions& o) {
@@ -85,14 +113,22 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     TRY_CTX(s->open_sources(), "source " + o.source);
     so.image_size = s->demand_src_->size();
     so.source_uri = s->demand_src_->uri();
-    so.fingerprint = TRY(fingerprint(*s->demand_src_));
+    // A pack names its image (identity); other sources are fingerprinted by their bytes.
+    if (auto id = s->demand_src_->identity()) so.fingerprint = *id;
+    else so.fingerprint = TRY(fingerprint(*s->demand_src_));
+    if (auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get())) {
+      // Regions of the pack's chunk size, so that a region is one verified chunk.
+      if (!o.region_size && !existing) so.region_size = ps->pack().header().chunk_size;
+      if (s->opt_.prefetch_ranges.empty() && o.background_boot_prefetch)
+        s->opt_.prefetch_ranges = pack_boot_ranges(ps->pack());
+    }
   }
   s->store_ = TRY(store::LocalStore::open_or_create(env, so));
   if (o.prefetch_image_size && o.prefetch_image_size != s->store_->header().image_size)
     return Error::invalid("the profile was made for an image of " +
                           std::to_string(o.prefetch_image_size) + " bytes, this one has " +
                           std::to_string(s->store_->header().image_size));
-  const bool prefetching = !whole && !o.prefetch_ranges.empty();
+  const bool prefetching = !whole && !s->opt_.prefetch_ranges.empty();
   s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching);
   if (whole) {
     s->store_->set_state(StoreState::Detached);
@@ -106,7 +142,7 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     HydratorOptions ho = o.hydrate;
     ho.prefetch_only = !o.background;
     const uint64_t rs = s->store_->region_size(), size = s->store_->header().image_size;
-    for (auto [off, len] : o.prefetch_ranges) {
+    for (auto [off, len] : s->opt_.prefetch_ranges) {
       if (len == 0 || off >= size) continue;
       const uint64_t first = off / rs, end = (std::min(off + len, size) + rs - 1) / rs;
       ho.prefetch.push_back(PrefetchRun{first, end - first});
@@ -130,6 +166,11 @@ Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
     so.io_timeout = so.request_timeout = std::chrono::milliseconds(2000);
     auto r = source::NbdSource::open(opt_.source, so);
     if (r) src = std::move(*r);
+  } else if (pack::is_pack_source(opt_.source)) {
+    pack::PackOpenOptions po;
+    po.blob.timeout = po.blob.connect_timeout = std::chrono::milliseconds(2000);
+    auto r = pack::Pack::open(env_, opt_.source, po);
+    if (r) src = std::make_unique<pack::PackSource>(std::move(*r));
   } else {
     auto r = source::FileSource::open(env_, opt_.source);
     if (r) src = std::move(*r);
@@ -139,6 +180,7 @@ Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
     return ok();
   }
   const bool same = src->size() == h.image_size && [&] {
+    if (auto id = src->identity()) return *id == h.fingerprint;
     auto fp = fingerprint(*src);
     return fp && *fp == h.fingerprint;
   }();

@@ -44,6 +44,8 @@ struct StreamerOptions {
   std::vector<std::pair<uint64_t, uint64_t>> prefetch_ranges;
   uint64_t prefetch_image_size = 0;  // the profile's image size: must be the store's
   bool background = true;  // false: fetch on demand only
+  // A pack's own boot set (packed with --profile) is prefetched when no profile is given.
+  bool background_boot_prefetch = true;
   std::chrono::milliseconds io_timeout{30'000};
   std::chrono::milliseconds request_timeout{10'000};
 };

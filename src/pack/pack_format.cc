@@ -1,0 +1,191 @@
+#include "pack/pack_format.h"
+
+#include <bit>
+#include <cstring>
+
+#include <zstd.h>
+
+#include "base/check.h"
+#include "base/crc32c.h"
+#include "base/endian.h"
+
+namespace imgstream::pack {
+
+namespace {
+
+constexpr char kMagic[8] = {'I', 'M', 'G', 'P', 'A', 'C', 'K', '1'};
+constexpr size_t kCrcAt = kPackHeaderBytes - 4;
+constexpr char kIdentityTag[] = "imgstream pack identity v1";  // hashed with its NUL
+
+std::span<const std::byte> bytes_of(const Digest& d) { return std::span(d); }
+
+}  // namespace
+
+const char* kind_name(ChunkKind k) {
+  switch (k) {
+    case ChunkKind::Zero: return "zero";
+    case ChunkKind::Zstd: return "zstd";
+    case ChunkKind::Raw: return "raw";
+    case ChunkKind::Base: return "base";
+  }
+  return "?";
+}
+
+uint32_t PackHeader::chunk_bytes(uint64_t i) const {
+  IMG_CHECK(i < chunk_count());
+  const uint64_t start = i * chunk_size;
+  return static_cast<uint32_t>(std::min<uint64_t>(chunk_size, image_size - start));
+}
+
+std::vector<std::byte> encode_header(const PackHeader& h) {
+  IMG_CHECK(h.base_hint.size() <= kBaseHintBytesMax);
+  std::vector<std::byte> b(kPackHeaderBytes);
+  std::byte* p = b.data();
+  std::memcpy(p, kMagic, 8);
+  le::put32(p + 8, kPackVersion);
+  le::put32(p + 12, h.flags);
+  le::put64(p + 16, h.image_size);
+  le::put32(p + 24, h.chunk_size);
+  le::put32(p + 28, h.level);
+  le::put64(p + 32, h.chunk_count());
+  le::put64(p + 40, h.index_offset);
+  le::put64(p + 48, h.index_bytes());
+  le::put64(p + 56, h.boot_begin);
+  le::put64(p + 64, h.boot_end);
+  le::put64(p + 72, h.boot_chunks);
+  std::memcpy(p + 80, h.identity.data(), 32);
+  std::memcpy(p + 112, h.index_hash.data(), 32);
+  std::memcpy(p + 144, h.base_identity.data(), 32);
+  le::put16(p + 176, static_cast<uint16_t>(h.base_hint.size()));
+  std::memcpy(p + 178, h.base_hint.data(), h.base_hint.size());
+  le::put32(p + kCrcAt, crc32c(std::span(b).first(kCrcAt)));
+  return b;
+}
+
+Result<PackHeader> decode_header(std::span<const std::byte> b) {
+  if (b.size() < kPackHeaderBytes) return Error::invalid("pack header is truncated");
+  const std::byte* p = b.data();
+  if (std::memcmp(p, kMagic, 8) != 0) return Error::invalid("not a pack (bad magic)");
+  if (le::get32(p + kCrcAt) != crc32c(b.first(kCrcAt)))
+    return Error::invalid("pack header checksum mismatch");
+  if (le::get32(p + 8) != kPackVersion)
+    return Error::invalid("pack format version " + std::to_string(le::get32(p + 8)) +
+                          " is not supported (this imgstream reads version 1)");
+  PackHeader h;
+  h.flags = le::get32(p + 12);
+  h.image_size = le::get64(p + 16);
+  h.chunk_size = le::get32(p + 24);
+  h.level = le::get32(p + 28);
+  h.index_offset = le::get64(p + 40);
+  h.boot_begin = le::get64(p + 56);
+  h.boot_end = le::get64(p + 64);
+  h.boot_chunks = le::get64(p + 72);
+  std::memcpy(h.identity.data(), p + 80, 32);
+  std::memcpy(h.index_hash.data(), p + 112, 32);
+  std::memcpy(h.base_identity.data(), p + 144, 32);
+  const size_t hint = le::get16(p + 176);
+  if (h.flags & ~kFlagHasBase) return Error::invalid("pack header has unknown flags");
+  if (h.chunk_size < kChunkBytesMin || h.chunk_size > kChunkBytesMax ||
+      !std::has_single_bit(h.chunk_size))
+    return Error::invalid("pack chunk size " + std::to_string(h.chunk_size) +
+                          " is not a power of two from 4 KiB to 16 MiB");
+  if (h.image_size == 0) return Error::invalid("pack image size is zero");
+  if (h.image_size > kChunksMax * h.chunk_size) return Error::invalid("pack image is too large");
+  if (le::get64(p + 32) != h.chunk_count() || le::get64(p + 48) != h.index_bytes())
+    return Error::invalid("pack header geometry is inconsistent");
+  if (h.index_offset < kPackHeaderBytes) return Error::invalid("pack index offset is inside the header");
+  if (h.boot_begin != kPackHeaderBytes || h.boot_end < h.boot_begin ||
+      h.boot_end > h.index_offset || h.boot_chunks > h.chunk_count())
+    return Error::invalid("pack boot range is out of bounds");
+  if (hint > kBaseHintBytesMax) return Error::invalid("pack base hint is too long");
+  if (!h.has_base() && (hint != 0 || !is_zero(h.base_identity)))
+    return Error::invalid("pack names a base without the base flag");
+  h.base_hint.assign(reinterpret_cast<const char*>(p + 178), hint);
+  return h;
+}
+
+Result<void> check_header_fits(const PackHeader& h, uint64_t file_size) {
+  if (h.index_offset > file_size || h.index_bytes() > file_size - h.index_offset)
+    return Error::invalid("pack is truncated: its index ends at " +
+                          std::to_string(h.index_offset + h.index_bytes()) + ", the file has " +
+                          std::to_string(file_size) + " bytes");
+  return ok();
+}
+
+std::vector<std::byte> encode_index(const std::vector<IndexEntry>& entries) {
+  std::vector<std::byte> b(entries.size() * kIndexEntryBytes);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const IndexEntry& e = entries[i];
+    std::byte* p = b.data() + i * kIndexEntryBytes;
+    std::memcpy(p, e.hash.data(), 32);
+    le::put64(p + 32, e.offset);
+    le::put32(p + 40, e.length);
+    p[44] = std::byte(static_cast<uint8_t>(e.kind));
+  }
+  return b;
+}
+
+Result<std::vector<IndexEntry>> decode_index(const PackHeader& h, std::span<const std::byte> b) {
+  const uint64_t n = h.chunk_count();
+  if (b.size() != h.index_bytes()) return Error::invalid("pack index has the wrong size");
+  if (sha256(b) != h.index_hash) return Error::invalid("pack index does not match its hash");
+  std::vector<IndexEntry> entries(n);
+  uint64_t boot = 0;
+  for (uint64_t i = 0; i < n; ++i) {
+    const std::byte* p = b.data() + i * kIndexEntryBytes;
+    IndexEntry& e = entries[i];
+    std::memcpy(e.hash.data(), p, 32);
+    e.offset = le::get64(p + 32);
+    e.length = le::get32(p + 40);
+    const uint8_t kind = std::to_integer<uint8_t>(p[44]);
+    if (kind > static_cast<uint8_t>(ChunkKind::Base) || p[45] != std::byte{0} ||
+        p[46] != std::byte{0} || p[47] != std::byte{0})
+      return Error::invalid("pack index entry " + std::to_string(i) + " is malformed");
+    e.kind = static_cast<ChunkKind>(kind);
+    const uint32_t bytes = h.chunk_bytes(i);
+    const auto bad = [&](const char* why) {
+      return Error::invalid("pack index entry " + std::to_string(i) + ": " + why);
+    };
+    switch (e.kind) {
+      case ChunkKind::Zero:
+        if (e.offset || e.length || !is_zero(e.hash)) return bad("a zero chunk with data");
+        break;
+      case ChunkKind::Base:
+        if (!h.has_base()) return bad("refers to a base, but the pack has none");
+        if (e.offset || e.length) return bad("a base chunk with a location");
+        break;
+      case ChunkKind::Raw:
+      case ChunkKind::Zstd:
+        if (e.offset < kPackHeaderBytes || e.length == 0 || e.offset > h.index_offset ||
+            e.length > h.index_offset - e.offset)
+          return bad("stored bytes out of bounds");
+        if (e.kind == ChunkKind::Raw && e.length != bytes) return bad("raw chunk of the wrong length");
+        if (e.kind == ChunkKind::Zstd && e.length > ZSTD_compressBound(bytes))
+          return bad("compressed chunk longer than zstd's bound");
+        if (e.offset >= h.boot_begin && e.offset < h.boot_end) {
+          if (e.length > h.boot_end - e.offset) return bad("straddles the end of the boot range");
+          ++boot;
+        }
+        break;
+    }
+  }
+  // Identical chunks are stored once and may be counted more than once here.
+  if (boot < h.boot_chunks) return Error::invalid("pack boot range holds fewer chunks than it says");
+  if (identity_of(h.image_size, h.chunk_size, entries) != h.identity)
+    return Error::invalid("pack index does not add up to the pack's identity");
+  return entries;
+}
+
+Digest identity_of(uint64_t image_size, uint32_t chunk_size,
+                   const std::vector<IndexEntry>& entries) {
+  Sha256 s;
+  s.update(std::as_bytes(std::span(kIdentityTag, sizeof kIdentityTag)));
+  std::byte sizes[12];
+  le::put64(sizes, image_size);
+  le::put32(sizes + 8, chunk_size);
+  s.update(sizes);
+  for (const IndexEntry& e : entries) s.update(bytes_of(e.hash));
+  return s.finish();
+}
+
+}  // namespace imgstream::pack

@@ -1,0 +1,84 @@
+// Encoding and decoding of the pack format (docs/pack-format.md is the byte-by-byte
+// description; keep the two in step). A pack is one file: a 4 KiB header, the stored
+// chunks, and the index at the end. Decoders take untrusted bytes (a file from the
+// network) and never read out of bounds; everything they return has been checked.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/result.h"
+#include "base/sha256.h"
+
+namespace imgstream::pack {
+
+inline constexpr uint32_t kPackVersion = 1;
+inline constexpr size_t kPackHeaderBytes = 4096;
+inline constexpr size_t kIndexEntryBytes = 48;
+inline constexpr uint32_t kChunkBytesMin = 4096;
+inline constexpr uint32_t kChunkBytesMax = 16u << 20;
+inline constexpr uint32_t kChunkBytesDefault = 256u << 10;
+inline constexpr uint64_t kChunksMax = 1ULL << 28;  // 12 GiB of index at most
+inline constexpr size_t kBaseHintBytesMax = 1024;
+inline constexpr size_t kChainDepthMax = 16;  // a pack, its base, its base's base...
+inline constexpr uint32_t kFlagHasBase = 1;
+
+enum class ChunkKind : uint8_t {
+  Zero = 0,  // all zeros: nothing stored
+  Zstd = 1,  // one zstd frame in this pack
+  Raw = 2,   // stored as is in this pack (did not compress)
+  Base = 3,  // in the base chain: found there by its hash
+};
+
+struct IndexEntry {
+  Digest hash{};        // SHA-256 of the chunk's bytes; zeros for a Zero chunk
+  uint64_t offset = 0;  // file offset of the stored bytes (Zstd, Raw), else 0
+  uint32_t length = 0;  // stored bytes (Zstd, Raw), else 0
+  ChunkKind kind = ChunkKind::Zero;
+
+  bool stored() const { return kind == ChunkKind::Zstd || kind == ChunkKind::Raw; }
+};
+
+struct PackHeader {
+  uint32_t flags = 0;
+  uint64_t image_size = 0;
+  uint32_t chunk_size = kChunkBytesDefault;
+  uint32_t level = 0;  // the zstd level it was written with (informational)
+  uint64_t index_offset = 0;
+  uint64_t boot_begin = kPackHeaderBytes;  // file range of the boot set's chunks
+  uint64_t boot_end = kPackHeaderBytes;
+  uint64_t boot_chunks = 0;
+  Digest identity{};    // the image's identity (identity_of)
+  Digest index_hash{};  // SHA-256 of the encoded index
+  Digest base_identity{};
+  std::string base_hint;  // where the base was, as given to `pack --base`
+
+  bool has_base() const { return flags & kFlagHasBase; }
+  uint64_t chunk_count() const { return (image_size + chunk_size - 1) / chunk_size; }
+  uint64_t index_bytes() const { return chunk_count() * kIndexEntryBytes; }
+  // Bytes of chunk i (the last may be short).
+  uint32_t chunk_bytes(uint64_t i) const;
+};
+
+std::vector<std::byte> encode_header(const PackHeader& h);
+// Checks the CRC, the magic, the version and every field's range.
+Result<PackHeader> decode_header(std::span<const std::byte> bytes);
+// Checks that the header fits a pack file of `file_size` bytes.
+Result<void> check_header_fits(const PackHeader& h, uint64_t file_size);
+
+std::vector<std::byte> encode_index(const std::vector<IndexEntry>& entries);
+// Decodes and checks the index against its header: its hash, every entry's kind and range
+// (stored bytes between the header and the index), and the identity it adds up to.
+Result<std::vector<IndexEntry>> decode_index(const PackHeader& h, std::span<const std::byte> bytes);
+
+// The image's identity: SHA-256 over a tag, the image size, the chunk size and every
+// chunk's hash in address order (zeros for Zero chunks). It does not depend on the
+// layout, the compression or the base: two packs of one image agree.
+Digest identity_of(uint64_t image_size, uint32_t chunk_size,
+                   const std::vector<IndexEntry>& entries);
+
+const char* kind_name(ChunkKind k);
+
+}  // namespace imgstream::pack

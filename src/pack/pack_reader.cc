@@ -1,0 +1,196 @@
+#include "pack/pack_reader.h"
+
+#include <cstring>
+
+#include <zstd.h>
+
+#include "base/check.h"
+#include "base/log.h"
+
+namespace imgstream::pack {
+
+std::string resolve_relative(const std::string& where, const std::string& hint) {
+  if (hint.empty() || hint.front() == '/' || blob::is_http_url(hint)) return hint;
+  const size_t slash = where.rfind('/');
+  // "http://host" has slashes only in its scheme: the hint goes after the host.
+  if (blob::is_http_url(where) && (slash == std::string::npos || slash < where.find("//") + 2))
+    return where + "/" + hint;
+  return slash == std::string::npos ? hint : where.substr(0, slash + 1) + hint;
+}
+
+Result<std::unique_ptr<Pack>> Pack::open(Env& env, const std::string& where,
+                                         const PackOpenOptions& o) {
+  return open_at(env, where, o, 0);
+}
+
+Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
+                                            const PackOpenOptions& o, size_t depth) {
+  std::unique_ptr<Pack> p(new Pack());
+  p->blob_ = TRY(blob::open_blob(env, where, o.blob));
+  std::vector<std::byte> head(kPackHeaderBytes);
+  if (p->blob_->size() < kPackHeaderBytes)
+    return Error::invalid(where + ": not a pack (" + std::to_string(p->blob_->size()) + " bytes)");
+  TRY_CTX(p->blob_->read(0, head), where);
+  p->header_ = TRY_CTX(decode_header(head), where);
+  TRY_CTX(check_header_fits(p->header_, p->blob_->size()), where);
+  std::vector<std::byte> index(p->header_.index_bytes());
+  TRY_CTX(p->blob_->read(p->header_.index_offset, index), where);
+  p->index_ = TRY_CTX(decode_index(p->header_, index), where);
+  if (p->header_.has_base()) TRY(p->load_base(env, o, depth + 1));
+  // Index this pack's own chunks by hash (they win over the base's copies).
+  for (const IndexEntry& e : p->index_)
+    if (e.stored())
+      p->by_hash_.try_emplace(e.hash, Location{p.get(), e.offset, e.length, e.kind, e.hash});
+  return p;
+}
+
+Result<void> Pack::load_base(Env& env, const PackOpenOptions& o, size_t depth) {
+  if (depth > kChainDepthMax)
+    return Error::invalid(uri() + ": base chain longer than " + std::to_string(kChainDepthMax));
+  const std::string where =
+      !o.base.empty() && depth == 1 ? o.base : resolve_relative(uri(), header_.base_hint);
+  PackOpenOptions bo = o;
+  bo.base.clear();  // the override names the first base only
+  auto base = open_at(env, where, bo, depth);
+  if (!base)
+    return std::move(base).error().context(uri() + ": its base pack " + where);
+  if ((*base)->header_.identity != header_.base_identity)
+    return Error::invalid(uri() + ": " + where + " is not its base (identity " +
+                          to_hex((*base)->header_.identity, 8) + ", expected " +
+                          to_hex(header_.base_identity, 8) + ")");
+  if ((*base)->header_.chunk_size != header_.chunk_size)
+    return Error::invalid(uri() + ": its base " + where + " has another chunk size");
+  base_ = std::move(*base);
+  by_hash_ = base_->by_hash_;  // the chain's chunks, then ours over them in open()
+  for (const IndexEntry& e : index_)
+    if (e.kind == ChunkKind::Base && !by_hash_.contains(e.hash))
+      return Error::invalid(uri() + ": chunk " + to_hex(e.hash, 8) + " is in none of its bases");
+  return ok();
+}
+
+Pack::Location Pack::locate(uint64_t chunk) const {
+  IMG_CHECK(chunk < index_.size());
+  const IndexEntry& e = index_[chunk];
+  if (e.kind == ChunkKind::Zero) return Location{};
+  if (e.stored()) return Location{this, e.offset, e.length, e.kind, e.hash};
+  auto it = by_hash_.find(e.hash);
+  IMG_CHECK(it != by_hash_.end());  // checked when the base was loaded
+  return it->second;
+}
+
+bool Pack::has_chunk(const Digest& hash) const { return by_hash_.contains(hash); }
+
+Result<void> Pack::decode(const Location& loc, std::span<const std::byte> stored,
+                          std::span<std::byte> out) {
+  IMG_CHECK(stored.size() == loc.length);
+  if (loc.kind == ChunkKind::Raw) {
+    if (stored.size() != out.size()) return Error::io("raw chunk of the wrong size");
+    std::memcpy(out.data(), stored.data(), out.size());
+  } else {
+    const size_t n = ZSTD_decompress(out.data(), out.size(), stored.data(), stored.size());
+    if (ZSTD_isError(n)) return Error::io(std::string("zstd: ") + ZSTD_getErrorName(n));
+    if (n != out.size()) return Error::io("chunk decompressed to the wrong size");
+  }
+  if (sha256(out) != loc.hash) return Error::io("hash mismatch");
+  return ok();
+}
+
+// One chunk alone, read once more when it fails its check.
+Result<void> Pack::read_one(uint64_t chunk, const Location& loc, std::span<std::byte> out) const {
+  std::vector<std::byte> stored(loc.length);
+  Result<void> r = ok();
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    TRY(loc.pack->blob_->read(loc.offset, stored));
+    r = decode(loc, stored, out);
+    if (r) return ok();
+    LOG_WARN("{}: chunk {} (bytes {}+{}): {}{}", loc.pack->uri(), chunk, loc.offset, loc.length,
+             r.error().message, attempt == 0 ? "; reading it again" : "");
+  }
+  return Error{EIO, loc.pack->uri() + ": chunk " + std::to_string(chunk) + " at byte " +
+                        std::to_string(loc.offset) + " is corrupt (" + r.error().message + ")"};
+}
+
+Result<void> Pack::read_chunks(uint64_t first, uint64_t count, std::span<std::byte> out) const {
+  IMG_CHECK(first + count <= index_.size());
+  const uint64_t cs = header_.chunk_size;
+  uint64_t i = first;
+  while (i < first + count) {
+    const Location loc = locate(i);
+    auto dst = [&](uint64_t c) {
+      return out.subspan((c - first) * cs, header_.chunk_bytes(c));
+    };
+    if (loc.kind == ChunkKind::Zero) {
+      auto d = dst(i);
+      std::memset(d.data(), 0, d.size());
+      ++i;
+      continue;
+    }
+    // A run of chunks stored one after another in the same file: one request.
+    std::vector<Location> run{loc};
+    uint64_t bytes = loc.length;
+    while (i + run.size() < first + count) {
+      const Location next = locate(i + run.size());
+      if (next.pack != loc.pack || next.offset != run.back().offset + run.back().length ||
+          bytes + next.length > kCoalesceBytesMax)
+        break;
+      run.push_back(next);
+      bytes += next.length;
+    }
+    std::vector<std::byte> stored(bytes);
+    TRY(loc.pack->blob_->read(loc.offset, stored));
+    uint64_t at = 0;
+    for (size_t k = 0; k < run.size(); ++k) {
+      const uint64_t c = i + k;
+      auto piece = std::span<const std::byte>(stored).subspan(at, run[k].length);
+      if (!decode(run[k], piece, dst(c))) TRY(read_one(c, run[k], dst(c)));
+      at += run[k].length;
+    }
+    i += run.size();
+  }
+  return ok();
+}
+
+Result<void> Pack::read(uint64_t offset, std::span<std::byte> buf) const {
+  IMG_CHECK(!buf.empty() && offset <= header_.image_size &&
+            buf.size() <= header_.image_size - offset);
+  const uint64_t cs = header_.chunk_size, end = offset + buf.size();
+  const uint64_t first = offset / cs, last = (end - 1) / cs;
+  if (offset % cs == 0 && (end % cs == 0 || end == header_.image_size))
+    return read_chunks(first, last - first + 1, buf);  // whole chunks: straight into buf
+  std::vector<std::byte> tmp((last - first + 1) * cs);
+  TRY(read_chunks(first, last - first + 1, tmp));
+  std::memcpy(buf.data(), tmp.data() + (offset - first * cs), buf.size());
+  return ok();
+}
+
+void Pack::block_status(uint64_t offset, uint64_t length, std::vector<Extent>& out) const {
+  const uint64_t cs = header_.chunk_size, end = std::min(offset + length, header_.image_size);
+  for (uint64_t pos = offset; pos < end;) {
+    const bool zero = index_[pos / cs].kind == ChunkKind::Zero;
+    uint64_t next = std::min(end, (pos / cs + 1) * cs);
+    while (next < end && (index_[next / cs].kind == ChunkKind::Zero) == zero)
+      next = std::min(end, next + cs);
+    out.push_back(Extent{next - pos, zero ? kStateHole | kStateZero : 0u});
+    pos = next;
+  }
+}
+
+Result<std::vector<uint64_t>> Pack::verify(
+    const std::function<void(uint64_t, uint64_t)>& progress) const {
+  std::vector<uint64_t> bad;
+  std::vector<std::byte> out(header_.chunk_size), stored;
+  const uint64_t n = index_.size();
+  for (uint64_t i = 0; i < n; ++i) {
+    const IndexEntry& e = index_[i];
+    if (e.stored()) {
+      stored.resize(e.length);
+      TRY(blob_->read(e.offset, stored));
+      const Location loc{this, e.offset, e.length, e.kind, e.hash};
+      if (!decode(loc, stored, std::span(out).first(header_.chunk_bytes(i)))) bad.push_back(i);
+    }
+    if (progress) progress(i + 1, n);
+  }
+  return bad;
+}
+
+}  // namespace imgstream::pack

@@ -1,0 +1,228 @@
+#include "pack/pack_writer.h"
+
+#include <zstd.h>
+
+#include <algorithm>
+#include <bit>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "base/check.h"
+#include "base/log.h"
+#include "base/thread_pool.h"
+#include "pack/pack_reader.h"
+
+namespace imgstream::pack {
+
+namespace {
+
+std::string parent_dir(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+bool all_zero(std::span<const std::byte> b) {
+  size_t i = 0;
+  for (; i + 8 <= b.size(); i += 8) {
+    uint64_t v;
+    std::memcpy(&v, b.data() + i, 8);
+    if (v) return false;
+  }
+  for (; i < b.size(); ++i)
+    if (b[i] != std::byte{0}) return false;
+  return true;
+}
+
+// One chunk in flight: what a worker made of it.
+struct Work {
+  uint64_t chunk = 0;
+  bool done = false;
+  Result<void> result = ok();
+  IndexEntry entry;              // kind Zero, Base, Zstd or Raw (offset not yet known)
+  std::vector<std::byte> bytes;  // the stored bytes for Zstd / Raw
+};
+
+struct DigestHash {
+  size_t operator()(const Digest& d) const {
+    size_t h;
+    std::memcpy(&h, d.data(), sizeof h);
+    return h;
+  }
+};
+
+// The physical order: boot chunks in the order first needed, then the rest by address.
+std::vector<uint64_t> physical_order(const PackHeader& h,
+                                     const std::vector<std::pair<uint64_t, uint64_t>>& boot,
+                                     uint64_t& boot_positions) {
+  const uint64_t n = h.chunk_count();
+  std::vector<bool> taken(n);
+  std::vector<uint64_t> order;
+  order.reserve(n);
+  for (auto [off, len] : boot) {
+    if (len == 0 || off >= h.image_size) continue;
+    const uint64_t end = std::min(off + len, h.image_size);
+    for (uint64_t c = off / h.chunk_size; c * h.chunk_size < end; ++c)
+      if (!taken[c]) {
+        taken[c] = true;
+        order.push_back(c);
+      }
+  }
+  boot_positions = order.size();
+  for (uint64_t c = 0; c < n; ++c)
+    if (!taken[c]) order.push_back(c);
+  return order;
+}
+
+// Reads, hashes and compresses one chunk (on a pool thread).
+void make_chunk(File& image, const PackHeader& h, int level, const Pack* base, Work& w) {
+  std::vector<std::byte> raw(h.chunk_bytes(w.chunk));
+  w.result = read_exact_at(image, w.chunk * h.chunk_size, raw);
+  if (!w.result) return;
+  if (all_zero(raw)) {
+    w.entry.kind = ChunkKind::Zero;
+    return;
+  }
+  w.entry.hash = sha256(raw);
+  if (base && base->has_chunk(w.entry.hash)) {
+    w.entry.kind = ChunkKind::Base;
+    return;
+  }
+  thread_local std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> cctx(ZSTD_createCCtx(),
+                                                                          &ZSTD_freeCCtx);
+  w.bytes.resize(ZSTD_compressBound(raw.size()));
+  const size_t n = ZSTD_compressCCtx(cctx.get(), w.bytes.data(), w.bytes.size(), raw.data(),
+                                     raw.size(), level);
+  if (!ZSTD_isError(n) && n < raw.size()) {
+    w.bytes.resize(n);
+    w.entry.kind = ChunkKind::Zstd;
+  } else {
+    w.bytes = std::move(raw);  // incompressible: stored as is
+    w.entry.kind = ChunkKind::Raw;
+  }
+  w.entry.length = static_cast<uint32_t>(w.bytes.size());
+}
+
+}  // namespace
+
+Result<PackWriteReport> write_pack(Env& env, const PackWriteOptions& o) {
+  std::shared_ptr<File> image = TRY_CTX(env.open(o.image, OpenMode::ReadOnly), o.image);
+  PackHeader h;
+  h.image_size = TRY_CTX(image->size(), o.image);
+  h.chunk_size = o.chunk_size;
+  h.level = static_cast<uint32_t>(o.level);
+  if (h.image_size == 0) return Error::invalid(o.image + ": the image is empty");
+  if (h.chunk_size < kChunkBytesMin || h.chunk_size > kChunkBytesMax ||
+      !std::has_single_bit(h.chunk_size))
+    return Error::invalid("chunk size must be a power of two from 4K to 16M");
+  if (h.chunk_count() > kChunksMax) return Error::invalid(o.image + ": too many chunks");
+
+  std::unique_ptr<Pack> base;
+  if (!o.base.empty()) {
+    base = TRY(Pack::open(env, o.base));
+    if (base->header().chunk_size != h.chunk_size)
+      return Error::invalid("the base pack " + o.base + " has chunks of " +
+                            std::to_string(base->header().chunk_size) +
+                            " bytes; write this one with the same --chunk-size");
+    if (o.base.size() > kBaseHintBytesMax) return Error::invalid("base name too long");
+    h.flags |= kFlagHasBase;
+    h.base_identity = base->header().identity;
+    h.base_hint = o.base;
+  }
+
+  const std::string tmp = o.output + ".tmp";
+  auto out = TRY_CTX(env.open(tmp, OpenMode::CreateOrOpen), tmp);
+  TRY_CTX(out->truncate(0), tmp);
+
+  uint64_t boot_positions = 0;
+  const std::vector<uint64_t> order = physical_order(h, o.boot_ranges, boot_positions);
+  const unsigned threads = o.threads ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+  const size_t window = size_t(threads) * kChunksInFlightPerThread;
+
+  PackWriteReport rep;
+  rep.chunks = order.size();
+  std::vector<IndexEntry> index(h.chunk_count());
+  std::unordered_map<Digest, IndexEntry, DigestHash> written;
+  uint64_t cursor = kPackHeaderBytes, done_bytes = 0;
+
+  // A ring of `window` chunks in flight: position k lives in slot k % window.
+  std::vector<Work> slots(std::min(window, order.size()));
+  std::mutex mu;
+  std::condition_variable cv;
+  Result<void> failed = ok();
+  {
+    ThreadPool pool(threads);
+    auto post = [&](size_t k) {
+      Work& w = slots[k % slots.size()];
+      w = Work{};
+      w.chunk = order[k];
+      pool.post([&, k] {
+        Work& ww = slots[k % slots.size()];
+        make_chunk(*image, h, o.level, base.get(), ww);
+        std::lock_guard lock(mu);
+        ww.done = true;
+        cv.notify_all();
+      });
+    };
+    for (size_t k = 0; k < slots.size(); ++k) post(k);
+    for (size_t k = 0; k < order.size(); ++k) {
+      Work& w = slots[k % slots.size()];
+      {
+        std::unique_lock lock(mu);
+        cv.wait(lock, [&] { return w.done; });
+      }
+      if (!w.result) {
+        failed = std::move(w.result);
+        break;  // the pool finishes the chunks in flight before `slots` goes
+      }
+      IndexEntry e = w.entry;
+      if (e.kind == ChunkKind::Zero) {
+        ++rep.zero_chunks;
+      } else if (e.kind == ChunkKind::Base) {
+        ++rep.base_chunks;
+      } else if (auto it = written.find(e.hash); it != written.end()) {
+        e = it->second;
+        ++rep.duplicate_chunks;
+      } else {
+        auto r = write_all_at(*out, cursor, w.bytes);
+        if (!r) {
+          failed = std::move(r).error().context(tmp);
+          break;
+        }
+        e.offset = cursor;
+        cursor += e.length;
+        written.emplace(e.hash, e);
+        ++rep.stored_chunks;
+        rep.raw_chunks += e.kind == ChunkKind::Raw;
+        rep.stored_bytes += e.length;
+        if (k < boot_positions) ++h.boot_chunks;
+      }
+      index[w.chunk] = e;
+      if (k + 1 == boot_positions) h.boot_end = cursor;
+      done_bytes += h.chunk_bytes(w.chunk);
+      if (o.progress) o.progress(done_bytes, h.image_size);
+      if (k + slots.size() < order.size()) post(k + slots.size());
+    }
+  }  // the pool joins here
+  TRY(failed);
+  if (boot_positions == 0) h.boot_end = kPackHeaderBytes;
+
+  h.index_offset = cursor;
+  const std::vector<std::byte> idx = encode_index(index);
+  h.index_hash = sha256(idx);
+  h.identity = identity_of(h.image_size, h.chunk_size, index);
+  TRY_CTX(write_all_at(*out, h.index_offset, idx), tmp);
+  TRY_CTX(write_all_at(*out, 0, encode_header(h)), tmp);
+  TRY_CTX(out->sync(), tmp);
+  out.reset();
+  TRY_CTX(env.rename(tmp, o.output), o.output);
+  TRY(env.sync_dir(parent_dir(o.output)));
+  rep.header = h;
+  rep.file_bytes = h.index_offset + idx.size();
+  return rep;
+}
+
+}  // namespace imgstream::pack
