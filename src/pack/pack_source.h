@@ -7,6 +7,7 @@
 // small cache of decoded chunks so that small reads do not decode a chunk each time.
 #pragma once
 
+#include <condition_variable>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -26,6 +27,13 @@ inline constexpr size_t kPackDeviceCacheChunks = 64;
 // Whether SOURCE names a pack: an http(s) URL, or a path ending in .pack.
 bool is_pack_source(const std::string& source);
 
+// The boot set is fetched in one request when it is at most this large.
+inline constexpr uint64_t kBootFetchBytesMax = 256u << 20;
+
+// The boot set: a pack packed with a profile stores its boot chunks as one range. The
+// first read that needs any of them fetches the whole range in one request (a machine
+// that boots needs all of it, soon); the chunks wait in memory, decoded and checked,
+// until they are read once, then go. Reads of other chunks are not held up by it.
 class PackSource final : public source::Source {
  public:
   explicit PackSource(std::unique_ptr<Pack> pack);
@@ -39,9 +47,24 @@ class PackSource final : public source::Source {
   void close() override;
 
   const Pack& pack() const { return *pack_; }
+  // Requests made for the boot set (0 or 1), for tests and status.
+  uint64_t boot_fetches() const;
 
  private:
+  Result<void> read_range(uint64_t offset, std::span<std::byte> buf);
+  // Reads chunks [first, first + count) into out, from the boot set where it holds them.
+  Result<void> read_chunks(uint64_t first, uint64_t count, std::span<std::byte> out);
+  void load_boot_set();
+
   std::unique_ptr<Pack> pack_;
+  // Boot set state, under boot_mu_.
+  enum class Boot { None, Idle, Loading, Ready };
+  mutable std::mutex boot_mu_;
+  std::condition_variable boot_cv_;
+  Boot boot_ = Boot::None;
+  std::vector<bool> is_boot_;  // per chunk
+  std::unordered_map<uint64_t, std::vector<std::byte>> boot_chunks_;
+  uint64_t boot_fetches_ = 0;
   std::shared_mutex mu_;  // held shared by reads, exclusively by close()
   bool closed_ = false;
   std::unique_ptr<ThreadPool> pool_;

@@ -218,6 +218,33 @@ TEST_F(PackTest, DamagedHeaderOrIndexIsRefused) {
   EXPECT_NE(p.error().message.find("truncated"), std::string::npos) << p.error().message;
 }
 
+TEST_F(PackTest, BootSetIsFetchedInOneRequest) {
+  const auto image = make_image(40, 8);
+  ASSERT_TRUE(pack(write_file("a.img", image), dir_ + "/a.pack",
+                   {{20 * kChunk, 4 * kChunk}, {0, 2 * kChunk}, {33 * kChunk, kChunk}}));
+  auto p = Pack::open(*Env::posix(), dir_ + "/a.pack");
+  ASSERT_TRUE(p);
+  const blob::BlobReader& blob = (*p)->blob();
+  PackSource src(std::move(*p));
+  const uint64_t opened = blob.stats().requests;  // header and index
+  std::vector<std::byte> b(kChunk);
+  // The machine asks for one boot chunk: the whole boot set comes in one request.
+  ASSERT_TRUE(src.read(21 * kChunk, b));
+  EXPECT_EQ(0, std::memcmp(b.data(), image.data() + 21 * kChunk, kChunk));
+  EXPECT_EQ(blob.stats().requests, opened + 1);
+  for (uint64_t c : {20, 22, 23, 0, 1, 33}) {
+    ASSERT_TRUE(src.read(c * kChunk, b));
+    EXPECT_EQ(0, std::memcmp(b.data(), image.data() + c * kChunk, kChunk)) << c;
+  }
+  EXPECT_EQ(blob.stats().requests, opened + 1) << "every boot chunk came with the first";
+  EXPECT_EQ(src.boot_fetches(), 1u);
+  // A boot chunk read a second time, and other chunks, are read from the pack.
+  std::vector<std::byte> all(image.size());
+  ASSERT_TRUE(src.read(0, all));
+  EXPECT_EQ(all, image);
+  EXPECT_GT(blob.stats().requests, opened + 1);
+}
+
 TEST_F(PackTest, PackSourceAndDeviceReadTheImage) {
   const auto image = make_image(16, 7);
   ASSERT_TRUE(pack(write_file("a.img", image), dir_ + "/a.pack"));
