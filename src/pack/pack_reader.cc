@@ -33,8 +33,8 @@ Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
   TRY_CTX(p->blob_->read(0, head), where);
   p->header_ = TRY_CTX(decode_header(head), where);
   TRY_CTX(check_header_fits(p->header_, p->blob_->size()), where);
-  std::vector<std::byte> index(p->header_.index_bytes());
-  TRY_CTX(p->blob_->read(p->header_.index_offset, index), where);
+  const std::vector<std::byte> index =
+      TRY_CTX(p->fetch_index(env, depth == 0 ? o.index_cache : std::string()), where);
   p->index_ = TRY_CTX(decode_index(p->header_, index), where);
   if (p->header_.has_base()) TRY(p->load_base(env, o, depth + 1));
   // Index this pack's own chunks by hash (they win over the base's copies).
@@ -42,6 +42,42 @@ Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
     if (e.stored())
       p->by_hash_.try_emplace(e.hash, Location{p.get(), e.offset, e.length, e.kind, e.hash});
   return p;
+}
+
+// The cache file is the header's 4096 bytes followed by the index; it is trusted only as
+// far as its header's index hash equals the pack's (decode_index checks the bytes).
+Result<std::vector<std::byte>> Pack::fetch_index(Env& env, const std::string& cache) {
+  std::vector<std::byte> index(header_.index_bytes());
+  if (!cache.empty()) {
+    if (auto f = env.open(cache, OpenMode::ReadOnly)) {
+      std::vector<std::byte> head(kPackHeaderBytes);
+      auto size = (*f)->size();
+      auto h = size && *size == kPackHeaderBytes + index.size() &&
+                       read_exact_at(**f, 0, head)
+                   ? decode_header(head)
+                   : Result<PackHeader>(Error::invalid("no cache"));
+      if (h && h->index_hash == header_.index_hash && h->identity == header_.identity &&
+          read_exact_at(**f, kPackHeaderBytes, index)) {
+        index_from_cache_ = true;
+        return index;
+      }
+    }
+  }
+  TRY(blob_->read(header_.index_offset, index));
+  if (!cache.empty()) {
+    // Best effort: a store that cannot keep it fetches it again next time.
+    auto r = [&]() -> Result<void> {
+      const std::string tmp = cache + ".tmp";
+      auto f = TRY(env.open(tmp, OpenMode::CreateOrOpen));
+      TRY(f->truncate(0));
+      TRY(write_all_at(*f, 0, encode_header(header_)));
+      TRY(write_all_at(*f, kPackHeaderBytes, index));
+      TRY(f->sync());
+      return env.rename(tmp, cache);
+    }();
+    if (!r) LOG_WARN("could not keep the index of {} in {}: {}", uri(), cache, r.error().message);
+  }
+  return index;
 }
 
 Result<void> Pack::load_base(Env& env, const PackOpenOptions& o, size_t depth) {

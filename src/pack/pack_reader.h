@@ -26,6 +26,9 @@ struct PackOpenOptions {
   // The base pack's location, instead of the hint recorded in the pack (relative hints
   // are taken relative to the pack's own directory or URL).
   std::string base;
+  // A file that keeps the pack's header and index (a store keeps one): used instead of
+  // fetching the index when its index hash matches the pack's header, written when not.
+  std::string index_cache;
 };
 
 // Reads at most this much in one blob request when coalescing adjacent chunks.
@@ -76,6 +79,14 @@ class Pack {
   static Result<std::unique_ptr<Pack>> open_at(Env& env, const std::string& where,
                                                const PackOpenOptions& o, size_t depth);
   Result<void> load_base(Env& env, const PackOpenOptions& o, size_t depth);
+  Result<std::vector<std::byte>> fetch_index(Env& env, const std::string& cache);
+  // Whether the index came from the cache file rather than the pack.
+  bool index_from_cache_ = false;
+
+ public:
+  bool index_from_cache() const { return index_from_cache_; }
+
+ private:
   Result<void> read_one(uint64_t chunk, const Location& loc, std::span<std::byte> out) const;
 
   struct DigestHash {

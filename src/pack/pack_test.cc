@@ -245,6 +245,27 @@ TEST_F(PackTest, BootSetIsFetchedInOneRequest) {
   EXPECT_GT(blob.stats().requests, opened + 1);
 }
 
+TEST_F(PackTest, IndexIsFetchedOnceAndKept) {
+  const auto image = make_image(10, 9);
+  ASSERT_TRUE(pack(write_file("a.img", image), dir_ + "/a.pack"));
+  PackOpenOptions o;
+  o.index_cache = dir_ + "/kept.index";
+  auto p = Pack::open(*Env::posix(), dir_ + "/a.pack", o);
+  ASSERT_TRUE(p);
+  EXPECT_FALSE((*p)->index_from_cache());
+  EXPECT_EQ((*p)->blob().stats().requests, 2u);  // header, index
+  auto q = Pack::open(*Env::posix(), dir_ + "/a.pack", o);
+  ASSERT_TRUE(q);
+  EXPECT_TRUE((*q)->index_from_cache());
+  EXPECT_EQ((*q)->blob().stats().requests, 1u);  // the header only
+  EXPECT_EQ(read_all(**q), image);
+  // Another pack at the same place: the kept index is not its own and is not used.
+  ASSERT_TRUE(pack(write_file("b.img", make_image(10, 10)), dir_ + "/a.pack"));
+  auto r = Pack::open(*Env::posix(), dir_ + "/a.pack", o);
+  ASSERT_TRUE(r);
+  EXPECT_FALSE((*r)->index_from_cache());
+}
+
 TEST_F(PackTest, PackSourceAndDeviceReadTheImage) {
   const auto image = make_image(16, 7);
   ASSERT_TRUE(pack(write_file("a.img", image), dir_ + "/a.pack"));

@@ -63,6 +63,8 @@ Result<void> Streamer::open_sources() {
     // One Pack (header, index, base chain) behind the source; its pool reads in parallel.
     pack::PackOpenOptions po;
     po.blob.timeout = opt_.io_timeout;
+    po.index_cache = opt_.store_dir + "/" + kPackIndexName;  // fetched once, kept here
+    (void)env_.mkdir(opt_.store_dir);  // a new store's directory: made here for the cache
     demand_src_ = std::make_unique<pack::PackSource>(TRY(pack::Pack::open(env_, opt_.source, po)));
   } else {
     demand_src_ = TRY(source::FileSource::open(env_, opt_.source));

@@ -32,6 +32,8 @@ inline constexpr std::chrono::milliseconds kCommitInterval{1000};
 inline constexpr uint64_t kCountersCommitTicks = 10;
 inline constexpr uint32_t kRegionSizeDefault = 1u << 20;
 inline constexpr const char* kControlSocketName = "ctl.sock";
+// A pack source's header and index, kept in the store (docs/pack-format.md).
+inline constexpr const char* kPackIndexName = "pack.index";
 
 struct StreamerOptions {
   std::string source;  // NBD URI or local path
