@@ -32,6 +32,7 @@ struct StreamArgs {
   std::string run;
   std::string trace;
   std::string profile;
+  std::string seed;
   bool no_boot_trace = false;
   double io_timeout_s = 30;
   unsigned in_flight = 4;
@@ -63,6 +64,7 @@ int run_stream(const StreamArgs& a) {
   o.store_dir = a.store;
   o.device_path = a.device;
   o.background = !a.no_background;
+  o.seed = a.seed;
   o.io_timeout = std::chrono::milliseconds(static_cast<int64_t>(a.io_timeout_s * 1000));
   o.request_timeout = std::min(o.io_timeout, std::chrono::milliseconds(10'000));
   o.hydrate.in_flight = a.in_flight;
@@ -218,6 +220,10 @@ Runner add_stream(CLI::App& app) {
                   "Boot profile (imgstream profile merge): fetch its regions first, in its "
                   "order, ahead of the machine; then hydrate the rest. `imgstream status` shows "
                   "the bytes prefetched and the share of them read since (precision)");
+  cmd->add_option("--seed", a->seed,
+                  "With a pack SOURCE and a new store: copy the chunks this local image (or "
+                  "store directory) already has instead of fetching them, e.g. the previous "
+                  "version of the image");
   cmd->add_flag("--no-boot-trace", a->no_boot_trace,
                 "Do not record the first boot of a new store in STORE/boot.trace");
   cmd->add_option("--trace", a->trace,

@@ -185,6 +185,7 @@ void LocalStore::adopt_slot(const Slot& s) {
   reads_local_ = c.reads_local;
   reads_waited_ = c.reads_waited;
   wait_ns_ = c.wait_ns;
+  seeded_ = c.bytes_seeded;
   committed_counters_ = c;
   state_ = s.state;
   error_message_ = s.error_message;
@@ -256,6 +257,7 @@ Counters LocalStore::counters() const {
   c.reads_local = reads_local_.load(std::memory_order_relaxed);
   c.reads_waited = reads_waited_.load(std::memory_order_relaxed);
   c.wait_ns = wait_ns_.load(std::memory_order_relaxed);
+  c.bytes_seeded = seeded_.load();
   return c;
 }
 

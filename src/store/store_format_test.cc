@@ -29,7 +29,8 @@ TEST(StoreFormat, SlotRoundTripsEveryCounter) {
                         .prefetch_bytes_read = 20,
                         .reads_local = 5,
                         .reads_waited = 6,
-                        .wait_ns = 7};
+                        .wait_ns = 7,
+                        .bytes_seeded = 8};
   auto bytes = encode_slot(h, s);
   ASSERT_EQ(bytes.size(), h.slot_bytes());
   auto d = decode_slot(h, bytes);
@@ -46,7 +47,8 @@ TEST(StoreFormat, SlotRoundTripsEveryCounter) {
   EXPECT_EQ(le::get64(bytes.data() + 336), 5u);
   EXPECT_EQ(le::get64(bytes.data() + 344), 6u);
   EXPECT_EQ(le::get64(bytes.data() + 352), 7u);
-  for (size_t i = 360; i < 508; ++i) EXPECT_EQ(bytes[i], std::byte{0}) << i;
+  EXPECT_EQ(le::get64(bytes.data() + 360), 8u);
+  for (size_t i = 368; i < 508; ++i) EXPECT_EQ(bytes[i], std::byte{0}) << i;
 }
 
 TEST(StoreFormat, SlotWithMoreReadThanPrefetchedIsRefused) {

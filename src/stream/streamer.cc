@@ -17,6 +17,7 @@
 #include "source/file_source.h"
 #include "source/nbd_source.h"
 #include "pack/pack_source.h"
+#include "pack/seed.h"
 
 namespace imgstream::stream {
 
@@ -126,6 +127,16 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     }
   }
   s->store_ = TRY(store::LocalStore::open_or_create(env, so));
+  if (!o.seed.empty()) {
+    auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get());
+    if (!ps) return Error::invalid("--seed works with a pack source (NAME.pack or an http URL)");
+    if (s->store_->created()) {
+      auto r = TRY(pack::seed_store(env, ps->pack(), *s->store_, o.seed));
+      LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", o.seed, r.chunks, r.bytes);
+      s->store_->add_seeded(r.bytes);
+      TRY(s->store_->commit());
+    }
+  }
   if (o.prefetch_image_size && o.prefetch_image_size != s->store_->header().image_size)
     return Error::invalid("the profile was made for an image of " +
                           std::to_string(o.prefetch_image_size) + " bytes, this one has " +
@@ -301,6 +312,7 @@ nlohmann::json status_json(const store::StoreHeader& h, StoreState state, uint64
   j["bytes_fetched_background"] = c.bytes_fetched_background;
   j["bytes_prefetched"] = c.bytes_fetched_prefetch;
   j["prefetch_bytes_read"] = c.prefetch_bytes_read;
+  j["bytes_seeded"] = c.bytes_seeded;
   if (c.bytes_fetched_prefetch > 0)
     j["prefetch_precision"] =
         double(c.prefetch_bytes_read) / double(c.bytes_fetched_prefetch);

@@ -48,6 +48,9 @@ struct StreamerOptions {
   bool background = true;  // false: fetch on demand only
   // A pack's own boot set (packed with --profile) is prefetched when no profile is given.
   bool background_boot_prefetch = true;
+  // For a new store streamed from a pack: a local image or store whose chunks are copied
+  // instead of fetched (pack/seed.h).
+  std::string seed;
   std::chrono::milliseconds io_timeout{30'000};
   std::chrono::milliseconds request_timeout{10'000};
 };
