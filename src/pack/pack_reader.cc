@@ -142,8 +142,10 @@ Result<void> Pack::read_one(uint64_t chunk, const Location& loc, std::span<std::
     LOG_WARN("{}: chunk {} (bytes {}+{}): {}{}", loc.pack->uri(), chunk, loc.offset, loc.length,
              r.error().message, attempt == 0 ? "; reading it again" : "");
   }
-  return Error{EIO, loc.pack->uri() + ": chunk " + std::to_string(chunk) + " at byte " +
-                        std::to_string(loc.offset) + " is corrupt (" + r.error().message + ")"};
+  Error e{EIO, loc.pack->uri() + ": chunk " + std::to_string(chunk) + " at byte " +
+                   std::to_string(loc.offset) + " is corrupt (" + r.error().message + ")"};
+  LOG_ERROR("{}; it is not used", e.message);
+  return e;
 }
 
 Result<void> Pack::read_chunks(uint64_t first, uint64_t count, std::span<std::byte> out) const {
