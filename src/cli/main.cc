@@ -51,7 +51,8 @@ int main(int argc, char** argv) {
   commands.emplace_back(nullptr, cli::add_profile(app));
   commands.back().first = app.get_subcommand("profile");
   for (auto [name, add] : {std::pair{"pack", &cli::add_pack}, std::pair{"unpack", &cli::add_unpack},
-                           std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info}}) {
+                           std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info},
+                           std::pair{"track", &cli::add_track}}) {
     commands.emplace_back(nullptr, add(app));
     commands.back().first = app.get_subcommand(name);
   }

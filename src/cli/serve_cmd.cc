@@ -8,6 +8,7 @@
 #include "cli/cli.h"
 #include "cli/run_server.h"
 #include "device/file_device.h"
+#include "migrate/dirty_tracking_device.h"
 #include "nbd/server.h"
 #include "pack/pack_source.h"
 #include "profile/tracing_device.h"
@@ -24,6 +25,7 @@ struct ServeArgs {
   bool read_only = false;
   std::string run;
   std::string trace;
+  std::string track;
   unsigned threads = nbd::kWorkerThreadsDefault;
 };
 
@@ -61,6 +63,25 @@ int run_serve(const ServeArgs& args) {
     traced = std::make_unique<profile::TracingDevice>(**dev, *trace);
     exported = traced.get();
   }
+  // Change tracking for live migration (migrate/dirty_tracker.h): every write's region
+  // is durably recorded in the tracking file before the write is acknowledged.
+  std::unique_ptr<migrate::DirtyTracker> tracker;
+  std::unique_ptr<migrate::DirtyTrackingDevice> tracked;
+  if (!args.track.empty()) {
+    if (read_only) {
+      print_error("--track needs a writable export (not --read-only, not a pack)");
+      return kExitUsage;
+    }
+    auto t = migrate::DirtyTracker::open(*Env::posix(), args.track, (*dev)->size());
+    if (!t) {
+      print_error(t.error().message);
+      return kExitFailure;
+    }
+    tracker = std::move(*t);
+    tracked = std::make_unique<migrate::DirtyTrackingDevice>(*exported, *tracker);
+    exported = tracked.get();
+    LOG_INFO("tracking changes in {}: {} regions changed so far", args.track, tracker->dirty_count());
+  }
   nbd::ServerOptions opt;
   opt.worker_threads = args.threads;
   opt.exports.push_back(nbd::Export{args.export_name, args.description, exported, read_only});
@@ -97,6 +118,13 @@ int run_serve(const ServeArgs& args) {
   int status = run_server(**server, args.export_name, args.run);
   server->reset();
   if (private_addr) remove_private_socket(first);
+  if (tracker) {
+    // A clean stop: every bit in the bitmap, an empty activity log.
+    if (auto r = tracker->close(); !r) {
+      print_error("tracking file " + args.track + ": " + r.error().message);
+      status = kExitFailure;
+    }
+  }
   if (trace) {
     auto r = trace->close();
     if (!r) {
@@ -132,6 +160,10 @@ Runner add_serve(CLI::App& app) {
   cmd->add_option("--threads", args->threads, "Threads for requests that may block")
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
+  cmd->add_option("--track", args->track,
+                  "Record every region written, trimmed or zeroed in this tracking file "
+                  "(made when missing; docs/track-format.md), durably before each write is "
+                  "acknowledged: for live migration");
   cmd->add_option("--trace", args->trace,
                   "Record every read (time, offset, length) in FILE (docs/trace-format.md)");
   return [args] { return run_serve(*args); };

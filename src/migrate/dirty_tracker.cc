@@ -1,0 +1,244 @@
+#include "migrate/dirty_tracker.h"
+
+#include <algorithm>
+#include <bit>
+
+#include "base/check.h"
+#include "base/log.h"
+
+namespace imgstream::migrate {
+
+Result<std::unique_ptr<DirtyTracker>> DirtyTracker::open(Env& env, const std::string& path,
+                                                         uint64_t image_size,
+                                                         const TrackOptions& o) {
+  std::unique_ptr<DirtyTracker> t(new DirtyTracker(env, path));
+  t->lock_ = TRY_CTX(env.lock(path + ".lock"), "tracking file " + path + " is in use");
+  if (TRY(env.exists(path))) {
+    TRY_CTX(t->load(), "tracking file " + path);
+    if (t->h_.image_size != image_size)
+      return Error{EEXIST, "tracking file " + path + " is for an image of " +
+                               std::to_string(t->h_.image_size) + " bytes, not " +
+                               std::to_string(image_size)};
+  } else {
+    TRY_CTX(t->create(image_size, o), "tracking file " + path);
+  }
+  return t;
+}
+
+DirtyTracker::~DirtyTracker() = default;
+
+Result<void> DirtyTracker::create(uint64_t image_size, const TrackOptions& o) {
+  h_.image_size = image_size;
+  h_.region_size = o.region_size;
+  h_.extent_regions = std::max<uint32_t>(1, o.extent_bytes / std::max<uint32_t>(1, o.region_size));
+  h_.al_extents = o.al_extents;
+  TRY(validate(h_));
+  words_ = (h_.regions() + 63) / 64;
+  bits_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
+  for (size_t i = 0; i < words_; ++i) bits_[i].store(0, std::memory_order_relaxed);
+  // Made under a temporary name and renamed: a half-made file is never taken for one.
+  const std::string tmp = path_ + ".tmp";
+  auto f = TRY(env_.open(tmp, OpenMode::CreateOrOpen));
+  TRY(f->truncate(0));
+  TRY(f->truncate(h_.file_bytes()));
+  TRY(write_all_at(*f, 0, encode_track_header(h_)));
+  seq_ = 1;
+  TRY(write_all_at(*f, h_.al_offset(), encode_al(h_, AlTransaction{seq_, {}})));
+  TRY(f->sync());
+  f.reset();
+  TRY(env_.rename(tmp, path_));
+  const size_t slash = path_.rfind('/');
+  TRY(env_.sync_dir(slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash)));
+  file_ = TRY(env_.open(path_, OpenMode::ReadWrite));
+  return ok();
+}
+
+Result<void> DirtyTracker::load() {
+  file_ = TRY(env_.open(path_, OpenMode::ReadWrite));
+  std::vector<std::byte> head(kTrackHeaderBytes);
+  TRY(read_exact_at(*file_, 0, head));
+  h_ = TRY(decode_track_header(head));
+  if (TRY(file_->size()) < h_.file_bytes()) return Error::invalid("tracking file is truncated");
+  words_ = (h_.regions() + 63) / 64;
+  bits_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
+  std::vector<std::byte> bitmap(h_.bitmap_bytes());
+  TRY(read_exact_at(*file_, h_.bitmap_offset(), bitmap));
+  for (size_t w = 0; w < words_; ++w) {
+    uint64_t v = 0;
+    for (size_t b = 0; b < 8 && w * 8 + b < bitmap.size(); ++b)
+      v |= uint64_t(std::to_integer<uint8_t>(bitmap[w * 8 + b])) << (8 * b);
+    bits_[w].store(v, std::memory_order_relaxed);
+  }
+  // The newest valid AL transaction: its extents may hold changes the bitmap lacks.
+  AlTransaction newest;
+  std::vector<std::byte> slot(kAlSlotBytes);
+  for (uint32_t i = 0; i < kAlSlots; ++i) {
+    TRY(read_exact_at(*file_, h_.al_offset() + uint64_t(i) * kAlSlotBytes, slot));
+    auto t = decode_al(h_, slot);
+    if (t && t->seq > newest.seq) newest = std::move(*t);
+  }
+  if (newest.seq == 0) return Error::invalid("no valid activity-log slot");
+  seq_ = newest.seq;
+  uint64_t added = 0;
+  for (uint64_t e : newest.extents) {
+    const uint64_t first = e * h_.extent_regions;
+    const uint64_t end = std::min(h_.regions(), first + h_.extent_regions);
+    for (uint64_t r = first; r < end; ++r) {
+      const uint64_t bit = 1ULL << (r % 64);
+      added += !(bits_[r / 64].fetch_or(bit) & bit);
+    }
+  }
+  if (!newest.extents.empty())
+    LOG_INFO("tracking file {}: {} extents were active at the last stop; {} more regions count as changed",
+             path_, newest.extents.size(), added);
+  // Make the recovered set durable, then start with an empty AL.
+  TRY(write_bitmap_range(0, h_.regions()));
+  TRY(file_->sync());
+  std::lock_guard lock(al_mu_);
+  return write_al_locked();
+}
+
+std::pair<uint64_t, uint64_t> DirtyTracker::extent_span(uint64_t offset, uint64_t length) const {
+  IMG_CHECK(length > 0 && offset + length <= h_.image_size);
+  const uint64_t eb = uint64_t(h_.extent_regions) * h_.region_size;
+  return {offset / eb, (offset + length - 1) / eb};
+}
+
+bool DirtyTracker::try_begin_write(uint64_t offset, uint64_t length) {
+  auto [first, last] = extent_span(offset, length);
+  std::lock_guard lock(al_mu_);
+  for (uint64_t e = first; e <= last; ++e)
+    if (!al_.contains(e)) return false;
+  for (uint64_t e = first; e <= last; ++e) {
+    Active& a = al_[e];
+    ++a.writers;
+    lru_.splice(lru_.begin(), lru_, a.lru);
+  }
+  return true;
+}
+
+Result<void> DirtyTracker::begin_write(uint64_t offset, uint64_t length) {
+  if (try_begin_write(offset, length)) return ok();
+  auto [first, last] = extent_span(offset, length);
+  if (last - first + 1 > h_.al_extents)
+    return Error::invalid("a write spans more extents than the activity log holds");
+  std::lock_guard lock(al_mu_);
+  // Add the missing extents; make room by evicting idle ones (their bits to the bitmap
+  // first, durably).
+  std::vector<uint64_t> evict;
+  size_t needed = 0;
+  for (uint64_t e = first; e <= last; ++e) needed += !al_.contains(e);
+  for (auto it = lru_.rbegin(); al_.size() - evict.size() + needed > h_.al_extents && it != lru_.rend(); ++it)
+    if (al_[*it].writers == 0 && (*it < first || *it > last)) evict.push_back(*it);
+  if (al_.size() - evict.size() + needed > h_.al_extents)
+    return Error{EBUSY, "activity log full of extents with writes in flight"};
+  if (!evict.empty()) {
+    for (uint64_t e : evict) {
+      const uint64_t r0 = e * h_.extent_regions;
+      TRY(write_bitmap_range(r0, std::min(h_.regions(), r0 + h_.extent_regions)));
+    }
+    TRY(file_->sync());
+    for (uint64_t e : evict) {
+      lru_.erase(al_[e].lru);
+      al_.erase(e);
+    }
+  }
+  for (uint64_t e = first; e <= last; ++e) {
+    auto [it, fresh] = al_.try_emplace(e);
+    if (fresh) {
+      lru_.push_front(e);
+      it->second.lru = lru_.begin();
+    } else {
+      lru_.splice(lru_.begin(), lru_, it->second.lru);
+    }
+    ++it->second.writers;
+  }
+  auto r = write_al_locked();
+  if (!r) {  // the write must not go ahead: undo our claim on the extents
+    for (uint64_t e = first; e <= last; ++e) --al_[e].writers;
+    return r;
+  }
+  return ok();
+}
+
+void DirtyTracker::end_write(uint64_t offset, uint64_t length, bool changed) {
+  if (changed) {
+    const uint64_t first = offset / h_.region_size, last = (offset + length - 1) / h_.region_size;
+    for (uint64_t r = first; r <= last; ++r)
+      bits_[r / 64].fetch_or(1ULL << (r % 64), std::memory_order_acq_rel);
+  }
+  auto [fe, le] = extent_span(offset, length);
+  std::lock_guard lock(al_mu_);
+  for (uint64_t e = fe; e <= le; ++e) {
+    auto it = al_.find(e);
+    IMG_CHECK(it != al_.end() && it->second.writers > 0);
+    --it->second.writers;
+  }
+}
+
+Result<void> DirtyTracker::write_al_locked() {
+  AlTransaction t;
+  t.seq = seq_ + 1;
+  t.extents.assign(lru_.begin(), lru_.end());
+  const uint64_t slot = t.seq % kAlSlots;
+  TRY(write_all_at(*file_, h_.al_offset() + slot * kAlSlotBytes, encode_al(h_, t)));
+  TRY(file_->sync());
+  seq_ = t.seq;
+  return ok();
+}
+
+// Bitmap bytes covering regions [first, end), whole bytes (a byte never mixes regions of
+// an evicted extent with bits that are not current: every bit written is the live one).
+Result<void> DirtyTracker::write_bitmap_range(uint64_t first, uint64_t end) {
+  std::lock_guard lock(bitmap_io_mu_);
+  const uint64_t b0 = first / 8, b1 = (end + 7) / 8;
+  std::vector<std::byte> bytes(b1 - b0);
+  for (uint64_t i = b0; i < b1; ++i)
+    bytes[i - b0] = std::byte(bits_[i / 8].load(std::memory_order_acquire) >> (8 * (i % 8)));
+  return write_all_at(*file_, h_.bitmap_offset() + b0, bytes);
+}
+
+uint64_t DirtyTracker::dirty_count() const {
+  uint64_t n = 0;
+  for (size_t w = 0; w < words_; ++w)
+    n += static_cast<uint64_t>(std::popcount(bits_[w].load(std::memory_order_relaxed)));
+  return n;
+}
+
+std::vector<uint64_t> DirtyTracker::dirty_regions(uint64_t from, size_t max) const {
+  std::vector<uint64_t> out;
+  for (uint64_t w = from / 64; w < words_ && out.size() < max; ++w) {
+    uint64_t v = bits_[w].load(std::memory_order_acquire);
+    if (w == from / 64) v &= ~0ULL << (from % 64);
+    while (v && out.size() < max) {
+      out.push_back(w * 64 + static_cast<uint64_t>(std::countr_zero(v)));
+      v &= v - 1;
+    }
+  }
+  return out;
+}
+
+void DirtyTracker::clear(const std::vector<uint64_t>& regions) {
+  for (uint64_t r : regions) {
+    IMG_CHECK(r < h_.regions());
+    bits_[r / 64].fetch_and(~(1ULL << (r % 64)), std::memory_order_acq_rel);
+  }
+}
+
+Result<void> DirtyTracker::flush() {
+  TRY(write_bitmap_range(0, h_.regions()));
+  return file_->sync();
+}
+
+Result<void> DirtyTracker::close() {
+  std::lock_guard lock(al_mu_);
+  for (auto& [e, a] : al_)
+    if (a.writers) return Error{EBUSY, "writes still in flight"};
+  TRY(write_bitmap_range(0, h_.regions()));
+  TRY(file_->sync());
+  al_.clear();
+  lru_.clear();
+  return write_al_locked();
+}
+
+}  // namespace imgstream::migrate

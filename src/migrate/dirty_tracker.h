@@ -1,0 +1,105 @@
+// DirtyTracker: which regions of a disk changed, kept in a tracking file so that a crash
+// of the process (or of the machine) never loses a change (docs/track-format.md).
+//
+// The write-ahead rule, without a sync per write (an activity log, as DRBD keeps one):
+// the disk is cut into extents of several regions; the activity log (AL) names the
+// extents that may hold changes not yet in the on-disk bitmap. Before a write to an
+// extent outside the AL is done, the extent is added to the AL and the AL is made
+// durable; writes to extents already in it cost nothing. An extent leaves the AL (when
+// the AL is full, least recently used first) only after its regions' bits were written
+// to the bitmap and synced. After a crash every region of every extent in the AL counts
+// as changed: more than changed, never less.
+//
+//   write path:  begin_write (AL covers the extents, durable) -> data written ->
+//                end_write (bits set in memory)
+//
+// Bits are set after the data is written, so that a copier that clears a bit and then
+// reads the region either reads the new data or sees the bit set again.
+//
+// Thread safety: every method may be called from many threads at once.
+#pragma once
+
+#include <atomic>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "base/env.h"
+#include "migrate/track_format.h"
+
+namespace imgstream::migrate {
+
+struct TrackOptions {
+  uint32_t region_size = 64 * 1024;
+  uint32_t extent_bytes = 4u << 20;
+  uint32_t al_extents = 256;  // a hot set of 1 GiB with 4 MiB extents
+};
+
+class DirtyTracker {
+ public:
+  // Opens the tracking file at `path` for an image of `image_size` bytes, or makes it
+  // (all clean). An existing file for another size is refused. Recovery: the regions of
+  // the newest valid AL transaction are added to the bitmap, which is then made durable.
+  static Result<std::unique_ptr<DirtyTracker>> open(Env& env, const std::string& path,
+                                                    uint64_t image_size,
+                                                    const TrackOptions& o = {});
+  ~DirtyTracker();
+
+  const TrackHeader& header() const { return h_; }
+
+  // Before changing [offset, offset + length): makes the AL cover its extents, durably.
+  // Must be paired with end_write.
+  Result<void> begin_write(uint64_t offset, uint64_t length);
+  // As begin_write, but only when no I/O is needed (the extents are in the AL already).
+  bool try_begin_write(uint64_t offset, uint64_t length);
+  // After the change was made (or failed): marks its regions dirty when `changed`.
+  void end_write(uint64_t offset, uint64_t length, bool changed);
+
+  bool dirty(uint64_t region) const {
+    return (bits_[region / 64].load(std::memory_order_acquire) >> (region % 64)) & 1;
+  }
+  uint64_t dirty_count() const;
+  // The dirty regions in [from, regions()), at most `max` of them, in order.
+  std::vector<uint64_t> dirty_regions(uint64_t from = 0, size_t max = SIZE_MAX) const;
+  // Clears the bits of these regions in memory (a copier took them). The file still names
+  // them until the next flush(), so a crash before then copies them again.
+  void clear(const std::vector<uint64_t>& regions);
+
+  // Writes every bit to the bitmap and syncs (the AL stays).
+  Result<void> flush();
+  // flush(), then an empty AL: the file alone names every change (clean shutdown).
+  Result<void> close();
+
+ private:
+  DirtyTracker(Env& env, std::string path) : env_(env), path_(std::move(path)) {}
+  Result<void> create(uint64_t image_size, const TrackOptions& o);
+  Result<void> load();
+  Result<void> write_bitmap_range(uint64_t first_region, uint64_t end_region);
+  Result<void> write_al_locked();
+  // Extents of [offset, offset + length).
+  std::pair<uint64_t, uint64_t> extent_span(uint64_t offset, uint64_t length) const;
+
+  Env& env_;
+  const std::string path_;
+  std::unique_ptr<File> file_;
+  std::unique_ptr<FileLock> lock_;
+  TrackHeader h_;
+  std::unique_ptr<std::atomic<uint64_t>[]> bits_;
+  size_t words_ = 0;
+
+  // Activity log: extent -> (writes in progress, position in LRU list).
+  std::mutex al_mu_;  // held across AL I/O: one transaction at a time
+  struct Active {
+    uint32_t writers = 0;
+    std::list<uint64_t>::iterator lru;
+  };
+  std::unordered_map<uint64_t, Active> al_;
+  std::list<uint64_t> lru_;  // most recently used first
+  uint64_t seq_ = 0;
+  std::mutex bitmap_io_mu_;  // bitmap writes, one at a time
+};
+
+}  // namespace imgstream::migrate
