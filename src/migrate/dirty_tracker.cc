@@ -35,7 +35,11 @@ Result<void> DirtyTracker::create(uint64_t image_size, const TrackOptions& o) {
   TRY(validate(h_));
   words_ = (h_.regions() + 63) / 64;
   bits_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
-  for (size_t i = 0; i < words_; ++i) bits_[i].store(0, std::memory_order_relaxed);
+  pending_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
+  for (size_t i = 0; i < words_; ++i) {
+    bits_[i].store(0, std::memory_order_relaxed);
+    pending_[i].store(0, std::memory_order_relaxed);
+  }
   // Made under a temporary name and renamed: a half-made file is never taken for one.
   const std::string tmp = path_ + ".tmp";
   auto f = TRY(env_.open(tmp, OpenMode::CreateOrOpen));
@@ -61,6 +65,8 @@ Result<void> DirtyTracker::load() {
   if (TRY(file_->size()) < h_.file_bytes()) return Error::invalid("tracking file is truncated");
   words_ = (h_.regions() + 63) / 64;
   bits_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
+  pending_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
+  for (size_t i = 0; i < words_; ++i) pending_[i].store(0, std::memory_order_relaxed);
   std::vector<std::byte> bitmap(h_.bitmap_bytes());
   TRY(read_exact_at(*file_, h_.bitmap_offset(), bitmap));
   for (size_t w = 0; w < words_; ++w) {
@@ -193,8 +199,11 @@ Result<void> DirtyTracker::write_bitmap_range(uint64_t first, uint64_t end) {
   std::lock_guard lock(bitmap_io_mu_);
   const uint64_t b0 = first / 8, b1 = (end + 7) / 8;
   std::vector<std::byte> bytes(b1 - b0);
+  // Pending regions are still changed as far as the file is concerned.
   for (uint64_t i = b0; i < b1; ++i)
-    bytes[i - b0] = std::byte(bits_[i / 8].load(std::memory_order_acquire) >> (8 * (i % 8)));
+    bytes[i - b0] = std::byte((bits_[i / 8].load(std::memory_order_acquire) |
+                               pending_[i / 8].load(std::memory_order_acquire)) >>
+                              (8 * (i % 8)));
   return write_all_at(*file_, h_.bitmap_offset() + b0, bytes);
 }
 
@@ -223,6 +232,44 @@ void DirtyTracker::clear(const std::vector<uint64_t>& regions) {
     IMG_CHECK(r < h_.regions());
     bits_[r / 64].fetch_and(~(1ULL << (r % 64)), std::memory_order_acq_rel);
   }
+}
+
+std::vector<uint64_t> DirtyTracker::take(uint64_t from, size_t max) {
+  std::vector<uint64_t> out;
+  for (uint64_t w = from / 64; w < words_ && out.size() < max; ++w) {
+    uint64_t want = bits_[w].load(std::memory_order_acquire);
+    if (w == from / 64) want &= ~0ULL << (from % 64);
+    // Keep at most the number still wanted, lowest first.
+    for (uint64_t v = want, n = 0; v; v &= v - 1)
+      if (++n > max - out.size()) {
+        want &= (v & (~v + 1)) - 1;
+        break;
+      }
+    if (!want) continue;
+    // Pending first, then cleared: a flush in between writes the bit either way.
+    pending_[w].fetch_or(want, std::memory_order_acq_rel);
+    const uint64_t got = bits_[w].fetch_and(~want, std::memory_order_acq_rel) & want;
+    for (uint64_t v = got; v; v &= v - 1)
+      out.push_back(w * 64 + static_cast<uint64_t>(std::countr_zero(v)));
+  }
+  return out;
+}
+
+void DirtyTracker::confirm() {
+  for (size_t w = 0; w < words_; ++w) pending_[w].store(0, std::memory_order_release);
+}
+
+void DirtyTracker::release() {
+  for (size_t w = 0; w < words_; ++w)
+    if (uint64_t p = pending_[w].exchange(0, std::memory_order_acq_rel))
+      bits_[w].fetch_or(p, std::memory_order_acq_rel);
+}
+
+uint64_t DirtyTracker::pending_count() const {
+  uint64_t n = 0;
+  for (size_t w = 0; w < words_; ++w)
+    n += static_cast<uint64_t>(std::popcount(pending_[w].load(std::memory_order_relaxed)));
+  return n;
 }
 
 Result<void> DirtyTracker::flush() {

@@ -68,6 +68,15 @@ class DirtyTracker {
   // them until the next flush(), so a crash before then copies them again.
   void clear(const std::vector<uint64_t>& regions);
 
+  // Two-phase clearing for a copier that may die (migrate): take() clears up to `max`
+  // dirty regions from `from` on and holds them as pending; confirm() drops the pending
+  // ones once they are copied; release() makes them dirty again. The file names pending
+  // regions as dirty until confirmed (flush writes dirty | pending).
+  std::vector<uint64_t> take(uint64_t from, size_t max);
+  void confirm();
+  void release();
+  uint64_t pending_count() const;
+
   // Writes every bit to the bitmap and syncs (the AL stays).
   Result<void> flush();
   // flush(), then an empty AL: the file alone names every change (clean shutdown).
@@ -88,6 +97,7 @@ class DirtyTracker {
   std::unique_ptr<FileLock> lock_;
   TrackHeader h_;
   std::unique_ptr<std::atomic<uint64_t>[]> bits_;
+  std::unique_ptr<std::atomic<uint64_t>[]> pending_;  // taken, not yet confirmed
   size_t words_ = 0;
 
   // Activity log: extent -> (writes in progress, position in LRU list).

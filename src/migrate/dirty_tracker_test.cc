@@ -112,6 +112,41 @@ TEST(DirtyTracker, PowerLossAtEveryIoPointLosesNoAcknowledgedWrite) {
   }
 }
 
+TEST(DirtyTracker, TakenRegionsStayNamedUntilConfirmed) {
+  MemEnv env;
+  auto t = DirtyTracker::open(env, kPath, kSize, small());
+  ASSERT_TRUE(t);
+  nbd::testing::MemoryDevice mem(kSize);
+  DirtyTrackingDevice dev(mem, **t);
+  std::vector<std::byte> data(10, std::byte{1});
+  for (uint64_t r : {3, 70, 71, 200}) ASSERT_TRUE(dev.write(r * kRegion, data, Durability::Buffered));
+  EXPECT_EQ((*t)->take(0, 3), (std::vector<uint64_t>{3, 70, 71}));
+  EXPECT_EQ((*t)->dirty_regions(), std::vector<uint64_t>{200});
+  EXPECT_EQ((*t)->pending_count(), 3u);
+  // A write to a taken region during the copy makes it dirty again.
+  ASSERT_TRUE(dev.write(70 * kRegion, data, Durability::Buffered));
+  ASSERT_TRUE((*t)->flush());
+  {
+    // What the file says now (as a crash would leave it): pending regions included.
+    t->reset();
+    auto again = DirtyTracker::open(env, kPath, kSize, small());
+    ASSERT_TRUE(again);
+    // (Whole extents of the activity log come back too: more, never less.)
+    for (uint64_t r : {3, 70, 71, 200}) EXPECT_TRUE((*again)->dirty(r)) << r;
+    const uint64_t n = (*again)->dirty_count();
+    EXPECT_EQ((*again)->take(0, 100).size(), n);
+    (*again)->release();  // the copier died: back to dirty
+    EXPECT_EQ((*again)->dirty_count(), n);
+    EXPECT_EQ((*again)->take(0, 100).size(), n);
+    (*again)->confirm();
+    EXPECT_EQ((*again)->dirty_count(), 0u);
+    ASSERT_TRUE((*again)->close());
+  }
+  auto last = DirtyTracker::open(env, kPath, kSize, small());
+  ASSERT_TRUE(last);
+  EXPECT_EQ((*last)->dirty_count(), 0u);
+}
+
 TEST(DirtyTracker, WritesToHotExtentsNeedNoSync) {
   MemEnv env;
   FaultEnv fenv(env);
