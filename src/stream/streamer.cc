@@ -1,8 +1,6 @@
 #include "stream/streamer.h"
 
 #include <openssl/evp.h>
-#include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -13,6 +11,7 @@
 #include "base/endian.h"
 #include "base/log.h"
 #include "base/units.h"
+#include "io/control.h"
 #include "io/socket.h"
 #include "source/file_source.h"
 #include "source/nbd_source.h"
@@ -207,17 +206,10 @@ Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
 void Streamer::start() {
   commit_thread_ = std::thread([this] { commit_loop(); });
   // The control socket is a convenience: a store path too long for a socket goes without.
-  Address a;
-  a.kind = Address::Kind::Unix;
-  a.path = opt_.store_dir + "/" + kControlSocketName;
-  auto fd = listen_on(a);
-  control_wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (fd && control_wake_.valid()) {
-    control_fd_ = std::move(*fd);
-    control_thread_ = std::thread([this] { control_loop(); });
-  } else if (!fd) {
-    LOG_WARN("no control socket: {}", fd.error().message);
-  }
+  auto c = ControlServer::start(opt_.store_dir + "/" + kControlSocketName,
+                                [this](const std::string& line) { return handle_command(line); });
+  if (c) control_ = std::move(*c);
+  else LOG_WARN("no control socket: {}", c.error().message);
   if (hydrator_) hydrator_->start();
 }
 
@@ -230,12 +222,7 @@ Result<void> Streamer::stop() {
   cv_.notify_all();
   if (hydrator_) hydrator_->stop();
   if (commit_thread_.joinable()) commit_thread_.join();
-  if (control_thread_.joinable()) {
-    uint64_t one = 1;
-    (void)!::write(control_wake_.get(), &one, sizeof one);
-    control_thread_.join();
-    ::unlink((opt_.store_dir + "/" + kControlSocketName).c_str());
-  }
+  control_.reset();
   // open() may have failed before the store existed.
   return store_ ? store_->commit(/*with_counters=*/true) : ok();
 }
@@ -339,9 +326,9 @@ nlohmann::json Streamer::status() const {
 }
 
 // One command per line, one JSON line back: "status", "pause", "resume", "rate BYTES".
-std::string Streamer::handle_command(const std::string& line) {
+nlohmann::json Streamer::handle_command(const std::string& line) {
   nlohmann::json reply;
-  if (line == "status") return status().dump();
+  if (line == "status") return status();
   if (line == "pause") {
     pause();
   } else if (line == "resume") {
@@ -350,64 +337,19 @@ std::string Streamer::handle_command(const std::string& line) {
     auto r = parse_size(line.substr(5));
     if (!r) {
       reply["error"] = r.error().message;
-      return reply.dump();
+      return reply;
     }
     set_rate(*r);
   } else {
     reply["error"] = "unknown command '" + line + "'";
-    return reply.dump();
+    return reply;
   }
   reply["ok"] = true;
-  return reply.dump();
-}
-
-void Streamer::control_loop() {
-  pollfd fds[2] = {{control_fd_.get(), POLLIN, 0}, {control_wake_.get(), POLLIN, 0}};
-  for (;;) {
-    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return;
-    if (fds[1].revents) return;
-    if (!(fds[0].revents & POLLIN)) continue;
-    UniqueFd c(::accept4(control_fd_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!c.valid()) continue;
-    // Bounded: one short line, two seconds to send it.
-    timeval tv{2, 0};
-    ::setsockopt(c.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    char buf[256];
-    size_t got = 0;
-    while (got < sizeof buf) {
-      ssize_t n = ::recv(c.get(), buf + got, sizeof buf - got, 0);
-      if (n <= 0) break;
-      got += static_cast<size_t>(n);
-      if (std::memchr(buf, '\n', got)) break;
-    }
-    std::string line(buf, got);
-    while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
-    std::string reply = handle_command(line) + "\n";
-    (void)!::send(c.get(), reply.data(), reply.size(), MSG_NOSIGNAL);
-  }
+  return reply;
 }
 
 Result<nlohmann::json> control_request(const std::string& dir, const std::string& command) {
-  Address a;
-  a.kind = Address::Kind::Unix;
-  a.path = dir + "/" + kControlSocketName;
-  UniqueFd fd = TRY(connect_to(a));
-  timeval tv{5, 0};
-  ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  const std::string line = command + "\n";
-  if (::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) < 0)
-    return Error::from_errno(errno, "send to " + a.path);
-  std::string reply;
-  char buf[4096];
-  while (reply.find('\n') == std::string::npos && reply.size() < 65536) {
-    ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-    if (n < 0) return Error::from_errno(errno, "read from " + a.path);
-    if (n == 0) break;
-    reply.append(buf, static_cast<size_t>(n));
-  }
-  auto j = nlohmann::json::parse(reply, nullptr, false);
-  if (j.is_discarded()) return Error::io("bad reply from " + a.path);
-  return j;
+  return control_call(dir + "/" + kControlSocketName, command);
 }
 
 Result<nlohmann::json> stored_status(Env& env, const std::string& dir) {

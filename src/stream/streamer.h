@@ -20,6 +20,7 @@
 
 #include "base/env.h"
 #include "base/unique_fd.h"
+#include "io/control.h"
 #include "source/source.h"
 #include "store/local_store.h"
 #include "stream/hydrator.h"
@@ -82,8 +83,7 @@ class Streamer {
   Result<void> check_whole_store_source(const store::StoreHeader& h);
   void on_complete();
   void commit_loop();
-  void control_loop();
-  std::string handle_command(const std::string& line);
+  nlohmann::json handle_command(const std::string& line);
 
   Env& env_;
   StreamerOptions opt_;
@@ -98,9 +98,7 @@ class Streamer {
   bool stopping_ = false;
   bool stopped_ = false;
   std::thread commit_thread_;
-  std::thread control_thread_;
-  UniqueFd control_fd_;
-  UniqueFd control_wake_;  // eventfd that ends control_loop
+  std::unique_ptr<ControlServer> control_;
   std::atomic<bool> completed_{false};  // on_complete() ran
 };
 
