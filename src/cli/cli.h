@@ -28,6 +28,7 @@ Runner add_unpack(CLI::App& app);
 Runner add_verify(CLI::App& app);
 Runner add_info(CLI::App& app);
 Runner add_track(CLI::App& app);
+Runner add_migrate(CLI::App& app);
 
 // Prints "imgstream: error: MESSAGE" on stderr.
 void print_error(const std::string& message);

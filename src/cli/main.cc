@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
   commands.back().first = app.get_subcommand("profile");
   for (auto [name, add] : {std::pair{"pack", &cli::add_pack}, std::pair{"unpack", &cli::add_unpack},
                            std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info},
-                           std::pair{"track", &cli::add_track}}) {
+                           std::pair{"track", &cli::add_track}, std::pair{"migrate", &cli::add_migrate}}) {
     commands.emplace_back(nullptr, add(app));
     commands.back().first = app.get_subcommand(name);
   }

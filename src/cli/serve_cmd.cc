@@ -1,5 +1,8 @@
 // imgstream serve IMAGE: export a file or block device over NBD.
+#include <unistd.h>
+
 #include <memory>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -8,7 +11,10 @@
 #include "cli/cli.h"
 #include "cli/run_server.h"
 #include "device/file_device.h"
+#include "io/control.h"
 #include "migrate/dirty_tracking_device.h"
+#include "migrate/hold_device.h"
+#include "migrate/remote_device.h"
 #include "nbd/server.h"
 #include "pack/pack_source.h"
 #include "profile/tracing_device.h"
@@ -26,6 +32,7 @@ struct ServeArgs {
   std::string run;
   std::string trace;
   std::string track;
+  std::string control;
   unsigned threads = nbd::kWorkerThreadsDefault;
 };
 
@@ -37,6 +44,77 @@ Result<std::unique_ptr<BlockDevice>> open_pack_device(const std::string& where) 
 Result<std::unique_ptr<BlockDevice>> open_file_device(const std::string& path, bool read_only) {
   auto d = TRY(FileDevice::open(*Env::posix(), path, read_only ? Access::ReadOnly : Access::ReadWrite));
   return std::unique_ptr<BlockDevice>(std::move(d));
+}
+
+std::string absolute_path(const std::string& p) {
+  if (p.starts_with("/")) return p;
+  char buf[4096];
+  return ::getcwd(buf, sizeof buf) ? std::string(buf) + "/" + p : p;
+}
+
+// The control commands of a served disk under migration (migrate/migrator.h):
+//   info                  the image, its size, the tracker's geometry and counts
+//   begin fresh|resume    a new migration (every bit cleared: the full copy covers them)
+//                         or one continued (regions a dead migrate had taken: dirty again)
+//   take FROM MAX         up to MAX changed regions from FROM on, as runs; they are pending
+//   confirm | release     pending regions copied (dropped) | not copied (dirty again)
+//   hold MS               new requests wait, those in flight drain; for at most MS ms
+//   resume                requests go on; says whether the hold had expired meanwhile
+//   switch URI            (held) from now on the disk is the NBD export at URI: the
+//                         machine goes on, on the migration's target
+nlohmann::json migration_command(const std::string& line, const std::string& image,
+                                 const std::string& track, migrate::DirtyTracker& t,
+                                 migrate::HoldDevice& hold,
+                                 std::unique_ptr<migrate::RemoteDevice>& switched) {
+  std::istringstream in(line);
+  std::string cmd, arg;
+  in >> cmd >> arg;
+  nlohmann::json j{{"ok", true}};
+  if (cmd == "info") {
+    j = {{"image", image}, {"track", track}, {"size", t.header().image_size},
+         {"region_size", t.header().region_size}, {"dirty", t.dirty_count()},
+         {"pending", t.pending_count()}, {"held", hold.held()}};
+  } else if (cmd == "begin" && (arg == "fresh" || arg == "resume")) {
+    t.release();
+    if (arg == "fresh") {
+      while (!t.take(0, SIZE_MAX).empty()) t.confirm();
+    }
+  } else if (cmd == "take") {
+    uint64_t from = 0, max = 0;
+    std::istringstream(arg) >> from;
+    in >> max;
+    nlohmann::json runs = nlohmann::json::array();
+    for (uint64_t r : t.take(from, std::min<uint64_t>(max, 1u << 20))) {
+      if (!runs.empty() && runs.back()[0].get<uint64_t>() + runs.back()[1].get<uint64_t>() == r)
+        runs.back()[1] = runs.back()[1].get<uint64_t>() + 1;
+      else
+        runs.push_back({r, 1});
+    }
+    j["runs"] = std::move(runs);
+  } else if (cmd == "confirm") {
+    t.confirm();
+    if (auto r = t.flush(); !r) j = {{"error", r.error().message}};
+  } else if (cmd == "release") {
+    t.release();
+  } else if (cmd == "hold") {
+    uint64_t ms = 10'000;
+    std::istringstream(arg) >> ms;
+    hold.hold(std::chrono::milliseconds(std::min<uint64_t>(ms, 600'000)));
+  } else if (cmd == "switch" && !arg.empty()) {
+    if (!hold.held()) return {{"error", "switch needs the disk held"}};
+    if (switched) return {{"error", "already switched"}};
+    auto target = migrate::NbdTarget::open(arg, 4);
+    if (!target) return {{"error", target.error().message}};
+    switched = std::make_unique<migrate::RemoteDevice>(std::move(*target), t.header().image_size);
+    hold.switch_to(*switched);
+    LOG_INFO("the disk is now {}: requests go there", arg);
+  } else if (cmd == "resume") {
+    j["expired"] = !hold.held();
+    hold.release();
+  } else {
+    j = {{"error", "unknown command '" + line + "'"}};
+  }
+  return j;
 }
 
 int run_serve(const ServeArgs& args) {
@@ -82,6 +160,25 @@ int run_serve(const ServeArgs& args) {
     exported = tracked.get();
     LOG_INFO("tracking changes in {}: {} regions changed so far", args.track, tracker->dirty_count());
   }
+  std::unique_ptr<migrate::HoldDevice> holdable;
+  std::unique_ptr<migrate::RemoteDevice> switched;  // after a migration's cutover
+  std::unique_ptr<ControlServer> control;
+  if (!args.control.empty()) {
+    if (!tracker) {
+      print_error("--control needs --track (a migration copies what the tracker records)");
+      return kExitUsage;
+    }
+    holdable = std::make_unique<migrate::HoldDevice>(*exported);
+    exported = holdable.get();
+    auto c = ControlServer::start(args.control, [&, image = absolute_path(args.image)](const std::string& line) {
+      return migration_command(line, image, args.track, *tracker, *holdable, switched);
+    });
+    if (!c) {
+      print_error(c.error().message);
+      return kExitFailure;
+    }
+    control = std::move(*c);
+  }
   nbd::ServerOptions opt;
   opt.worker_threads = args.threads;
   opt.exports.push_back(nbd::Export{args.export_name, args.description, exported, read_only});
@@ -117,6 +214,7 @@ int run_serve(const ServeArgs& args) {
   const Address first = (*server)->addresses().front();
   int status = run_server(**server, args.export_name, args.run);
   server->reset();
+  control.reset();
   if (private_addr) remove_private_socket(first);
   if (tracker) {
     // A clean stop: every bit in the bitmap, an empty activity log.
@@ -164,6 +262,8 @@ Runner add_serve(CLI::App& app) {
                   "Record every region written, trimmed or zeroed in this tracking file "
                   "(made when missing; docs/track-format.md), durably before each write is "
                   "acknowledged: for live migration");
+  cmd->add_option("--control", args->control,
+                  "Control socket for `imgstream migrate --control PATH` (needs --track)");
   cmd->add_option("--trace", args->trace,
                   "Record every read (time, offset, length) in FILE (docs/trace-format.md)");
   return [args] { return run_serve(*args); };

@@ -70,5 +70,5 @@ rm -f "$T/track"
 out=$("$IMGSTREAM" serve "$img" --track "$T/track" --run "qemu-io -f raw \"\$uri\" -c 'write 0 4k' -c 'write 1G 4k' -c 'write 3G 64k'" 2>&1) ||
     fail "clean run failed: $out"
 runs="$("$IMGSTREAM" track show --json "$T/track" | jq -c .runs)"
-expect_eq "$runs" "[[0,1],[16384,1],[49152,1]]" "regions named after a clean stop"
+expect_eq "$runs" "[[0,1],[262144,1],[786432,16]]" "regions named after a clean stop"
 pass "a clean stop names exactly the written regions"

@@ -1,0 +1,88 @@
+// imgstream migrate: copy a disk in use (live, with `serve --track --control`) or not in
+// use (an image file) to any NBD server (migrate/migrator.h).
+#include <cstdio>
+
+#include "base/units.h"
+#include "cli/cli.h"
+#include "migrate/migrator.h"
+
+namespace imgstream::cli {
+
+Runner add_migrate(CLI::App& app) {
+  struct Args {
+    std::string image, control, to, converge;
+    unsigned rounds = 10, connections = 4;
+    unsigned hold_limit_ms = 10'000;
+    bool json = false;
+    std::string finish = "switch";
+  };
+  auto a = std::make_shared<Args>();
+  CLI::App* cmd = app.add_subcommand(
+      "migrate",
+      "Copy a disk to another NBD server (imgstream serve, qemu-nbd, nbdkit ...).\n"
+      "Live: `migrate --control PATH --to URI` copies a disk served with\n"
+      "`serve --track FILE --control PATH` while the machine keeps using it: the whole disk,\n"
+      "then what changed, in rounds, then a short hold of the machine's I/O for the last\n"
+      "changes (the pause is reported). Killed at any point, it continues when run again.\n"
+      "Offline: `migrate IMAGE --to URI` copies an image not in use (holes are zeroed).");
+  cmd->add_option("IMAGE", a->image, "Offline: the image to copy");
+  cmd->add_option("--control", a->control, "Live: the control socket of `serve --control`");
+  cmd->add_option("--to", a->to, "The target's NBD URI")->required();
+  cmd->add_option("--max-rounds", a->rounds, "Rounds of changes before the cutover at most")
+      ->check(CLI::Range(0u, 1000u))
+      ->capture_default_str();
+  cmd->add_option("--converge", a->converge,
+                  "Cut over once the changes are at most this many bytes (default: what "
+                  "copies in about 100 ms, at least 4M)")
+      ->check(size_validator());
+  cmd->add_option("--hold-limit", a->hold_limit_ms,
+                  "The machine's I/O is never held longer than this (ms): a cutover that "
+                  "would take longer fails and can be run again")
+      ->check(CLI::Range(100u, 600'000u))
+      ->capture_default_str();
+  cmd->add_option("--connections", a->connections, "Connections to the target")
+      ->check(CLI::Range(1u, 64u))
+      ->capture_default_str();
+  cmd->add_option("--finish", a->finish,
+                  "After the cutover: 'switch' the served disk to the target (the machine "
+                  "goes on there), 'resume' on the source, or keep it 'hold'ing until the "
+                  "hold limit passes (to compare source and target at the cutover)")
+      ->check(CLI::IsMember({"switch", "resume", "hold"}))
+      ->capture_default_str();
+  cmd->add_flag("--json", a->json, "Print the report as one JSON object");
+  return [a]() -> int {
+    if (a->image.empty() == a->control.empty()) {
+      print_error("migrate needs either IMAGE (offline) or --control PATH (live)");
+      return kExitUsage;
+    }
+    migrate::MigrateOptions o;
+    o.image = a->image;
+    o.control = a->control;
+    o.target = a->to;
+    o.max_rounds = a->rounds;
+    o.connections = a->connections;
+    o.hold_limit = std::chrono::milliseconds(a->hold_limit_ms);
+    o.finish = a->finish == "resume" ? migrate::MigrateOptions::Finish::Resume
+             : a->finish == "hold"   ? migrate::MigrateOptions::Finish::Hold
+                                     : migrate::MigrateOptions::Finish::Switch;
+    if (!a->converge.empty()) o.converge_bytes = parse_size(a->converge).value();
+    o.progress = [](const std::string& s) { std::fprintf(stderr, "migrate: %s\n", s.c_str()); };
+    auto r = migrate::migrate(*Env::posix(), o);
+    if (!r) {
+      print_error("migrate to " + a->to + ": " + r.error().message);
+      return kExitFailure;
+    }
+    if (a->json) {
+      std::printf("%s\n", r->to_json().dump().c_str());
+    } else {
+      std::printf("migrated to %s: %zu rounds, %s sent for %s allocated (%.2fx), %.1f s, pause %.1f ms\n",
+                  a->to.c_str(), r->rounds.size(), format_size(r->bytes_total).c_str(),
+                  format_size(r->allocated_bytes).c_str(),
+                  r->allocated_bytes ? double(r->bytes_total) / double(r->allocated_bytes) : 0.0,
+                  r->seconds, r->pause_ms);
+    }
+    return kExitOk;
+  };
+}
+
+}  // namespace imgstream::cli

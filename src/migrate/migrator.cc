@@ -1,0 +1,309 @@
+#include "migrate/migrator.h"
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <mutex>
+#include <thread>
+
+#include "base/log.h"
+#include "base/units.h"
+#include "io/control.h"
+#include "migrate/nbd_target.h"
+
+namespace imgstream::migrate {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+struct Piece {
+  uint64_t offset = 0, length = 0;
+  bool zero = false;  // a hole: zeroed on the target, not read
+};
+
+// The server side of a live migration, over its control socket.
+class Control {
+ public:
+  explicit Control(std::string path) : path_(std::move(path)) {}
+  Result<nlohmann::json> call(const std::string& cmd, int timeout_s = 30) {
+    auto j = TRY_CTX(control_call(path_, cmd, timeout_s), "control socket " + path_);
+    if (j.contains("error")) return Error::io(path_ + ": " + cmd + ": " + j["error"].get<std::string>());
+    return j;
+  }
+
+ private:
+  std::string path_;
+};
+
+class Copier {
+ public:
+  Copier(File& image, NbdTarget& target) : image_(image), target_(target) {}
+
+  // Copies the pieces with one worker per target connection; returns the bytes moved.
+  Result<uint64_t> copy(const std::vector<Piece>& pieces) {
+    std::atomic<size_t> next{0};
+    std::atomic<uint64_t> bytes{0};
+    std::mutex mu;
+    Result<void> failed = ok();
+    auto work = [&](unsigned conn) {
+      std::vector<std::byte> buf(kCopyPieceBytes);
+      for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
+        const Piece& p = pieces[i];
+        Result<void> r = p.zero ? target_.zero(conn, p.offset, p.length) : [&]() -> Result<void> {
+          auto b = std::span(buf).first(p.length);
+          TRY(read_exact_at(image_, p.offset, b));
+          return target_.write(conn, p.offset, b);
+        }();
+        if (!r) {
+          std::lock_guard lock(mu);
+          if (failed) failed = std::move(r);
+          next = pieces.size();
+          return;
+        }
+        if (!p.zero) bytes += p.length;
+      }
+    };
+    std::vector<std::thread> threads;
+    for (unsigned c = 0; c < target_.connections(); ++c) threads.emplace_back(work, c);
+    for (auto& t : threads) t.join();
+    TRY(failed);
+    return bytes.load();
+  }
+
+ private:
+  File& image_;
+  NbdTarget& target_;
+};
+
+// Runs of regions -> pieces of at most kCopyPieceBytes, clipped to the image.
+std::vector<Piece> pieces_of(const std::vector<std::pair<uint64_t, uint64_t>>& runs,
+                             uint64_t region_size, uint64_t image_size) {
+  std::vector<Piece> out;
+  for (auto [first, count] : runs) {
+    const uint64_t a = first * region_size, b = std::min(image_size, (first + count) * region_size);
+    for (uint64_t at = a; at < b; at += kCopyPieceBytes)
+      out.push_back(Piece{at, std::min(kCopyPieceBytes, b - at), false});
+  }
+  return out;
+}
+
+// Data and holes of [from, to) of the image file.
+Result<std::vector<Piece>> extents(File& f, uint64_t from, uint64_t to, uint64_t& data_bytes) {
+  std::vector<Piece> out;
+  for (uint64_t pos = from; pos < to;) {
+    uint64_t data = std::min(TRY(f.seek_data(pos)), to);
+    if (data > pos) out.push_back(Piece{pos, data - pos, true});
+    if (data >= to) break;
+    const uint64_t hole = std::min(TRY(f.seek_hole(data)), to);
+    for (uint64_t at = data; at < hole; at += kCopyPieceBytes) {
+      out.push_back(Piece{at, std::min(kCopyPieceBytes, hole - at), false});
+      data_bytes += out.back().length;
+    }
+    pos = hole;
+  }
+  return out;
+}
+
+struct State {
+  std::string target;
+  uint64_t baseline_next = 0;
+  bool baseline_done = false;
+};
+
+Result<void> write_state(Env& env, const std::string& path, const State& s) {
+  const std::string text = nlohmann::json{{"target", s.target},
+                                          {"baseline_next", s.baseline_next},
+                                          {"baseline_done", s.baseline_done}}
+                               .dump() + "\n";
+  const std::string tmp = path + ".tmp";
+  auto f = TRY(env.open(tmp, OpenMode::CreateOrOpen));
+  TRY(f->truncate(0));
+  TRY(write_all_at(*f, 0, std::as_bytes(std::span(text))));
+  TRY(f->sync());
+  return env.rename(tmp, path);
+}
+
+std::optional<State> read_state(Env& env, const std::string& path) {
+  auto f = env.open(path, OpenMode::ReadOnly);
+  if (!f) return std::nullopt;
+  auto size = (*f)->size();
+  if (!size || *size > 4096) return std::nullopt;
+  std::string text(*size, '\0');
+  if (!read_exact_at(**f, 0, std::as_writable_bytes(std::span(text)))) return std::nullopt;
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return std::nullopt;
+  return State{j.value("target", ""), j.value("baseline_next", uint64_t{0}),
+               j.value("baseline_done", false)};
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> runs_of(const nlohmann::json& j) {
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  for (const auto& r : j.at("runs")) runs.emplace_back(r.at(0).get<uint64_t>(), r.at(1).get<uint64_t>());
+  return runs;
+}
+
+}  // namespace
+
+nlohmann::json MigrateReport::to_json() const {
+  nlohmann::json rs = nlohmann::json::array();
+  for (const RoundReport& r : rounds)
+    rs.push_back({{"bytes", r.bytes}, {"seconds", r.seconds}, {"dirty_after", r.dirty_after}});
+  return {{"rounds", rs},
+          {"bytes_total", bytes_total},
+          {"allocated_bytes", allocated_bytes},
+          {"bytes_over_allocated", allocated_bytes ? double(bytes_total) / double(allocated_bytes) : 0.0},
+          {"cutover_bytes", cutover_bytes},
+          {"pause_ms", pause_ms},
+          {"seconds", seconds},
+          {"resumed", resumed}};
+}
+
+Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
+  const auto t_start = Clock::now();
+  auto say = [&](const std::string& s) {
+    if (o.progress) o.progress(s);
+  };
+  const bool live = !o.control.empty();
+  Control ctl(o.control);
+  std::string image_path = o.image, state_path;
+  uint64_t region_size = 0;
+  if (live) {
+    auto info = TRY(ctl.call("info"));
+    image_path = info.at("image").get<std::string>();
+    region_size = info.at("region_size").get<uint64_t>();
+    state_path = info.at("track").get<std::string>() + ".migration";
+  }
+  auto image = TRY_CTX(env.open(image_path, OpenMode::ReadOnly), image_path);
+  const uint64_t size = TRY(image->size());
+  auto target = TRY(NbdTarget::open(o.target, o.connections));
+  if (target->size() < size)
+    return Error::invalid(o.target + " has " + std::to_string(target->size()) +
+                          " bytes, the disk has " + std::to_string(size));
+  Copier copier(*image, *target);
+  MigrateReport rep;
+
+  // Round 0, or what is left of it.
+  State st{o.target, 0, false};
+  if (live) {
+    auto old = read_state(env, state_path);
+    if (old && old->target == o.target) {
+      st = *old;
+      rep.resumed = true;
+      TRY(ctl.call("begin resume"));  // a dead migrate's taken regions: dirty again
+      say(fmt::format("continuing the migration to {} (full copy {})", o.target,
+                      st.baseline_done ? "done" : "at " + format_size(st.baseline_next)));
+    } else {
+      TRY(ctl.call("begin fresh"));  // the full copy covers every change made before it
+      TRY(write_state(env, state_path, st));
+    }
+  }
+  RoundReport r0;
+  auto t0 = Clock::now();
+  {
+    uint64_t data = 0;
+    (void)TRY(extents(*image, 0, st.baseline_next, data));  // allocated before the cursor
+    while (!st.baseline_done) {
+      const uint64_t end = std::min(size, st.baseline_next + kBaselineSegmentBytes);
+      auto pieces = TRY(extents(*image, st.baseline_next, end, data));
+      r0.bytes += TRY(copier.copy(pieces));
+      TRY(target->flush());
+      st.baseline_next = end;
+      st.baseline_done = end == size;
+      if (live) TRY(write_state(env, state_path, st));
+      say(fmt::format("round 0: {} of {} ({} copied)", format_size(end), format_size(size),
+                      format_size(r0.bytes)));
+    }
+    rep.allocated_bytes = data;
+  }
+  r0.seconds = since(t0);
+  if (!live) {
+    rep.rounds.push_back(r0);
+    rep.bytes_total = r0.bytes;
+    rep.seconds = since(t_start);
+    return rep;
+  }
+
+  // Takes everything changed, copies it, makes it durable on the target, confirms.
+  auto copy_changes = [&]() -> Result<uint64_t> {
+    uint64_t bytes = 0;
+    for (uint64_t from = 0;;) {
+      auto j = TRY(ctl.call(fmt::format("take {} {}", from, kTakeRegionsMax)));
+      auto runs = runs_of(j);
+      if (runs.empty()) break;
+      bytes += TRY(copier.copy(pieces_of(runs, region_size, size)));
+      TRY(target->flush());
+      TRY(ctl.call("confirm"));
+      from = runs.back().first + runs.back().second;
+    }
+    return bytes;
+  };
+  auto dirty = [&]() -> Result<uint64_t> { return TRY(ctl.call("info")).at("dirty").get<uint64_t>(); };
+
+  r0.dirty_after = TRY(dirty());
+  rep.rounds.push_back(r0);
+  say(fmt::format("round 0: {} in {:.1f} s; {} regions changed meanwhile", format_size(r0.bytes),
+                  r0.seconds, r0.dirty_after));
+  double rate = r0.seconds > 0 ? double(r0.bytes) / r0.seconds : 100e6;
+  uint64_t prev = r0.dirty_after;
+  for (unsigned round = 1; round <= o.max_rounds; ++round) {
+    const uint64_t converge =
+        o.converge_bytes ? o.converge_bytes : std::max<uint64_t>(4u << 20, uint64_t(rate * 0.1));
+    if (prev * region_size <= converge) break;
+    RoundReport rr;
+    auto t = Clock::now();
+    rr.bytes = TRY(copy_changes());
+    rr.seconds = since(t);
+    rr.dirty_after = TRY(dirty());
+    if (rr.seconds > 0 && rr.bytes > 0) rate = double(rr.bytes) / rr.seconds;
+    rep.rounds.push_back(rr);
+    say(fmt::format("round {}: {} in {:.2f} s; {} regions changed meanwhile", round,
+                    format_size(rr.bytes), rr.seconds, rr.dirty_after));
+    if (rr.dirty_after >= prev) break;  // not converging: stop and hold
+    prev = rr.dirty_after;
+  }
+
+  // Cutover.
+  const auto tp = Clock::now();
+  TRY(ctl.call(fmt::format("hold {}", o.hold_limit.count()), int(o.hold_limit.count() / 1000) + 5));
+  auto last = copy_changes();
+  Result<void> flushed = last ? target->flush() : ok();
+  Result<nlohmann::json> switched = nlohmann::json::object();
+  if (last && flushed && o.finish == MigrateOptions::Finish::Switch) {
+    target.reset();  // our connections go; the server opens its own
+    switched = ctl.call("switch " + o.target);
+  }
+  if (o.finish == MigrateOptions::Finish::Hold && last && flushed) {
+    auto info = TRY(ctl.call("info"));
+    if (!info.value("held", false))
+      return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
+    rep.pause_ms = since(tp) * 1e3;  // the disk stays held: the caller releases it
+    rep.cutover_bytes = *last;
+    for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
+    rep.bytes_total += rep.cutover_bytes;
+    rep.seconds = since(t_start);
+    (void)env.remove(state_path);
+    return rep;
+  }
+  auto resumed = ctl.call("resume");
+  rep.pause_ms = since(tp) * 1e3;
+  TRY(last);
+  TRY(flushed);
+  TRY(switched);
+  TRY(resumed);
+  if (resumed->value("expired", false))
+    return Error{ETIMEDOUT, fmt::format("the cutover took longer than the hold limit ({} ms): the "
+                                        "disk was written meanwhile; run migrate again",
+                                        o.hold_limit.count())};
+  rep.cutover_bytes = *last;
+  for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
+  rep.bytes_total += rep.cutover_bytes;
+  rep.seconds = since(t_start);
+  (void)env.remove(state_path);
+  say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms", format_size(*last),
+                  rep.pause_ms));
+  return rep;
+}
+
+}  // namespace imgstream::migrate

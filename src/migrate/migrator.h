@@ -1,0 +1,68 @@
+// Migrator: `imgstream migrate`. Copies a disk to any NBD server while a machine keeps
+// using it (the disk is served by `imgstream serve --track --control`), then the changes
+// in rounds, then holds the machine's I/O for the last ones (the cutover).
+//
+//   round 0    every allocated region of the image (holes are zeroed on the target),
+//              in segments; after each segment the target is flushed and the progress
+//              written to TRACK.migration, so a migrate killed here continues there
+//   round n    the regions changed since: taken from the tracker (two-phase: they stay
+//              named in the tracking file until the target has them, flushed)
+//   cutover    when the changed set is small (converge_bytes), stops shrinking, or
+//              max_rounds is reached: hold (new requests wait, those in flight drain),
+//              copy what is left, flush the target, release; the pause is measured
+//
+// The data is read from the image file itself (the server names it), so the copy never
+// queues behind the machine's requests and can go on while they are held.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/env.h"
+#include "base/result.h"
+
+namespace imgstream::migrate {
+
+inline constexpr uint64_t kCopyPieceBytes = 4u << 20;
+inline constexpr uint64_t kBaselineSegmentBytes = 256u << 20;
+inline constexpr size_t kTakeRegionsMax = 4096;
+
+struct MigrateOptions {
+  std::string control;  // the server's control socket (live), or empty
+  std::string image;    // offline: the image to copy (no server)
+  std::string target;   // NBD URI
+  unsigned connections = 4;
+  unsigned max_rounds = 10;
+  uint64_t converge_bytes = 0;  // 0: what copies in ~100 ms at the rate seen, >= 4 MiB
+  std::chrono::milliseconds hold_limit{10'000};
+  // After the cutover: the served disk switches to the target (the machine goes on
+  // there), or stays on the source (resume), or stays held (for a test to compare).
+  enum class Finish { Switch, Resume, Hold } finish = Finish::Switch;
+  // Progress lines (one per event); may be null.
+  std::function<void(const std::string&)> progress;
+};
+
+struct RoundReport {
+  uint64_t bytes = 0;
+  double seconds = 0;
+  uint64_t dirty_after = 0;  // regions changed when the round ended
+};
+
+struct MigrateReport {
+  std::vector<RoundReport> rounds;  // [0] is the full copy
+  uint64_t bytes_total = 0;
+  uint64_t allocated_bytes = 0;
+  uint64_t cutover_bytes = 0;
+  double pause_ms = 0;
+  double seconds = 0;
+  bool resumed = false;  // continued a migration stopped before
+  nlohmann::json to_json() const;
+};
+
+Result<MigrateReport> migrate(Env& env, const MigrateOptions& o);
+
+}  // namespace imgstream::migrate
