@@ -32,7 +32,7 @@ PY
 start_fio() { # URI SECONDS LOG
     fio --name=machine --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --size=512M \
         --rate=8m --time_based --runtime="$2" --verify=crc32c --verify_backlog=256 \
-        --verify_fatal=1 >"$3" 2>&1 &
+        --verify_fatal=1 --verify_state_save=0 >"$3" 2>&1 &
     FIO_PID=$!
     register_pid "$FIO_PID"
 }
