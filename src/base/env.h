@@ -57,6 +57,10 @@ class File {
   virtual const std::string& path() const = 0;
 };
 
+// The directory holding `path` ("." for a bare name, "/" for a file at the root):
+// what to sync_dir after creating or renaming it. Trailing slashes are ignored.
+std::string parent_dir(const std::string& path);
+
 // Loops read_at until the whole buffer is filled; an early end of file is EIO.
 Result<void> read_exact_at(File& f, uint64_t offset, std::span<std::byte> buf);
 // Loops write_at until the whole buffer is written.

@@ -23,6 +23,14 @@ Result<std::unique_ptr<FileLock>> Env::lock(const std::string&) {
   return std::make_unique<FileLock>();
 }
 
+std::string parent_dir(const std::string& path) {
+  std::string d = path;
+  while (d.size() > 1 && d.back() == '/') d.pop_back();
+  const size_t slash = d.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : d.substr(0, slash);
+}
+
 Result<void> read_exact_at(File& f, uint64_t offset, std::span<std::byte> buf) {
   size_t done = 0;
   while (done < buf.size()) {

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <string>
@@ -16,6 +17,15 @@ Digest sha256(std::span<const std::byte> data);
 // Lower-case hex; `bytes` < 32 gives a prefix (for messages).
 std::string to_hex(const Digest& d, size_t bytes = 32);
 bool is_zero(const Digest& d);
+
+// For unordered containers keyed by digest: its first bytes are as good as any hash.
+struct DigestHash {
+  size_t operator()(const Digest& d) const {
+    size_t h;
+    std::memcpy(&h, d.data(), sizeof h);
+    return h;
+  }
+};
 
 // Incremental hashing.
 class Sha256 {

@@ -24,14 +24,6 @@ namespace imgstream::cli {
 
 namespace {
 
-struct DigestHash {
-  size_t operator()(const Digest& d) const {
-    size_t h;
-    std::memcpy(&h, d.data(), sizeof h);
-    return h;
-  }
-};
-
 int fail(const std::string& what, const Error& e) {
   print_error(what + ": " + e.message);
   return kExitFailure;

@@ -51,8 +51,7 @@ Result<void> DirtyTracker::create(uint64_t image_size, const TrackOptions& o) {
   TRY(f->sync());
   f.reset();
   TRY(env_.rename(tmp, path_));
-  const size_t slash = path_.rfind('/');
-  TRY(env_.sync_dir(slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash)));
+  TRY(env_.sync_dir(parent_dir(path_)));
   file_ = TRY(env_.open(path_, OpenMode::ReadWrite));
   return ok();
 }

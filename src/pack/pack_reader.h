@@ -89,14 +89,6 @@ class Pack {
  private:
   Result<void> read_one(uint64_t chunk, const Location& loc, std::span<std::byte> out) const;
 
-  struct DigestHash {
-    size_t operator()(const Digest& d) const {
-      size_t h;
-      std::memcpy(&h, d.data(), sizeof h);
-      return h;
-    }
-  };
-
   std::unique_ptr<blob::BlobReader> blob_;
   PackHeader header_;
   std::vector<IndexEntry> index_;

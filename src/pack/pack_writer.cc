@@ -19,12 +19,6 @@ namespace imgstream::pack {
 
 namespace {
 
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 bool all_zero(std::span<const std::byte> b) {
   size_t i = 0;
   for (; i + 8 <= b.size(); i += 8) {
@@ -44,14 +38,6 @@ struct Work {
   Result<void> result = ok();
   IndexEntry entry;              // kind Zero, Base, Zstd or Raw (offset not yet known)
   std::vector<std::byte> bytes;  // the stored bytes for Zstd / Raw
-};
-
-struct DigestHash {
-  size_t operator()(const Digest& d) const {
-    size_t h;
-    std::memcpy(&h, d.data(), sizeof h);
-    return h;
-  }
 };
 
 // The physical order: boot chunks in the order first needed, then the rest by address.

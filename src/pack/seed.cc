@@ -13,14 +13,6 @@ namespace imgstream::pack {
 
 namespace {
 
-struct DigestHash {
-  size_t operator()(const Digest& d) const {
-    size_t h;
-    std::memcpy(&h, d.data(), sizeof h);
-    return h;
-  }
-};
-
 }  // namespace
 
 Result<SeedReport> seed_store(Env& env, const Pack& pack, store::LocalStore& store,

@@ -127,12 +127,6 @@ uint32_t trace_count(const ProfileRegion& r, uint32_t traces) {
   return uint32_t(std::llround(r.frequency * double(traces)));
 }
 
-std::string parent_dir(const std::string& path) {
-  const size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
 }  // namespace
 
 uint64_t Profile::boot_set_bytes() const {

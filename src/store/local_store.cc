@@ -13,14 +13,6 @@ namespace {
 
 std::string meta_path(const std::string& dir) { return dir + "/meta"; }
 
-std::string parent_dir(const std::string& dir) {
-  std::string d = dir;
-  while (d.size() > 1 && d.back() == '/') d.pop_back();
-  const size_t slash = d.rfind('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : d.substr(0, slash);
-}
-
 // Generation g lives in slot (g - 1) mod 2: each commit overwrites the older slot.
 int slot_index(uint64_t generation) { return static_cast<int>((generation - 1) % 2); }
 

@@ -1,6 +1,5 @@
 #include "stream/streamer.h"
 
-#include <openssl/evp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -10,6 +9,7 @@
 #include "base/check.h"
 #include "base/endian.h"
 #include "base/log.h"
+#include "base/sha256.h"
 #include "base/units.h"
 #include "io/control.h"
 #include "io/socket.h"
@@ -37,13 +37,7 @@ Result<store::Fingerprint> fingerprint(source::Source& src) {
   TRY_CTX(src.read(0, std::span(buf).subspan(8, head)), "fingerprint of " + src.uri());
   TRY_CTX(src.read(size - tail, std::span(buf).subspan(8 + head, tail)),
           "fingerprint of " + src.uri());
-  store::Fingerprint fp{};
-  unsigned int len = 0;
-  if (EVP_Digest(buf.data(), buf.size(), reinterpret_cast<unsigned char*>(fp.data()), &len,
-                 EVP_sha256(), nullptr) != 1 ||
-      len != fp.size())
-    return Error::io("SHA-256 failed");
-  return fp;
+  return sha256(buf);
 }
 
 Result<void> Streamer::open_sources() {

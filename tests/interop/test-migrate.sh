@@ -29,6 +29,13 @@ s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1])
 s.sendall((sys.argv[2] + "\n").encode()); print(s.recv(65536).decode().strip())
 PY
 }
+# The end of a case whose migrate left the disk held: let it go, stop the machine and the server.
+release_and_stop() { # CONTROL SERVER_PID
+    ctl "$1" resume >/dev/null
+    kill -TERM "$FIO_PID" 2>/dev/null || true
+    wait "$FIO_PID" 2>/dev/null || true
+    stop_server_ok "$2"
+}
 start_fio() { # URI SECONDS LOG
     fio --name=machine --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --size=512M \
         --rate=8m --time_based --runtime="$2" --verify=crc32c --verify_backlog=256 \
@@ -71,10 +78,7 @@ sleep 1
 expect_eq "$(ctl "$T/ctl2" info | jq .held)" "true" "the disk is held after --finish hold"
 expect_ok "at the cutover the target equals the source" \
     qemu-img compare -q -f raw "$T/src2.img" -F raw "nbd+unix:///?socket=$T/q.sock"
-ctl "$T/ctl2" resume >/dev/null
-kill -TERM "$FIO_PID" 2>/dev/null || true
-wait "$FIO_PID" 2>/dev/null || true
-stop_server_ok "$src_pid"
+release_and_stop "$T/ctl2" "$src_pid"
 pass "with the machine's I/O held at the cutover, qemu-nbd's copy equals the source"
 
 # ---------------------------------------------------------------- 3. kill -9 of migrate, again
@@ -99,10 +103,7 @@ note "killed migrate at: $(cat "$T/src3.track.migration")"
 expect_eq "$(jq .resumed "$T/report3.json")" "true" "the second migrate continued the first"
 expect_ok "after kill -9 and a second run the disks are equal at the cutover" \
     qemu-img compare -q -f raw "$T/src3.img" -F raw "nbd+unix:///?socket=$T/k.sock"
-ctl "$T/ctl3" resume >/dev/null
-kill -TERM "$FIO_PID" 2>/dev/null || true
-wait "$FIO_PID" 2>/dev/null || true
-stop_server_ok "$src_pid"
+release_and_stop "$T/ctl3" "$src_pid"
 pass "kill -9 of migrate mid-copy, run again: it continued and the disks are equal"
 
 # ---------------------------------------------------------------- 4. offline
