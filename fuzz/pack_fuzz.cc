@@ -48,8 +48,9 @@ void fix_up(std::vector<std::byte>& b) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  std::vector<std::byte> b(size);
-  std::memcpy(b.data(), data, size);
+  // (An empty input comes with data == nullptr: no memcpy from it.)
+  std::vector<std::byte> b(reinterpret_cast<const std::byte*>(data),
+                           reinterpret_cast<const std::byte*>(data) + size);
   // Plain decoders on the raw bytes first.
   if (auto h = decode_header(b)) {
     auto again = decode_header(encode_header(*h));

@@ -13,7 +13,7 @@ using namespace imgstream::migrate;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::byte> hb(kTrackHeaderBytes);
-  std::memcpy(hb.data(), data, std::min(size, kTrackHeaderBytes));
+  if (size) std::memcpy(hb.data(), data, std::min(size, kTrackHeaderBytes));  // data may be null
   TrackHeader h{.image_size = 1u << 20, .region_size = 4096, .extent_regions = 4, .al_extents = 100};
   if (auto d = decode_track_header(hb)) {
     FUZZ_CHECK(validate(*d).has_value());
