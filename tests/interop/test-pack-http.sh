@@ -29,7 +29,7 @@ NGINX="$(command -v nginx)"
 # foreground single-process nginx serving ROOT on 127.0.0.1:PORT, logging
 # "METHOD URI STATUS BODY_BYTES RANGE" per request to access.log.
 nginx_conf() {
-    local name="$1" root="$2" port="$3" extra="${4:-}" d="$T/nginx-$1"
+    local root="$2" port="$3" extra="${4:-}" d="$T/nginx-$1"
     mkdir -p "$d/tmp"
     cat >"$d/nginx.conf" <<EOF
 daemon off;
@@ -138,14 +138,17 @@ partial="$(grep -c ' /disk.pack 206 ' "$T/nginx-noranges/access.log" || true)"
 pass "nginx answering 200 (whole body) to $ok200 range requests: the stream's copy is identical"
 
 # ---------------------------------------------------------------- 3. nginx killed mid-body
+# Each connection limited so that hydration takes about 20 s (4 in flight).
 port3="$(free_port)"
-nginx_conf slow "$www" "$port3" "limit_rate 2m;"
+rate=$(($(pack_field "$www/disk.pack" file_size) / 80))
+((rate >= 65536)) || rate=65536
+nginx_conf slow "$www" "$port3" "limit_rate $rate;"
 nginx_start slow
 slow_pid=$NGINX_PID
 store="$T/s-cut"
 start_streamer "http://127.0.0.1:$port3/disk.pack" "$store"
 cut_pid=$STREAMER_PID
-wait_field_ge "$store" bytes_fetched_background $((16 * MiB)) 60
+wait_field_ge "$store" bytes_fetched_background $(($(stat -c %s "$disk") / 16)) 60
 before="$(status_json "$store")"
 kill -KILL "$slow_pid"
 { wait "$slow_pid"; } 2>/dev/null || true
@@ -162,7 +165,7 @@ lines_after="$(wc -l <"$T/nginx-slow/access.log")"
 expect_eq "$(st "$store" error)" "" "status error after the recovery"
 stop_server_ok "$cut_pid"
 expect_ok "the copy after the cut equals the disk" qemu-img compare -q -f raw "$store/data" -F raw "$disk"
-pass "nginx (limit_rate 2m) killed -9 at $present of $total chunks and restarted: the stream retried, detached, identical copy"
+pass "nginx (limit_rate $rate) killed -9 at $present of $total chunks and restarted: the stream retried, detached, identical copy"
 
 # ---------------------------------------------------------------- 4. a corrupt chunk over HTTP
 read -r bad_chunk bad_off bad_len < <(python3 - "$www/disk.pack" <<'PY'
