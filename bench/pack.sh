@@ -3,7 +3,7 @@
 # plain web server (nginx on loopback), side by side with the peers, in the
 # same run (issue 5):
 #
-#   1. Pack size and speed: `imgstream pack` (default 256 KiB chunks, zstd
+#   1. Pack size and speed: `imgstream pack` (CHUNK, default 128 KiB chunks, zstd
 #      level 3) against `zstd -3 -T0` of the whole raw image, for the bootable
 #      test disk (tests/fixtures/make-boot-disk.sh) and a second image: an
 #      ext4 file system made with `mkfs.ext4 -d IMAGE2_DIR` (real binaries and
@@ -35,6 +35,7 @@
 # Environment:
 #   REPS=3           runs per measured time (REPEAT is accepted too)
 #   ROWS="1 2 3"     rows to run
+#   CHUNK=128K       chunk size of the packs (imgstream's default)
 #   IMAGE2_DIR=/usr/lib/x86_64-linux-gnu   the second image's content for row 1
 #                    (empty: boot disk only); IMAGE2_MIB: its size (default:
 #                    the directory's size + 25%)
@@ -54,6 +55,8 @@ source "$(dirname "$0")/lib.sh"
 
 REPS="${REPS:-${REPEAT:-3}}"
 ROWS="${ROWS:-1 2 3}"
+CHUNK="${CHUNK:-128K}"   # imgstream's default chunk size
+CHUNK_BYTES="$(numfmt --from=iec "$CHUNK")"
 IMAGE2_DIR="${IMAGE2_DIR-/usr/lib/x86_64-linux-gnu}"
 IMAGE2_MIB="${IMAGE2_MIB:-}"
 V2_FILE="${V2_FILE:-/data/big-1}"
@@ -206,7 +209,7 @@ row1_image() { # NAME IMAGE
     for ((rep = 1; rep <= REPS; rep++)); do
         rm -f "$BENCH_TMP/r1.pack" "$BENCH_TMP/r1.zst"
         t="$(now)"
-        "$IMGSTREAM" pack "$img" -o "$BENCH_TMP/r1.pack" -q >/dev/null 2>"$BENCH_TMP/pack.err" ||
+        "$IMGSTREAM" pack "$img" -o "$BENCH_TMP/r1.pack" --chunk-size "$CHUNK" -q >/dev/null 2>"$BENCH_TMP/pack.err" ||
             die "imgstream pack $img failed: $(tail -n 3 "$BENCH_TMP/pack.err")"
         ps+=("$(since "$t")")
         t="$(now)"
@@ -222,18 +225,19 @@ row1_image() { # NAME IMAGE
     "$IMGSTREAM" pack "$img" -o "$BENCH_TMP/r1-1m.pack" --chunk-size 1M -q >/dev/null 2>&1 ||
         die "imgstream pack --chunk-size 1M $img failed"
     R1[$name,pack1m]="$(stat -c %s "$BENCH_TMP/r1-1m.pack")"
-    # The bound for chunks compressed independently: zstd -3 of each 256 KiB
+    # The bound for chunks compressed independently: zstd -3 of each CHUNK
     # piece of the image alone (all-zero pieces left out, as a pack stores none).
     rm -rf "$BENCH_TMP/split"
     mkdir "$BENCH_TMP/split"
-    split -b 256K -a 6 "$img" "$BENCH_TMP/split/c"
-    find "$BENCH_TMP/split" -type f -size 262144c -print0 |
+    split -b "$CHUNK_BYTES" -a 6 "$img" "$BENCH_TMP/split/c"
+    find "$BENCH_TMP/split" -type f -size "${CHUNK_BYTES}c" -print0 |
         xargs -0 -r python3 -c 'import sys, os
 for p in sys.argv[1:]:
     with open(p, "rb") as f:
-        if f.read().count(0) == 262144: os.unlink(p)' 
+        d = f.read()
+        if d.count(0) == len(d): os.unlink(p)' 
     find "$BENCH_TMP/split" -type f -print0 | xargs -0 -r zstd -3 -q --rm
-    R1[$name,perchunk]="$(find "$BENCH_TMP/split" -type f -printf '%s\n' | awk '{ s += ($1 > 262144 ? 262144 : $1) } END { print s + 0 }')"
+    R1[$name,perchunk]="$(find "$BENCH_TMP/split" -type f -printf '%s\n' | awk -v c="$CHUNK_BYTES" '{ s += ($1 > c ? c : $1) } END { print s + 0 }')"
     rm -rf "$BENCH_TMP/split"
     rm -rf "$BENCH_TMP/r1.castr" "$BENCH_TMP/r1.caibx"
     t="$(now)"
@@ -275,9 +279,9 @@ if has_row 2; then
         -o "$BENCH_TMP/boot.prof" >/dev/null 2>"$BENCH_TMP/merge.err" ||
         die "profile merge failed: $(tail -n 3 "$BENCH_TMP/merge.err")"
     rm -rf "$BENCH_TMP"/rec?
-    "$IMGSTREAM" pack "$disk" -o "$www/prof.pack" --profile "$BENCH_TMP/boot.prof" -q >/dev/null 2>&1 ||
+    "$IMGSTREAM" pack "$disk" -o "$www/prof.pack" --chunk-size "$CHUNK" --profile "$BENCH_TMP/boot.prof" -q >/dev/null 2>&1 ||
         die "pack --profile failed"
-    "$IMGSTREAM" pack "$disk" -o "$www/addr.pack" -q >/dev/null 2>&1 || die "pack failed"
+    "$IMGSTREAM" pack "$disk" -o "$www/addr.pack" --chunk-size "$CHUNK" -q >/dev/null 2>&1 || die "pack failed"
     R2[boot_chunks]="$(pack_field "$www/prof.pack" boot_chunks)"
     R2[boot_bytes]="$("$IMGSTREAM" info --json "$www/prof.pack" | jq '.boot_range[1] - .boot_range[0]')"
     ((R2[boot_chunks] > 0)) || die "the profile-ordered pack has no boot set"
@@ -346,8 +350,8 @@ if has_row 3; then
     R3[changed_blocks]="$({ cmp -l "$v1" "$v2" || true; } | awk '{ b = int(($1 - 1) / 4096); if (b != last) n++; last = b } END { print n + 0 }')"
 
     # imgstream: both versions packed standalone; the client holds a complete v1 store.
-    "$IMGSTREAM" pack "$v1" -o "$www/v1.pack" -q >/dev/null 2>&1 || die "pack v1 failed"
-    "$IMGSTREAM" pack "$v2" -o "$www/v2.pack" -q >/dev/null 2>&1 || die "pack v2 failed"
+    "$IMGSTREAM" pack "$v1" -o "$www/v1.pack" --chunk-size "$CHUNK" -q >/dev/null 2>&1 || die "pack v1 failed"
+    "$IMGSTREAM" pack "$v2" -o "$www/v2.pack" --chunk-size "$CHUNK" -q >/dev/null 2>&1 || die "pack v2 failed"
     "$IMGSTREAM" pack diff --json "$www/v1.pack" "$www/v2.pack" >"$BENCH_TMP/diff.json" || die "pack diff failed"
     R3[new_chunks]="$(jq .new_chunks "$BENCH_TMP/diff.json")"
     R3[new_stored]="$(jq .new_bytes_stored "$BENCH_TMP/diff.json")"
@@ -404,7 +408,7 @@ echo "- test disk: tests/fixtures/make-boot-disk.sh, $disk_mib MiB; times are th
 echo
 REQ=()
 if has_row 1; then
-    echo "| 1. pack size and speed | image MB | imgstream pack MB | zstd -3 -T0 MB | pack / zstd | pack MB/s | zstd MB/s | zstd -3 of each 256 KiB chunk alone MB (/ zstd) | pack --chunk-size 1M MB (/ zstd) | casync make store+index MB (MB/s) |"
+    echo "| 1. pack size and speed | image MB | imgstream pack MB | zstd -3 -T0 MB | pack / zstd | pack MB/s | zstd MB/s | zstd -3 of each $CHUNK chunk alone MB (/ zstd) | pack --chunk-size 1M MB (/ zstd) | casync make store+index MB (MB/s) |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for name in "${R1_IMAGES[@]}"; do
         b=${R1[$name,bytes]}
@@ -421,8 +425,8 @@ if has_row 1; then
         fi
     done
     echo
-    echo "zstd -3 of each 256 KiB chunk alone: the smallest a pack of independently compressed 256 KiB chunks can be at level 3" \
-        "(each piece of the image compressed by the zstd CLI on its own, all-zero pieces left out, none counted above 256 KiB)."
+    echo "zstd -3 of each $CHUNK chunk alone: the smallest a pack of independently compressed $CHUNK chunks can be at level 3" \
+        "(each piece of the image compressed by the zstd CLI on its own, all-zero pieces left out, none counted above $CHUNK)."
     echo
 fi
 if has_row 2; then
@@ -443,7 +447,7 @@ if has_row 3; then
     echo "| 3. move a store from v1 to v2 (v2: ${V2_FILE} rewritten, $(mb "${R3[file_bytes]}") MB, ${R3[changed_blocks]} 4 KiB blocks of the image differ) | bytes over HTTP | HTTP requests | s | / casync |"
     echo "|---|---:|---:|---:|---:|"
     echo "| imgstream: \`stream http://.../v2.pack --seed V1_STORE\` (v2.pack standalone; bytes nginx sent, header + index + chunks) | ${R3[img_bytes]} | ${R3[img_requests]} | ${R3[img_s]} | $(ratio3 "${R3[img_bytes]}" "${R3[ca_bytes]}") |"
-    echo "| the changed chunks: \`pack diff --json\` new_bytes_stored (${R3[new_chunks]} chunks of 256 KiB; ${R3[new_image]} bytes of image) | ${R3[new_stored]} | | | $(ratio3 "${R3[new_stored]}" "${R3[ca_bytes]}") |"
+    echo "| the changed chunks: \`pack diff --json\` new_bytes_stored (${R3[new_chunks]} chunks of $CHUNK; ${R3[new_image]} bytes of image) | ${R3[new_stored]} | | | $(ratio3 "${R3[new_stored]}" "${R3[ca_bytes]}") |"
     echo "| casync: \`extract --seed=v1.img http://.../v2.caibx --store=http://.../store.castr\` (bytes nginx sent, index + chunks) | ${R3[ca_bytes]} | ${R3[ca_requests]} | ${R3[ca_s]} | 1 |"
     echo
     echo "imgstream's stream fetched ${R3[img_fetched]} bytes of image (status: fetched) and seeded ${R3[img_seeded]} from the v1 store."

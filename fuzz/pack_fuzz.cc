@@ -8,6 +8,8 @@
 #include <cstring>
 #include <vector>
 
+#include <zstd.h>
+
 #include "base/crc32c.h"
 #include "base/endian.h"
 #include "base/env_memory.h"
@@ -20,7 +22,11 @@ namespace {
 using namespace imgstream;
 using namespace imgstream::pack;
 
-// Rewrites the header's digests and CRC to match the index bytes in the input.
+// Rewrites the header's digests and CRC to match the index in the input. Two ways, chosen
+// by the input's length, so that both the index's zstd frame and the entries behind it get
+// fuzzed: an even-length input holds the index's entries raw at the index offset (they are
+// compressed here and the file cut after them); an odd-length one holds the stored frame
+// itself (only its hash, and the identity if it decompresses, are fixed).
 void fix_up(std::vector<std::byte>& b) {
   if (b.size() < kPackHeaderBytes) return;
   std::byte* p = b.data();
@@ -30,17 +36,36 @@ void fix_up(std::vector<std::byte>& b) {
     return;
   const uint64_t count = (image + chunk - 1) / chunk;
   const uint64_t off = le::get64(p + 40);
-  if (count > 4096 || off > b.size() || count * kIndexEntryBytes > b.size() - off) return;
+  if (count > 4096 || off < kPackHeaderBytes || off > b.size()) return;
   le::put64(p + 32, count);
-  le::put64(p + 48, count * kIndexEntryBytes);
-  auto index = std::span<const std::byte>(b).subspan(off, count * kIndexEntryBytes);
+  std::vector<std::byte> raw;
+  if (b.size() % 2 == 0) {
+    if (count * kIndexEntryBytes > b.size() - off) return;
+    raw.assign(b.begin() + static_cast<ptrdiff_t>(off),
+               b.begin() + static_cast<ptrdiff_t>(off + count * kIndexEntryBytes));
+    std::vector<std::byte> z(ZSTD_compressBound(raw.size()));
+    const size_t n = ZSTD_compress(z.data(), z.size(), raw.data(), raw.size(), 1);
+    if (ZSTD_isError(n)) return;
+    z.resize(n);
+    b.resize(off);
+    b.insert(b.end(), z.begin(), z.end());
+    p = b.data();
+  } else {
+    raw.resize(count * kIndexEntryBytes);
+    const size_t n = ZSTD_decompress(raw.data(), raw.size(), p + off, b.size() - off);
+    if (ZSTD_isError(n) || n != raw.size()) raw.clear();
+  }
+  const auto index = std::span<const std::byte>(b).subspan(off);
+  le::put64(p + 48, index.size());
   const Digest ih = sha256(index);
   std::memcpy(p + 112, ih.data(), 32);
-  std::vector<IndexEntry> entries(count);
-  for (uint64_t i = 0; i < count; ++i)
-    std::memcpy(entries[i].hash.data(), index.data() + i * kIndexEntryBytes, 32);
-  const Digest id = identity_of(image, chunk, entries);
-  std::memcpy(p + 80, id.data(), 32);
+  if (!raw.empty()) {
+    std::vector<IndexEntry> entries(count);
+    for (uint64_t i = 0; i < count; ++i)
+      std::memcpy(entries[i].hash.data(), raw.data() + i * kIndexEntryBytes, 32);
+    const Digest id = identity_of(image, chunk, entries);
+    std::memcpy(p + 80, id.data(), 32);
+  }
   le::put32(p + kPackHeaderBytes - 4,
             crc32c(std::span<const std::byte>(b).first(kPackHeaderBytes - 4)));
 }
@@ -66,7 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto p = Pack::open(env, "/p.pack");
   if (!p) return 0;
   const PackHeader& h = (*p)->header();
-  FUZZ_CHECK(h.index_offset + h.index_bytes() <= b.size());
+  FUZZ_CHECK(h.index_offset + h.index_length <= b.size());
   if (h.image_size > (16u << 20)) return 0;  // keep each run fast: reads below touch it all
   for (uint64_t c = 0; c < (*p)->index().size(); ++c) {
     const IndexEntry& e = (*p)->index()[c];

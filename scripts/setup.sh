@@ -13,7 +13,7 @@ packages=(
   libfmt-dev libcli11-dev nlohmann-json3-dev libgtest-dev libgmock-dev libbenchmark-dev
   libnbd-dev libcurl4-openssl-dev libzstd-dev libssl-dev libext2fs-dev liburing-dev
   # peers and tools the tests and benchmarks use
-  qemu-utils qemu-system-x86 nbdkit libnbd-bin nbdfuse fio nginx-light casync fuse3
+  qemu-utils qemu-system-x86 nbdkit libnbd-bin nbdfuse fio nginx-light casync fuse3 zstd
   python3 jq e2fsprogs util-linux procps psmisc iproute2
   # the bootable test disk
   syslinux-common extlinux linux-image-amd64 busybox-static fdisk cpio kmod xz-utils

@@ -32,7 +32,7 @@ int fail(const std::string& what, const Error& e) {
 // --- pack ---------------------------------------------------------------------------
 
 struct PackArgs {
-  std::string image, output, chunk_size = "256K", profile, base;
+  std::string image, output, chunk_size = "128K", profile, base;
   int level = pack::kLevelDefault;
   unsigned threads = 0;
   bool quiet = false;
@@ -293,7 +293,9 @@ Runner add_pack(CLI::App& app) {
       "With --base only the chunks the base does not have are written.");
   cmd->add_option("IMAGE", a->image, "Raw disk image to pack");
   cmd->add_option("-o,--output", a->output, "The pack to write (NAME.pack)");
-  cmd->add_option("--chunk-size", a->chunk_size, "Chunk size, a power of two from 4K to 16M")
+  cmd->add_option("--chunk-size", a->chunk_size,
+                  "Chunk size, a power of two from 4K to 16M: smaller makes updates cheaper, "
+                  "larger compresses better")
       ->check(size_validator())
       ->capture_default_str();
   cmd->add_option("--profile", a->profile, "Boot profile (imgstream profile merge): its regions first");

@@ -16,6 +16,9 @@ namespace {
 constexpr char kMagic[8] = {'I', 'M', 'G', 'P', 'A', 'C', 'K', '1'};
 constexpr size_t kCrcAt = kPackHeaderBytes - 4;
 constexpr char kIdentityTag[] = "imgstream pack identity v1";  // hashed with its NUL
+// The index is mostly SHA-256 hashes, which no level compresses; the rest (zero entries,
+// growing offsets) any level does. A fast one keeps packing a large image's index cheap.
+constexpr int kIndexLevel = 3;
 
 std::span<const std::byte> bytes_of(const Digest& d) { return std::span(d); }
 
@@ -49,7 +52,7 @@ std::vector<std::byte> encode_header(const PackHeader& h) {
   le::put32(p + 28, h.level);
   le::put64(p + 32, h.chunk_count());
   le::put64(p + 40, h.index_offset);
-  le::put64(p + 48, h.index_bytes());
+  le::put64(p + 48, h.index_length);
   le::put64(p + 56, h.boot_begin);
   le::put64(p + 64, h.boot_end);
   le::put64(p + 72, h.boot_chunks);
@@ -70,13 +73,15 @@ Result<PackHeader> decode_header(std::span<const std::byte> b) {
     return Error::invalid("pack header checksum mismatch");
   if (le::get32(p + 8) != kPackVersion)
     return Error::invalid("pack format version " + std::to_string(le::get32(p + 8)) +
-                          " is not supported (this imgstream reads version 1)");
+                          " is not supported (this imgstream reads version " +
+                          std::to_string(kPackVersion) + ")");
   PackHeader h;
   h.flags = le::get32(p + 12);
   h.image_size = le::get64(p + 16);
   h.chunk_size = le::get32(p + 24);
   h.level = le::get32(p + 28);
   h.index_offset = le::get64(p + 40);
+  h.index_length = le::get64(p + 48);
   h.boot_begin = le::get64(p + 56);
   h.boot_end = le::get64(p + 64);
   h.boot_chunks = le::get64(p + 72);
@@ -91,8 +96,11 @@ Result<PackHeader> decode_header(std::span<const std::byte> b) {
                           " is not a power of two from 4 KiB to 16 MiB");
   if (h.image_size == 0) return Error::invalid("pack image size is zero");
   if (h.image_size > kChunksMax * h.chunk_size) return Error::invalid("pack image is too large");
-  if (le::get64(p + 32) != h.chunk_count() || le::get64(p + 48) != h.index_bytes())
+  if (le::get64(p + 32) != h.chunk_count())
     return Error::invalid("pack header geometry is inconsistent");
+  if (h.index_length == 0 || h.index_length > ZSTD_compressBound(h.index_raw_bytes()))
+    return Error::invalid("pack index length " + std::to_string(h.index_length) +
+                          " is out of bounds");
   if (h.index_offset < kPackHeaderBytes) return Error::invalid("pack index offset is inside the header");
   if (h.boot_begin != kPackHeaderBytes || h.boot_end < h.boot_begin ||
       h.boot_end > h.index_offset || h.boot_chunks > h.chunk_count())
@@ -105,9 +113,9 @@ Result<PackHeader> decode_header(std::span<const std::byte> b) {
 }
 
 Result<void> check_header_fits(const PackHeader& h, uint64_t file_size) {
-  if (h.index_offset > file_size || h.index_bytes() > file_size - h.index_offset)
+  if (h.index_offset > file_size || h.index_length > file_size - h.index_offset)
     return Error::invalid("pack is truncated: its index ends at " +
-                          std::to_string(h.index_offset + h.index_bytes()) + ", the file has " +
+                          std::to_string(h.index_offset + h.index_length) + ", the file has " +
                           std::to_string(file_size) + " bytes");
   return ok();
 }
@@ -122,13 +130,29 @@ std::vector<std::byte> encode_index(const std::vector<IndexEntry>& entries) {
     le::put32(p + 40, e.length);
     p[44] = std::byte(static_cast<uint8_t>(e.kind));
   }
-  return b;
+  std::vector<std::byte> z(ZSTD_compressBound(b.size()));
+  const size_t n = ZSTD_compress(z.data(), z.size(), b.data(), b.size(), kIndexLevel);
+  IMG_CHECK(!ZSTD_isError(n));  // cannot fail with a buffer of compressBound bytes
+  z.resize(n);
+  return z;
 }
 
-Result<std::vector<IndexEntry>> decode_index(const PackHeader& h, std::span<const std::byte> b) {
+Result<std::vector<IndexEntry>> decode_index(const PackHeader& h,
+                                             std::span<const std::byte> stored) {
   const uint64_t n = h.chunk_count();
-  if (b.size() != h.index_bytes()) return Error::invalid("pack index has the wrong size");
-  if (sha256(b) != h.index_hash) return Error::invalid("pack index does not match its hash");
+  if (stored.size() != h.index_length) return Error::invalid("pack index has the wrong size");
+  if (sha256(stored) != h.index_hash) return Error::invalid("pack index does not match its hash");
+  // One frame, nothing after it, and exactly one entry per chunk inside.
+  if (ZSTD_findFrameCompressedSize(stored.data(), stored.size()) != stored.size())
+    return Error::invalid("pack index is not one zstd frame");
+  // The frame must declare its size (ours do) before anything is allocated for it.
+  if (ZSTD_getFrameContentSize(stored.data(), stored.size()) != h.index_raw_bytes())
+    return Error::invalid("pack index does not hold one entry per chunk");
+  std::vector<std::byte> b(h.index_raw_bytes());
+  const size_t got = ZSTD_decompress(b.data(), b.size(), stored.data(), stored.size());
+  if (ZSTD_isError(got) || got != b.size())
+    return Error::invalid(std::string("pack index does not decompress to one entry per chunk") +
+                          (ZSTD_isError(got) ? std::string(": ") + ZSTD_getErrorName(got) : ""));
   std::vector<IndexEntry> entries(n);
   uint64_t boot = 0;
   for (uint64_t i = 0; i < n; ++i) {

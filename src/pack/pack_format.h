@@ -14,13 +14,21 @@
 
 namespace imgstream::pack {
 
-inline constexpr uint32_t kPackVersion = 1;
+inline constexpr uint32_t kPackVersion = 2;  // 2: the index is one zstd frame
 inline constexpr size_t kPackHeaderBytes = 4096;
 inline constexpr size_t kIndexEntryBytes = 48;
 inline constexpr uint32_t kChunkBytesMin = 4096;
 inline constexpr uint32_t kChunkBytesMax = 16u << 20;
-inline constexpr uint32_t kChunkBytesDefault = 256u << 10;
-inline constexpr uint64_t kChunksMax = 1ULL << 28;  // 12 GiB of index at most
+// 128 KiB: measured on the 512 MiB test disk (docs/BENCHMARKS.md, bench/pack.sh), it packs
+// within 4% of zstd -3 over the whole image, like 256 KiB, but moving a store to a version
+// with one changed file costs 4% less than 256 KiB (and less than casync, which 256 KiB
+// did not manage): a changed file drags in less of its unchanged neighbours.
+inline constexpr uint32_t kChunkBytesDefault = 128u << 10;
+// At most 16 Mi chunks (4 TiB at the default chunk size, 256 TiB at 16 MiB): a reader
+// holds the whole index in memory, and a stored index a few KiB long may claim this many
+// (zero entries compress to nothing), so this bounds what a hostile pack can make it
+// allocate: 768 MiB of decompressed index.
+inline constexpr uint64_t kChunksMax = 1ULL << 24;
 inline constexpr size_t kBaseHintBytesMax = 1024;
 inline constexpr size_t kChainDepthMax = 16;  // a pack, its base, its base's base...
 inline constexpr uint32_t kFlagHasBase = 1;
@@ -47,17 +55,19 @@ struct PackHeader {
   uint32_t chunk_size = kChunkBytesDefault;
   uint32_t level = 0;  // the zstd level it was written with (informational)
   uint64_t index_offset = 0;
+  uint64_t index_length = 0;  // stored bytes of the index: one zstd frame
   uint64_t boot_begin = kPackHeaderBytes;  // file range of the boot set's chunks
   uint64_t boot_end = kPackHeaderBytes;
   uint64_t boot_chunks = 0;
   Digest identity{};    // the image's identity (identity_of)
-  Digest index_hash{};  // SHA-256 of the encoded index
+  Digest index_hash{};  // SHA-256 of the index's stored (compressed) bytes
   Digest base_identity{};
   std::string base_hint;  // where the base was, as given to `pack --base`
 
   bool has_base() const { return flags & kFlagHasBase; }
   uint64_t chunk_count() const { return (image_size + chunk_size - 1) / chunk_size; }
-  uint64_t index_bytes() const { return chunk_count() * kIndexEntryBytes; }
+  // Bytes of the index once decompressed: one entry per chunk.
+  uint64_t index_raw_bytes() const { return chunk_count() * kIndexEntryBytes; }
   // Bytes of chunk i (the last may be short).
   uint32_t chunk_bytes(uint64_t i) const;
 };
@@ -68,8 +78,12 @@ Result<PackHeader> decode_header(std::span<const std::byte> bytes);
 // Checks that the header fits a pack file of `file_size` bytes.
 Result<void> check_header_fits(const PackHeader& h, uint64_t file_size);
 
+// The index as stored: the entries (48 bytes each) compressed into one zstd frame. Most of
+// an entry is predictable (zero chunks are all zeros, offsets grow), so this roughly
+// halves what a reader fetches before its first chunk; the hashes stay as they are.
 std::vector<std::byte> encode_index(const std::vector<IndexEntry>& entries);
-// Decodes and checks the index against its header: its hash, every entry's kind and range
+// Decodes and checks the stored index against its header: its hash, that it is exactly one
+// zstd frame of the right decompressed size, every entry's kind and range
 // (stored bytes between the header and the index), and the identity it adds up to.
 Result<std::vector<IndexEntry>> decode_index(const PackHeader& h, std::span<const std::byte> bytes);
 

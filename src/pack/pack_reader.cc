@@ -47,7 +47,7 @@ Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
 // The cache file is the header's 4096 bytes followed by the index; it is trusted only as
 // far as its header's index hash equals the pack's (decode_index checks the bytes).
 Result<std::vector<std::byte>> Pack::fetch_index(Env& env, const std::string& cache) {
-  std::vector<std::byte> index(header_.index_bytes());
+  std::vector<std::byte> index(header_.index_length);
   if (!cache.empty()) {
     if (auto f = env.open(cache, OpenMode::ReadOnly)) {
       std::vector<std::byte> head(kPackHeaderBytes);

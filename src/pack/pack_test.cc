@@ -218,6 +218,46 @@ TEST_F(PackTest, DamagedHeaderOrIndexIsRefused) {
   EXPECT_NE(p.error().message.find("truncated"), std::string::npos) << p.error().message;
 }
 
+// The stored index is one zstd frame holding exactly one entry per chunk; anything else,
+// even with a matching hash (a writer's bug, a hostile server), is refused by name.
+TEST(PackFormat, StoredIndexIsOneFrameOfOneEntryPerChunk) {
+  PackHeader h;
+  h.image_size = 64 * 4096;
+  h.chunk_size = 4096;
+  h.index_offset = kPackHeaderBytes;
+  std::vector<IndexEntry> entries(h.chunk_count());  // all zero chunks
+  const auto with = [&](std::vector<std::byte> stored) {
+    h.index_length = stored.size();
+    h.index_hash = sha256(stored);
+    h.identity = identity_of(h.image_size, h.chunk_size, entries);
+    return decode_index(h, stored);
+  };
+  const std::vector<std::byte> good = encode_index(entries);
+  EXPECT_LT(good.size(), h.index_raw_bytes() / 20) << "zero entries compress to almost nothing";
+  auto ok = with(good);
+  ASSERT_TRUE(ok) << ok.error().message;
+  EXPECT_EQ(ok->size(), entries.size());
+
+  auto trailing = good;
+  trailing.push_back(std::byte{0});
+  auto r = with(trailing);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("one zstd frame"), std::string::npos) << r.error().message;
+
+  const std::vector<IndexEntry> fewer(entries.size() - 1);
+  r = with(encode_index(fewer));
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("one entry per chunk"), std::string::npos) << r.error().message;
+
+  r = with(std::vector<std::byte>(100, std::byte{0x5a}));
+  ASSERT_FALSE(r);
+
+  // A header claiming more chunks than the bound is refused before any index is read.
+  h.image_size = (kChunksMax + 1) * h.chunk_size;
+  h.index_length = good.size();
+  EXPECT_FALSE(decode_header(encode_header(h)));
+}
+
 TEST_F(PackTest, BootSetIsFetchedInOneRequest) {
   const auto image = make_image(40, 8);
   ASSERT_TRUE(pack(write_file("a.img", image), dir_ + "/a.pack",

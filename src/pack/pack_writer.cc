@@ -198,6 +198,7 @@ Result<PackWriteReport> write_pack(Env& env, const PackWriteOptions& o) {
 
   h.index_offset = cursor;
   const std::vector<std::byte> idx = encode_index(index);
+  h.index_length = idx.size();
   h.index_hash = sha256(idx);
   h.identity = identity_of(h.image_size, h.chunk_size, index);
   TRY_CTX(write_all_at(*out, h.index_offset, idx), tmp);
