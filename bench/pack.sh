@@ -4,7 +4,7 @@
 # same run (issue 5):
 #
 #   1. Pack size and speed: `imgstream pack` (CHUNK, default 128 KiB chunks, zstd
-#      level 3) against `zstd -3 -T0` of the whole raw image, for the bootable
+#      level 6) against `zstd -3 -T0` of the whole raw image, for the bootable
 #      test disk (tests/fixtures/make-boot-disk.sh) and a second image: an
 #      ext4 file system made with `mkfs.ext4 -d IMAGE2_DIR` (real binaries and
 #      libraries of this machine). Context: pack --chunk-size 1M and `casync
