@@ -13,7 +13,7 @@ Runner add_migrate(CLI::App& app) {
     std::string image, control, to, converge;
     unsigned rounds = 10, connections = 4;
     unsigned hold_limit_ms = 10'000;
-    bool json = false;
+    bool json = false, active = false;
     std::string finish = "switch";
   };
   auto a = std::make_shared<Args>();
@@ -49,6 +49,10 @@ Runner add_migrate(CLI::App& app) {
                   "hold limit passes (to compare source and target at the cutover)")
       ->check(CLI::IsMember({"switch", "resume", "hold"}))
       ->capture_default_str();
+  cmd->add_flag("--active", a->active,
+                "Live: after the full copy, the server mirrors every write to the target "
+                "before acknowledging it and copies the rest itself, so that a machine that "
+                "writes faster than the link still converges (its writes slow to the link's pace)");
   cmd->add_flag("--json", a->json, "Print the report as one JSON object");
   return [a]() -> int {
     if (a->image.empty() == a->control.empty()) {
@@ -60,6 +64,11 @@ Runner add_migrate(CLI::App& app) {
     o.control = a->control;
     o.target = a->to;
     o.max_rounds = a->rounds;
+    o.active = a->active;
+    if (o.active && o.control.empty()) {
+      print_error("--active needs --control (a live migration)");
+      return kExitUsage;
+    }
     o.connections = a->connections;
     o.hold_limit = std::chrono::milliseconds(a->hold_limit_ms);
     o.finish = a->finish == "resume" ? migrate::MigrateOptions::Finish::Resume
@@ -80,6 +89,9 @@ Runner add_migrate(CLI::App& app) {
                   format_size(r->allocated_bytes).c_str(),
                   r->allocated_bytes ? double(r->bytes_total) / double(r->allocated_bytes) : 0.0,
                   r->seconds, r->pause_ms);
+      if (r->active)
+        std::printf("active mode: %s mirrored with the machine's writes\n",
+                    format_size(r->mirrored_bytes).c_str());
     }
     return kExitOk;
   };

@@ -14,6 +14,7 @@
 #include "io/control.h"
 #include "migrate/dirty_tracking_device.h"
 #include "migrate/hold_device.h"
+#include "migrate/mirror_device.h"
 #include "migrate/remote_device.h"
 #include "nbd/server.h"
 #include "pack/pack_source.h"
@@ -53,38 +54,53 @@ std::string absolute_path(const std::string& p) {
 }
 
 // The control commands of a served disk under migration (migrate/migrator.h):
-//   info                  the image, its size, the tracker's geometry and counts
+//   info                  the image, its size, the tracker's geometry and counts, the mirror's
 //   begin fresh|resume    a new migration (every bit cleared: the full copy covers them)
 //                         or one continued (regions a dead migrate had taken: dirty again)
-//   take FROM MAX         up to MAX changed regions from FROM on, as runs; they are pending
+//   take FROM MAX [END]   up to MAX changed regions in [FROM, END), as runs; they are pending
 //   confirm | release     pending regions copied (dropped) | not copied (dirty again)
+//   active URI [CONNS]    active mode: writes are mirrored to URI, a copier copies the rest
+//   drain MS              (active) wait until the copier has copied every change, flush URI
+//   passive               active mode off
 //   hold MS               new requests wait, those in flight drain; for at most MS ms
 //   resume                requests go on; says whether the hold had expired meanwhile
 //   switch URI            (held) from now on the disk is the NBD export at URI: the
 //                         machine goes on, on the migration's target
-nlohmann::json migration_command(const std::string& line, const std::string& image,
-                                 const std::string& track, migrate::DirtyTracker& t,
-                                 migrate::HoldDevice& hold,
-                                 std::unique_ptr<migrate::RemoteDevice>& switched) {
+struct Migration {
+  std::string image, track;
+  migrate::DirtyTracker& tracker;
+  migrate::MirrorDevice& mirror;
+  migrate::HoldDevice& hold;
+  std::unique_ptr<migrate::RemoteDevice> switched;  // after a cutover
+};
+
+nlohmann::json migration_command(const std::string& line, Migration& m) {
+  migrate::DirtyTracker& t = m.tracker;
   std::istringstream in(line);
   std::string cmd, arg;
   in >> cmd >> arg;
   nlohmann::json j{{"ok", true}};
   if (cmd == "info") {
-    j = {{"image", image}, {"track", track}, {"size", t.header().image_size},
+    const auto st = m.mirror.stats();
+    j = {{"image", m.image}, {"track", m.track}, {"size", t.header().image_size},
          {"region_size", t.header().region_size}, {"dirty", t.dirty_count()},
-         {"pending", t.pending_count()}, {"held", hold.held()}};
+         {"pending", t.pending_count()}, {"held", m.hold.held()},
+         {"active", m.mirror.active()}, {"mirrored_bytes", st.mirrored_bytes},
+         {"copied_bytes", st.copied_bytes}, {"mirror_failures", st.mirror_failures},
+         {"copy_failures", st.copy_failures}};
   } else if (cmd == "begin" && (arg == "fresh" || arg == "resume")) {
+    m.mirror.deactivate();  // a dead migrate's active mode: its copier is no one's now
     t.release();
     if (arg == "fresh") {
       while (!t.take(0, SIZE_MAX).empty()) t.confirm();
     }
   } else if (cmd == "take") {
-    uint64_t from = 0, max = 0;
+    uint64_t from = 0, max = 0, end = UINT64_MAX;
     std::istringstream(arg) >> from;
     in >> max;
+    if (!(in >> end)) end = UINT64_MAX;
     nlohmann::json runs = nlohmann::json::array();
-    for (uint64_t r : t.take(from, std::min<uint64_t>(max, 1u << 20))) {
+    for (uint64_t r : t.take(from, std::min<uint64_t>(max, 1u << 20), end)) {
       if (!runs.empty() && runs.back()[0].get<uint64_t>() + runs.back()[1].get<uint64_t>() == r)
         runs.back()[1] = runs.back()[1].get<uint64_t>() + 1;
       else
@@ -96,21 +112,35 @@ nlohmann::json migration_command(const std::string& line, const std::string& ima
     if (auto r = t.flush(); !r) j = {{"error", r.error().message}};
   } else if (cmd == "release") {
     t.release();
+  } else if (cmd == "active" && !arg.empty()) {
+    unsigned conns = 4;
+    if (!(in >> conns) || conns == 0 || conns > 64) conns = 4;
+    auto target = migrate::NbdTarget::open(arg, conns);
+    if (!target) return {{"error", target.error().message}};
+    if (auto r = m.mirror.activate(std::move(*target)); !r) return {{"error", r.error().message}};
+  } else if (cmd == "drain") {
+    uint64_t ms = 10'000;
+    std::istringstream(arg) >> ms;
+    if (auto r = m.mirror.drain(std::chrono::milliseconds(std::min<uint64_t>(ms, 600'000))); !r)
+      return {{"error", r.error().message}};
+  } else if (cmd == "passive") {
+    m.mirror.deactivate();
   } else if (cmd == "hold") {
     uint64_t ms = 10'000;
     std::istringstream(arg) >> ms;
-    hold.hold(std::chrono::milliseconds(std::min<uint64_t>(ms, 600'000)));
+    m.hold.hold(std::chrono::milliseconds(std::min<uint64_t>(ms, 600'000)));
   } else if (cmd == "switch" && !arg.empty()) {
-    if (!hold.held()) return {{"error", "switch needs the disk held"}};
-    if (switched) return {{"error", "already switched"}};
+    if (!m.hold.held()) return {{"error", "switch needs the disk held"}};
+    if (m.switched) return {{"error", "already switched"}};
     auto target = migrate::NbdTarget::open(arg, 4);
     if (!target) return {{"error", target.error().message}};
-    switched = std::make_unique<migrate::RemoteDevice>(std::move(*target), t.header().image_size);
-    hold.switch_to(*switched);
+    m.mirror.deactivate();  // the disk is no longer the source of anything
+    m.switched = std::make_unique<migrate::RemoteDevice>(std::move(*target), t.header().image_size);
+    m.hold.switch_to(*m.switched);
     LOG_INFO("the disk is now {}: requests go there", arg);
   } else if (cmd == "resume") {
-    j["expired"] = !hold.held();
-    hold.release();
+    j["expired"] = !m.hold.held();
+    m.hold.release();
   } else {
     j = {{"error", "unknown command '" + line + "'"}};
   }
@@ -160,18 +190,25 @@ int run_serve(const ServeArgs& args) {
     exported = tracked.get();
     LOG_INFO("tracking changes in {}: {} regions changed so far", args.track, tracker->dirty_count());
   }
+  std::unique_ptr<migrate::MirrorDevice> mirror;
   std::unique_ptr<migrate::HoldDevice> holdable;
-  std::unique_ptr<migrate::RemoteDevice> switched;  // after a migration's cutover
+  std::unique_ptr<Migration> migration;
   std::unique_ptr<ControlServer> control;
   if (!args.control.empty()) {
     if (!tracker) {
       print_error("--control needs --track (a migration copies what the tracker records)");
       return kExitUsage;
     }
+    // hold -> mirror -> tracking -> disk: held requests wait above the mirror, and every
+    // write the mirror sees is tracked.
+    mirror = std::make_unique<migrate::MirrorDevice>(*exported, *tracker);
+    exported = mirror.get();
     holdable = std::make_unique<migrate::HoldDevice>(*exported);
     exported = holdable.get();
-    auto c = ControlServer::start(args.control, [&, image = absolute_path(args.image)](const std::string& line) {
-      return migration_command(line, image, args.track, *tracker, *holdable, switched);
+    migration.reset(new Migration{absolute_path(args.image), args.track, *tracker, *mirror,
+                                  *holdable, nullptr});
+    auto c = ControlServer::start(args.control, [&](const std::string& line) {
+      return migration_command(line, *migration);
     });
     if (!c) {
       print_error(c.error().message);
@@ -215,6 +252,7 @@ int run_serve(const ServeArgs& args) {
   int status = run_server(**server, args.export_name, args.run);
   server->reset();
   control.reset();
+  if (mirror) mirror->deactivate();  // its copier uses the tracker, closed next
   if (private_addr) remove_private_socket(first);
   if (tracker) {
     // A clean stop: every bit in the bitmap, an empty activity log.

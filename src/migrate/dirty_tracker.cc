@@ -233,11 +233,13 @@ void DirtyTracker::clear(const std::vector<uint64_t>& regions) {
   }
 }
 
-std::vector<uint64_t> DirtyTracker::take(uint64_t from, size_t max) {
+std::vector<uint64_t> DirtyTracker::take(uint64_t from, size_t max, uint64_t end) {
   std::vector<uint64_t> out;
-  for (uint64_t w = from / 64; w < words_ && out.size() < max; ++w) {
+  end = std::min(end, h_.regions());
+  for (uint64_t w = from / 64; w < words_ && w * 64 < end && out.size() < max; ++w) {
     uint64_t want = bits_[w].load(std::memory_order_acquire);
     if (w == from / 64) want &= ~0ULL << (from % 64);
+    if ((w + 1) * 64 > end) want &= (1ULL << (end - w * 64)) - 1;  // end is inside w
     // Keep at most the number still wanted, lowest first.
     for (uint64_t v = want, n = 0; v; v &= v - 1)
       if (++n > max - out.size()) {
@@ -252,6 +254,13 @@ std::vector<uint64_t> DirtyTracker::take(uint64_t from, size_t max) {
       out.push_back(w * 64 + static_cast<uint64_t>(std::countr_zero(v)));
   }
   return out;
+}
+
+void DirtyTracker::mark(const std::vector<uint64_t>& regions) {
+  for (uint64_t r : regions) {
+    IMG_CHECK(r < h_.regions());
+    bits_[r / 64].fetch_or(1ULL << (r % 64), std::memory_order_acq_rel);
+  }
 }
 
 void DirtyTracker::confirm() {

@@ -73,10 +73,15 @@ class DirtyTracker {
   // dirty regions from `from` on and holds them as pending; confirm() drops the pending
   // ones once they are copied; release() makes them dirty again. The file names pending
   // regions as dirty until confirmed (flush writes dirty | pending).
-  std::vector<uint64_t> take(uint64_t from, size_t max);
+  // Only regions below `end` are taken (a segment of a full copy takes its own).
+  std::vector<uint64_t> take(uint64_t from, size_t max, uint64_t end = UINT64_MAX);
   void confirm();
   void release();
   uint64_t pending_count() const;
+
+  // Marks regions dirty again (a copy of them failed). In memory, like end_write: the file
+  // names them already, since clear() is not made durable before the copy is.
+  void mark(const std::vector<uint64_t>& regions);
 
   // Writes every bit to the bitmap and syncs (the AL stays).
   Result<void> flush();

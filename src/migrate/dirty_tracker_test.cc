@@ -147,6 +147,25 @@ TEST(DirtyTracker, TakenRegionsStayNamedUntilConfirmed) {
   EXPECT_EQ((*last)->dirty_count(), 0u);
 }
 
+// A segment of a full copy takes the changes inside it only: [from, end), across words.
+TEST(DirtyTracker, TakeStopsAtTheEndOfTheRange) {
+  MemEnv env;
+  auto t = DirtyTracker::open(env, kPath, kSize, small());
+  ASSERT_TRUE(t);
+  nbd::testing::MemoryDevice mem(kSize);
+  DirtyTrackingDevice dev(mem, **t);
+  std::vector<std::byte> data(10, std::byte{1});
+  for (uint64_t r : {1, 63, 64, 65, 127, 128, 130, 255})
+    ASSERT_TRUE(dev.write(r * kRegion, data, Durability::Buffered));
+  EXPECT_EQ((*t)->take(63, 100, 128), (std::vector<uint64_t>{63, 64, 65, 127}));
+  EXPECT_EQ((*t)->take(0, 100, 64), std::vector<uint64_t>{1});
+  EXPECT_EQ((*t)->take(129, 100, 131), std::vector<uint64_t>{130});
+  EXPECT_EQ((*t)->dirty_regions(), (std::vector<uint64_t>{128, 255}));
+  (*t)->confirm();
+  (*t)->mark({5, 200});
+  EXPECT_EQ((*t)->dirty_regions(), (std::vector<uint64_t>{5, 128, 200, 255}));
+}
+
 TEST(DirtyTracker, WritesToHotExtentsNeedNoSync) {
   MemEnv env;
   FaultEnv fenv(env);

@@ -144,6 +144,106 @@ std::vector<std::pair<uint64_t, uint64_t>> runs_of(const nlohmann::json& j) {
   return runs;
 }
 
+// After round 0, in active mode: the server mirrors and copies; this waits until the
+// changes left are few, then holds the disk while the server's copier finishes them.
+Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint64_t region_size,
+                                     Clock::time_point t_start, MigrateReport rep,
+                                     const std::function<void(const std::string&)>& say) {
+  rep.active = true;
+  TRY(ctl.call(fmt::format("active {} {}", o.target, o.connections), 60));
+  // New writes are mirrored, so the changed set only shrinks: wait until what is left
+  // copies in about 50 ms at the copier's pace (or --converge), then cut over.
+  RoundReport ra;
+  const auto t = Clock::now();
+  auto last_progress = t, last_say = t, last_sample = t;
+  uint64_t last_moved = 0, last_dirty = UINT64_MAX, sample_copied = 0;
+  double copy_rate = 0;  // bytes/s of the server's copier, smoothed
+  nlohmann::json info;
+  for (;;) {
+    info = TRY(ctl.call("info"));
+    const uint64_t dirty = info.at("dirty").get<uint64_t>();
+    const uint64_t copied = info.at("copied_bytes").get<uint64_t>();
+    const uint64_t moved = copied + info.at("mirrored_bytes").get<uint64_t>();
+    if (const double dt = since(last_sample); dt >= 0.5) {
+      const double r = double(copied - std::min(copied, sample_copied)) / dt;
+      copy_rate = copy_rate == 0 ? r : 0.5 * copy_rate + 0.5 * r;
+      sample_copied = copied;
+      last_sample = Clock::now();
+    }
+    const uint64_t converge = o.converge_bytes
+                                  ? o.converge_bytes
+                                  : std::max<uint64_t>(64u << 10, uint64_t(copy_rate * 0.05));
+    if (dirty * region_size <= converge) break;
+    if (moved != last_moved || dirty < last_dirty) last_progress = Clock::now();
+    if (Clock::now() - last_progress > o.stall_limit) {
+      (void)ctl.call("passive");
+      return Error{ETIMEDOUT, fmt::format("active mode: nothing reached the target for {} s ({} "
+                                          "copies failed); run migrate again",
+                                          o.stall_limit.count() / 1000,
+                                          info.value("copy_failures", uint64_t{0}))};
+    }
+    last_moved = moved;
+    last_dirty = dirty;
+    if (Clock::now() - last_say > std::chrono::seconds(1)) {
+      last_say = Clock::now();
+      say(fmt::format("active: {} changed regions left; {} mirrored, {} copied", dirty,
+                      format_size(info.at("mirrored_bytes").get<uint64_t>()),
+                      format_size(info.at("copied_bytes").get<uint64_t>())));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ra.seconds = since(t);
+  const uint64_t copied_before = info.at("copied_bytes").get<uint64_t>();
+
+  // Cutover: held, the copier finishes, the server flushes the target.
+  const auto tp = Clock::now();
+  TRY(ctl.call(fmt::format("hold {}", o.hold_limit.count()), int(o.hold_limit.count() / 1000) + 5));
+  const double held_ms = since(tp) * 1e3;  // the requests in flight finished
+  auto drained = ctl.call(fmt::format("drain {}", o.hold_limit.count()),
+                          int(o.hold_limit.count() / 1000) + 5);
+  const double drained_ms = since(tp) * 1e3;  // copied, and the target flushed
+  Result<nlohmann::json> finished = nlohmann::json::object();
+  if (drained && o.finish == MigrateOptions::Finish::Switch)
+    finished = ctl.call("switch " + o.target);
+  else
+    finished = ctl.call("passive");
+  say(fmt::format("cutover: held after {:.1f} ms, drained after {:.1f} ms, {} after {:.1f} ms",
+                  held_ms, drained_ms,
+                  o.finish == MigrateOptions::Finish::Switch ? "switched" : "mirroring off",
+                  since(tp) * 1e3));
+  auto after = ctl.call("info");
+  if (drained && finished && o.finish == MigrateOptions::Finish::Hold) {
+    if (!after || !after->value("held", false))
+      return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
+    rep.pause_ms = since(tp) * 1e3;  // the disk stays held: the caller releases it
+  } else {
+    auto resumed = ctl.call("resume");
+    rep.pause_ms = since(tp) * 1e3;
+    TRY(drained);
+    TRY(finished);
+    TRY(resumed);
+    if (resumed->value("expired", false))
+      return Error{ETIMEDOUT, fmt::format("the cutover took longer than the hold limit ({} ms): "
+                                          "run migrate again",
+                                          o.hold_limit.count())};
+  }
+  TRY(drained);
+  TRY(finished);
+  const nlohmann::json& end = after ? *after : info;
+  rep.mirrored_bytes = end.at("mirrored_bytes").get<uint64_t>();
+  const uint64_t copied = end.at("copied_bytes").get<uint64_t>();
+  rep.cutover_bytes = copied - std::min(copied, copied_before);
+  ra.bytes = rep.mirrored_bytes + copied_before;
+  rep.rounds.push_back(ra);
+  for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
+  rep.bytes_total += rep.cutover_bytes;
+  rep.seconds = since(t_start);
+  say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms ({} mirrored "
+                  "with the machine's writes)",
+                  format_size(rep.cutover_bytes), rep.pause_ms, format_size(rep.mirrored_bytes)));
+  return rep;
+}
+
 }  // namespace
 
 nlohmann::json MigrateReport::to_json() const {
@@ -155,6 +255,8 @@ nlohmann::json MigrateReport::to_json() const {
           {"allocated_bytes", allocated_bytes},
           {"bytes_over_allocated", allocated_bytes ? double(bytes_total) / double(allocated_bytes) : 0.0},
           {"cutover_bytes", cutover_bytes},
+          {"active", active},
+          {"mirrored_bytes", mirrored_bytes},
           {"pause_ms", pause_ms},
           {"seconds", seconds},
           {"resumed", resumed}};
@@ -206,9 +308,16 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
     (void)TRY(extents(*image, 0, st.baseline_next, data));  // allocated before the cursor
     while (!st.baseline_done) {
       const uint64_t end = std::min(size, st.baseline_next + kBaselineSegmentBytes);
+      // The segment's changes so far are taken before it is read: this copy carries them.
+      // A write from now on sets its bit again (bits are set after the data is written).
+      if (live)
+        TRY(ctl.call(fmt::format("take {} {} {}", st.baseline_next / region_size,
+                                 kBaselineSegmentBytes / region_size + 1,
+                                 (end + region_size - 1) / region_size)));
       auto pieces = TRY(extents(*image, st.baseline_next, end, data));
       r0.bytes += TRY(copier.copy(pieces));
       TRY(target->flush());
+      if (live) TRY(ctl.call("confirm"));
       st.baseline_next = end;
       st.baseline_done = end == size;
       if (live) TRY(write_state(env, state_path, st));
@@ -245,6 +354,12 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
   rep.rounds.push_back(r0);
   say(fmt::format("round 0: {} in {:.1f} s; {} regions changed meanwhile", format_size(r0.bytes),
                   r0.seconds, r0.dirty_after));
+  if (o.active) {
+    target.reset();  // the server opens its own connections to the target
+    auto r = migrate_active(ctl, o, region_size, t_start, std::move(rep), say);
+    if (r) (void)env.remove(state_path);
+    return r;
+  }
   double rate = r0.seconds > 0 ? double(r0.bytes) / r0.seconds : 100e6;
   uint64_t prev = r0.dirty_after;
   for (unsigned round = 1; round <= o.max_rounds; ++round) {

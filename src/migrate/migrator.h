@@ -3,13 +3,21 @@
 // in rounds, then holds the machine's I/O for the last ones (the cutover).
 //
 //   round 0    every allocated region of the image (holes are zeroed on the target),
-//              in segments; after each segment the target is flushed and the progress
-//              written to TRACK.migration, so a migrate killed here continues there
+//              in segments; before a segment is read, the changes the tracker names
+//              inside it are taken (the copy carries them: a region written ahead of the
+//              copy is copied once, not again in round 1); after each segment the target
+//              is flushed and the progress written to TRACK.migration, so a migrate
+//              killed here continues there
 //   round n    the regions changed since: taken from the tracker (two-phase: they stay
 //              named in the tracking file until the target has them, flushed)
 //   cutover    when the changed set is small (converge_bytes), stops shrinking, or
 //              max_rounds is reached: hold (new requests wait, those in flight drain),
 //              copy what is left, flush the target, release; the pause is measured
+//
+// Active mode (--active) replaces the rounds: after round 0 the server mirrors every
+// write to the target before acknowledging it and copies the remaining changes itself
+// (migrate/mirror_device.h), so a machine that writes faster than the link is slowed to
+// the link's pace instead of outrunning the copy; the cutover waits for that copier.
 //
 // The data is read from the image file itself (the server names it), so the copy never
 // queues behind the machine's requests and can go on while they are held.
@@ -39,6 +47,9 @@ struct MigrateOptions {
   unsigned max_rounds = 10;
   uint64_t converge_bytes = 0;  // 0: what copies in ~100 ms at the rate seen, >= 4 MiB
   std::chrono::milliseconds hold_limit{10'000};
+  bool active = false;  // live only: mirror writes after round 0 (see above)
+  // Active mode gives up when the server's copier makes no progress for this long.
+  std::chrono::milliseconds stall_limit{60'000};
   // After the cutover: the served disk switches to the target (the machine goes on
   // there), or stays on the source (resume), or stays held (for a test to compare).
   enum class Finish { Switch, Resume, Hold } finish = Finish::Switch;
@@ -57,6 +68,8 @@ struct MigrateReport {
   uint64_t bytes_total = 0;
   uint64_t allocated_bytes = 0;
   uint64_t cutover_bytes = 0;
+  bool active = false;
+  uint64_t mirrored_bytes = 0;  // active: written to the target with the machine's writes
   double pause_ms = 0;
   double seconds = 0;
   bool resumed = false;  // continued a migration stopped before

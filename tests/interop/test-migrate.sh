@@ -10,9 +10,12 @@
 #     nbdkit's rate filter, so it is slow), then migrate again: it continues
 #     from the tracking file and the disks are equal at the cutover.
 #  4. Offline: migrate IMAGE --to an nbdkit target: identical.
+#  5. Active mode: a writer (8 MB/s) faster than the link (nbdkit's rate
+#     filter, 4 MB/s, in front of the target): --active mirrors its writes,
+#     the migration converges, and at the cutover the target equals the source.
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
-test_init 300
+test_init 420
 need fio qemu-img qemu-nbd nbdkit python3 jq
 
 MiB=$((1024 * 1024))
@@ -36,9 +39,9 @@ release_and_stop() { # CONTROL SERVER_PID
     wait "$FIO_PID" 2>/dev/null || true
     stop_server_ok "$2"
 }
-start_fio() { # URI SECONDS LOG
+start_fio() { # URI SECONDS LOG [RATE]
     fio --name=machine --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --size=512M \
-        --rate=8m --time_based --runtime="$2" --verify=crc32c --verify_backlog=256 \
+        --rate="${4:-8m}" --time_based --runtime="$2" --verify=crc32c --verify_backlog=256 \
         --verify_fatal=1 --verify_state_save=0 >"$3" 2>&1 &
     FIO_PID=$!
     register_pid "$FIO_PID"
@@ -117,3 +120,30 @@ expect_ok "offline migrate" "$IMGSTREAM" migrate "$T/off.img" --to "nbd+unix:///
 expect_ok "the target equals the image (its old data in the holes zeroed)" \
     qemu-img compare -q -f raw "$T/off.img" -F raw "$T/off-dst.img"
 pass "offline migrate to nbdkit: identical, holes zeroed on the target"
+
+# ---------------------------------------------------------------- 5. active: a writer faster than the link
+truncate -s 512M "$T/src5.img"
+head -c $((16 * MiB)) /dev/urandom | dd of="$T/src5.img" bs=1M seek=100 conv=notrunc status=none
+truncate -s 512M "$T/dst5.img"
+# 32 Mbit/s = 4 MB/s to the target; the machine writes 8 MB/s.
+nbdkit -U "$T/k5.sock" -P "$T/k5.pid" --filter=rate file "$T/dst5.img" rate=32M >/dev/null 2>&1
+for _ in $(seq 50); do [[ -s $T/k5.pid ]] && break; sleep 0.1; done
+register_pid "$(cat "$T/k5.pid")"
+start_server "$T/src5.img" --track "$T/src5.track" --control "$T/ctl5"
+src_pid=$SERVER_PID src_uri=$SERVER_URI
+start_fio "$src_uri" 120 "$T/fio5.log" 8m
+sleep 1
+timeout 150 "$IMGSTREAM" migrate --control "$T/ctl5" --to "nbd+unix:///?socket=$T/k5.sock" --active \
+    --finish hold --hold-limit 30000 --json >"$T/report5.json" 2>"$T/m5.err" ||
+    fail "active migrate failed: $(tail -3 "$T/m5.err")"
+note "report: $(cat "$T/report5.json")"
+expect_eq "$(jq .active "$T/report5.json")" "true" "the report says active mode"
+mirrored="$(jq .mirrored_bytes "$T/report5.json")"
+((mirrored > 0)) || fail "active mode mirrored nothing: $(cat "$T/report5.json")"
+expect_eq "$(ctl "$T/ctl5" info | jq .held)" "true" "the disk is held after --finish hold"
+expect_eq "$(ctl "$T/ctl5" info | jq .active)" "false" "mirroring is off after the cutover"
+expect_ok "at the cutover the target equals the source" \
+    qemu-img compare -q -f raw "$T/src5.img" -F raw "$T/dst5.img"
+release_and_stop "$T/ctl5" "$src_pid"
+grep -q "err= 0" "$T/fio5.log" || fail "fio reported errors: $(grep -E 'err|verify' "$T/fio5.log" | head -3)"
+pass "active mode: an 8 MB/s writer over a 4 MB/s link converged ($(jq -c '{seconds, pause_ms, mirrored_bytes, cutover_bytes}' "$T/report5.json"))"

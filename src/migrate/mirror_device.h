@@ -1,0 +1,130 @@
+// MirrorDevice: the active mode of a live migration (migrate/migrator.h), for a machine
+// that writes faster than the link to the target, which rounds of copies would chase
+// forever. It sits above the tracking layer (hold -> mirror -> tracking -> disk):
+//
+//   passive (the default)  every request passes through untouched
+//   active                 every write, zero and trim is made on the disk, then on the
+//                          target, and only then acknowledged: the machine writes at the
+//                          target's pace, and what it writes needs no later copy. A copier
+//                          thread copies the regions the tracker names as changed (written
+//                          before the activation, or whose mirroring failed).
+//
+// Ordering: a copy and a mirrored write of the same region never overlap. Each takes a
+// lock on its range of regions first, so the target can never receive an older copy of
+// a region after a newer write to it. A mirrored write clears the tracker's bits only of
+// the regions that were clean before it (the target had them): a region still waiting
+// for the copier stays named, since a write of part of it does not bring the rest along.
+//
+// Durability: the cutover flushes the target (drain()), and the copier flushes it every
+// half second while idle. Cleared bits reach the tracking file at its next flush, which
+// may come before the target flushed what they stand for: a migration whose target
+// crashed must start afresh (remove TRACK.migration first).
+//
+// The copier takes the tracker's bits directly (clear/mark), not through take/confirm:
+// the two-phase protocol is for a copier in another process, which may die.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "device/block_device.h"
+#include "migrate/dirty_tracker.h"
+#include "migrate/remote_device.h"
+
+namespace imgstream::migrate {
+
+class MirrorDevice final : public BlockDevice {
+ public:
+  MirrorDevice(BlockDevice& inner, DirtyTracker& tracker) : inner_(inner), t_(tracker) {}
+  ~MirrorDevice() override;
+
+  // Starts mirroring to `target` (of at least this disk's size) and the copier. Waits for
+  // the requests in flight to finish first, so that none of them escapes the mirror.
+  Result<void> activate(std::unique_ptr<NbdTarget> target);
+  // Back to passive: stops the copier, waits for mirrored requests, drops the target.
+  void deactivate();
+  bool active() const { return active_.load(std::memory_order_acquire); }
+
+  // For the cutover, with the disk held: waits until the copier has copied every changed
+  // region, then flushes the target. Fails after `limit`, or when the target fails.
+  Result<void> drain(std::chrono::milliseconds limit);
+
+  struct Stats {
+    uint64_t mirrored_bytes = 0;   // written to the target with the machine's writes
+    uint64_t copied_bytes = 0;     // copied by the copier
+    uint64_t mirror_failures = 0;  // writes whose mirroring failed (left to the copier)
+    uint64_t copy_failures = 0;
+  };
+  Stats stats() const;
+
+  uint64_t size() const override { return inner_.size(); }
+  DeviceCaps caps() const override { return inner_.caps(); }
+  Result<void> read(uint64_t offset, std::span<std::byte> buf) override {
+    return inner_.read(offset, buf);
+  }
+  Result<void> read_nowait(uint64_t offset, std::span<std::byte> buf) override {
+    return inner_.read_nowait(offset, buf);
+  }
+  Result<void> write(uint64_t offset, std::span<const std::byte> data, Durability d) override;
+  Result<void> write_nowait(uint64_t offset, std::span<const std::byte> data,
+                            Durability d) override;
+  Result<void> flush() override;
+  Result<void> trim(uint64_t offset, uint64_t length, Durability d) override;
+  Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z, Durability d) override;
+  Result<void> cache(uint64_t offset, uint64_t length) override { return inner_.cache(offset, length); }
+  std::vector<std::string> meta_contexts() const override { return inner_.meta_contexts(); }
+  Result<void> block_status(size_t context, uint64_t offset, uint64_t length,
+                            std::vector<Extent>& out) override {
+    return inner_.block_status(context, offset, length, out);
+  }
+
+ private:
+  // Regions [first, end) locked against other copies and mirrored writes.
+  class RangeLock {
+   public:
+    RangeLock(MirrorDevice& m, uint64_t first, uint64_t end);
+    ~RangeLock();
+    RangeLock(const RangeLock&) = delete;
+    RangeLock& operator=(const RangeLock&) = delete;
+
+   private:
+    MirrorDevice& m_;
+    std::pair<uint64_t, uint64_t> range_;
+  };
+
+  // A change made on the disk by `local`, then mirrored by `remote` (both may fail).
+  template <typename Local, typename Remote>
+  Result<void> mirrored(uint64_t offset, uint64_t length, Local local, Remote remote);
+  void copier();
+  // Copies regions [first, end) if still changed; returns false when the target failed.
+  bool copy_run(uint64_t first, uint64_t end, std::vector<std::byte>& buf);
+
+  BlockDevice& inner_;
+  DirtyTracker& t_;
+  // Shared by every request while it runs; exclusive to switch modes.
+  std::shared_mutex mode_mu_;
+  std::atomic<bool> active_{false};
+  std::unique_ptr<RemoteDevice> target_;
+
+  std::mutex lock_mu_;
+  std::condition_variable lock_cv_;
+  std::vector<std::pair<uint64_t, uint64_t>> locked_;  // a few: one per request in flight
+
+  std::mutex copier_mu_;
+  std::condition_variable copier_cv_;  // wakes the copier (work, stop) and drain (done)
+  bool stop_ = false;
+  bool copier_idle_ = false;  // the copier found nothing changed on its last full pass
+  std::thread copier_thread_;
+
+  std::atomic<uint64_t> mirrored_bytes_{0}, copied_bytes_{0}, mirror_failures_{0},
+      copy_failures_{0};
+};
+
+}  // namespace imgstream::migrate
