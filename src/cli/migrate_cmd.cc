@@ -13,6 +13,7 @@ Runner add_migrate(CLI::App& app) {
     std::string image, control, to, converge;
     unsigned rounds = 10, connections = 4;
     unsigned hold_limit_ms = 10'000;
+    unsigned connect_timeout_s = 30;
     bool json = false, active = false;
     std::string finish = "switch";
   };
@@ -39,6 +40,10 @@ Runner add_migrate(CLI::App& app) {
                   "The machine's I/O is never held longer than this (ms): a cutover that "
                   "would take longer fails and can be run again")
       ->check(CLI::Range(100u, 600'000u))
+      ->capture_default_str();
+  cmd->add_option("--connect-timeout", a->connect_timeout_s,
+                  "Seconds to reach the target and finish the NBD handshake before giving up")
+      ->check(CLI::Range(1u, 3600u))
       ->capture_default_str();
   cmd->add_option("--connections", a->connections, "Connections to the target")
       ->check(CLI::Range(1u, 64u))
@@ -70,6 +75,7 @@ Runner add_migrate(CLI::App& app) {
       return kExitUsage;
     }
     o.connections = a->connections;
+    o.connect_timeout = std::chrono::seconds(a->connect_timeout_s);
     o.hold_limit = std::chrono::milliseconds(a->hold_limit_ms);
     o.finish = a->finish == "resume" ? migrate::MigrateOptions::Finish::Resume
              : a->finish == "hold"   ? migrate::MigrateOptions::Finish::Hold

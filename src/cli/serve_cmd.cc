@@ -132,7 +132,8 @@ nlohmann::json migration_command(const std::string& line, Migration& m) {
   } else if (cmd == "switch" && !arg.empty()) {
     if (!m.hold.held()) return {{"error", "switch needs the disk held"}};
     if (m.switched) return {{"error", "already switched"}};
-    auto target = migrate::NbdTarget::open(arg, 4);
+    // Held: the machine waits while this connects, so a dead target fails fast.
+    auto target = migrate::NbdTarget::open(arg, 4, std::chrono::seconds(5));
     if (!target) return {{"error", target.error().message}};
     m.mirror.deactivate();  // the disk is no longer the source of anything
     m.switched = std::make_unique<migrate::RemoteDevice>(std::move(*target), t.header().image_size);

@@ -279,7 +279,7 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
   }
   auto image = TRY_CTX(env.open(image_path, OpenMode::ReadOnly), image_path);
   const uint64_t size = TRY(image->size());
-  auto target = TRY(NbdTarget::open(o.target, o.connections));
+  auto target = TRY(NbdTarget::open(o.target, o.connections, o.connect_timeout));
   if (target->size() < size)
     return Error::invalid(o.target + " has " + std::to_string(target->size()) +
                           " bytes, the disk has " + std::to_string(size));
@@ -296,6 +296,13 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
       TRY(ctl.call("begin resume"));  // a dead migrate's taken regions: dirty again
       say(fmt::format("continuing the migration to {} (full copy {})", o.target,
                       st.baseline_done ? "done" : "at " + format_size(st.baseline_next)));
+      // The stopped run's last writes may still be queued at the target, on connections
+      // the target has not yet noticed are gone. One landing after this run's copy of
+      // the same region would put old bytes there, so this run copies nothing before
+      // they are done: at most connections x 4 MiB in flight, seconds even on a slow link.
+      say(fmt::format("waiting {} s for the stopped run's writes still queued at the target",
+                      kResumeGrace.count()));
+      std::this_thread::sleep_for(kResumeGrace);
     } else {
       TRY(ctl.call("begin fresh"));  // the full copy covers every change made before it
       TRY(write_state(env, state_path, st));

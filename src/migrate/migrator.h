@@ -38,12 +38,15 @@ namespace imgstream::migrate {
 inline constexpr uint64_t kCopyPieceBytes = 4u << 20;
 inline constexpr uint64_t kBaselineSegmentBytes = 256u << 20;
 inline constexpr size_t kTakeRegionsMax = 4096;
+// A continued migration waits this long before it copies (see migrate()).
+inline constexpr std::chrono::seconds kResumeGrace{3};
 
 struct MigrateOptions {
   std::string control;  // the server's control socket (live), or empty
   std::string image;    // offline: the image to copy (no server)
   std::string target;   // NBD URI
   unsigned connections = 4;
+  std::chrono::milliseconds connect_timeout{30'000};  // per attempt to reach the target
   unsigned max_rounds = 10;
   uint64_t converge_bytes = 0;  // 0: what copies in ~100 ms at the rate seen, >= 4 MiB
   std::chrono::milliseconds hold_limit{10'000};

@@ -20,14 +20,28 @@ Error nbd_err(const std::string& uri, const std::string& what) {
 
 }  // namespace
 
-Result<std::unique_ptr<NbdTarget>> NbdTarget::open(const std::string& uri, unsigned connections) {
+Result<std::unique_ptr<NbdTarget>> NbdTarget::open(const std::string& uri, unsigned connections,
+                                                   std::chrono::milliseconds timeout) {
   std::unique_ptr<NbdTarget> t(new NbdTarget());
   t->uri_ = uri;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (unsigned i = 0; i < std::max(1u, connections); ++i) {
     nbd_handle* h = nbd_create();
     if (!h) return nbd_err(uri, "nbd_create");
     t->handles_.push_back(h);
-    if (nbd_connect_uri(h, uri.c_str()) == -1) return nbd_err(uri, "connect");
+    // Connected and negotiated by polling, so that a host that does not answer (or a
+    // server that accepts and says nothing) fails in `timeout`, not in TCP's minutes.
+    if (nbd_aio_connect_uri(h, uri.c_str()) == -1) return nbd_err(uri, "connect");
+    while (nbd_aio_is_connecting(h) == 1) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0)
+        return Error{ETIMEDOUT, uri + ": no NBD handshake within " +
+                                    std::to_string(timeout.count()) + " ms"};
+      if (nbd_poll(h, static_cast<int>(std::min<int64_t>(left.count(), 1000))) == -1)
+        return nbd_err(uri, "connect");
+    }
+    if (nbd_aio_is_ready(h) != 1) return nbd_err(uri, "connect");
     if (nbd_is_read_only(h) == 1) return Error{EROFS, uri + ": the target is read-only"};
     const int64_t size = nbd_get_size(h);
     if (size < 0) return nbd_err(uri, "size");

@@ -4,6 +4,7 @@
 // connection, so the copy is durable on the target whether or not it offers multi-conn.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -16,9 +17,14 @@ struct nbd_handle;
 
 namespace imgstream::migrate {
 
+inline constexpr std::chrono::milliseconds kConnectTimeoutDefault{30'000};
+
 class NbdTarget {
  public:
-  static Result<std::unique_ptr<NbdTarget>> open(const std::string& uri, unsigned connections);
+  // Every connection made and negotiated within `timeout`, or ETIMEDOUT.
+  static Result<std::unique_ptr<NbdTarget>> open(
+      const std::string& uri, unsigned connections,
+      std::chrono::milliseconds timeout = kConnectTimeoutDefault);
   ~NbdTarget();
 
   uint64_t size() const { return size_; }
