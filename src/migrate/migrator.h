@@ -5,9 +5,9 @@
 //   round 0    every allocated region of the image (holes are zeroed on the target),
 //              in segments; before a segment is read, the changes the tracker names
 //              inside it are taken (the copy carries them: a region written ahead of the
-//              copy is copied once, not again in round 1); after each segment the target
-//              is flushed and the progress written to TRACK.migration, so a migrate
-//              killed here continues there
+//              copy is copied once, not again in round 1); every couple of seconds the
+//              target is flushed and the progress written to TRACK.migration, so a
+//              migrate killed here continues there
 //   round n    the regions changed since: taken from the tracker (two-phase: they stay
 //              named in the tracking file until the target has them, flushed)
 //   cutover    when the changed set is small (converge_bytes), stops shrinking, or
@@ -37,6 +37,7 @@ namespace imgstream::migrate {
 
 inline constexpr uint64_t kCopyPieceBytes = 4u << 20;
 inline constexpr uint64_t kBaselineSegmentBytes = 256u << 20;
+inline constexpr double kCheckpointSeconds = 2.0;  // round 0 makes its progress durable
 inline constexpr size_t kTakeRegionsMax = 4096;
 // A continued migration waits this long before it copies (see migrate()).
 inline constexpr std::chrono::seconds kResumeGrace{3};
