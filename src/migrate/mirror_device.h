@@ -34,15 +34,15 @@
 #include <utility>
 #include <vector>
 
-#include "device/block_device.h"
+#include "device/forwarding_device.h"
 #include "migrate/dirty_tracker.h"
 #include "migrate/remote_device.h"
 
 namespace imgstream::migrate {
 
-class MirrorDevice final : public BlockDevice {
+class MirrorDevice final : public ForwardingDevice {
  public:
-  MirrorDevice(BlockDevice& inner, DirtyTracker& tracker) : inner_(inner), t_(tracker) {}
+  MirrorDevice(BlockDevice& inner, DirtyTracker& tracker) : ForwardingDevice(inner), t_(tracker) {}
   ~MirrorDevice() override;
 
   // Starts mirroring to `target` (of at least this disk's size) and the copier. Waits for
@@ -64,26 +64,12 @@ class MirrorDevice final : public BlockDevice {
   };
   Stats stats() const;
 
-  uint64_t size() const override { return inner_.size(); }
-  DeviceCaps caps() const override { return inner_.caps(); }
-  Result<void> read(uint64_t offset, std::span<std::byte> buf) override {
-    return inner_.read(offset, buf);
-  }
-  Result<void> read_nowait(uint64_t offset, std::span<std::byte> buf) override {
-    return inner_.read_nowait(offset, buf);
-  }
   Result<void> write(uint64_t offset, std::span<const std::byte> data, Durability d) override;
   Result<void> write_nowait(uint64_t offset, std::span<const std::byte> data,
                             Durability d) override;
   Result<void> flush() override;
   Result<void> trim(uint64_t offset, uint64_t length, Durability d) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z, Durability d) override;
-  Result<void> cache(uint64_t offset, uint64_t length) override { return inner_.cache(offset, length); }
-  std::vector<std::string> meta_contexts() const override { return inner_.meta_contexts(); }
-  Result<void> block_status(size_t context, uint64_t offset, uint64_t length,
-                            std::vector<Extent>& out) override {
-    return inner_.block_status(context, offset, length, out);
-  }
 
  private:
   // Regions [first, end) locked against other copies and mirrored writes.
@@ -106,7 +92,6 @@ class MirrorDevice final : public BlockDevice {
   // Copies regions [first, end) if still changed; returns false when the target failed.
   bool copy_run(uint64_t first, uint64_t end, std::vector<std::byte>& buf);
 
-  BlockDevice& inner_;
   DirtyTracker& t_;
   // Shared by every request while it runs; exclusive to switch modes.
   std::shared_mutex mode_mu_;
