@@ -17,14 +17,18 @@
 #                        (50 ms) until ready, then job-complete and the
 #                        BLOCK_JOB_COMPLETED event (bench/qmp.py)
 #
-# The target is the same in every row: `imgstream serve` of an empty sparse
-# file of the disk's size, on a unix socket. It stands for another machine:
-# its file is in TARGET_DIR (default /dev/shm, a tmpfs), so that writing it
-# does not share the source's disk and its writeback (with the target on the
+# The target is the same in every row: `imgstream serve` of a file of zeros
+# of the disk's size, on a unix socket. It stands for another machine: its
+# file is in TARGET_DIR (default /dev/shm, a tmpfs), so that writing it does
+# not share the source's disk and its writeback (with the target on the
 # source's ext4 file system, fio's writes through `serve --track`, whose
 # activity log syncs the first time each 16 MiB is written, were slower in a
-# trial). Each row starts
-# from a fresh copy of the disk, synced first. fio starts WARMUP (3) seconds
+# trial). The file is written full of zeros before each row, not left sparse:
+# on this VM the first write of a tmpfs page costs what the hypervisor takes
+# to back it, 0.4 to 2.6 s for 2 GiB depending on what memory the guest had
+# freed and handed back lately, which made whichever row ran first up to 3x
+# slower; a real target disk has its storage already. Each row starts from a
+# fresh copy of the disk, synced first. fio starts WARMUP (3) seconds
 # before the migration and runs until it ends.
 #
 # Measured per row: rounds (imgstream's report; QEMU's mirror has none);
@@ -66,6 +70,7 @@
 #   QEMU_GRANULARITY= (bytes; empty: QEMU's default, the target's cluster
 #                    size or 64 KiB: each 4 KiB write dirties 64 KiB to copy)
 #   BENCH_TIMEOUT=1800 (hard bound on the whole run, seconds)
+#   ROWS="imgstream active qemu" (the rows to run; a partial run fails its checks)
 #   IMGSTREAM=build/imgstream  MIGRATE_ARGS= (more options for both imgstream rows,
 #                    e.g. "--connections 2")
 # Needs: qemu-storage-daemon, qemu-img, fio (nbd engine), nbdinfo, jq, python3.
@@ -120,9 +125,13 @@ IMGSTREAM="$BENCH_TMP/imgstream"
 cp "$QMP_PY" "$BENCH_TMP/qmp.py"
 QMP_PY="$BENCH_TMP/qmp.py"
 
-rows=(imgstream)
-"$IMGSTREAM" migrate --help 2>&1 | grep -q -- '--active' && rows+=(active)
-rows+=(qemu)
+if [[ -n ${ROWS:-} ]]; then
+    read -r -a rows <<<"$ROWS"
+else
+    rows=(imgstream)
+    "$IMGSTREAM" migrate --help 2>&1 | grep -q -- '--active' && rows+=(active)
+    rows+=(qemu)
+fi
 
 disk_bytes=$((DISK_MIB * 1048576))
 rate_bytes="$(numfmt --from=iec "${RATE^^}")"
@@ -143,10 +152,10 @@ tgt="$tgt_dir/target.img"
 (($(df -P -k "$tgt_dir" | awk 'NR == 2 { print $4 }') / 1024 > DISK_MIB + 64)) ||
     die "not enough space for the target in $TARGET_DIR (set TARGET_DIR)"
 
-# start_target: an empty sparse target served by imgstream on $tgt_sock
+# start_target: a target of zeros, its pages allocated (see above), served by imgstream on $tgt_sock
 start_target() {
     rm -f "$tgt"
-    truncate -s "$disk_bytes" "$tgt"
+    dd if=/dev/zero of="$tgt" bs=1M count="$DISK_MIB" status=none
     tgt_sock="$BENCH_TMP/target.sock"
     rm -f "$tgt_sock"
     bench_spawn "$BENCH_TMP/target.log" "$IMGSTREAM" serve "$tgt" --listen "unix:$tgt_sock"
@@ -237,6 +246,7 @@ run_imgstream() { # ROW [MIGRATE-ARGS...]
     pause="$(jq .pause_ms "$rep")"
     record "$row" pause "$pause"
     log "$row: $(jq -c '{rounds: (.rounds | length), bytes_total, allocated_bytes, cutover_bytes, mirrored_bytes, pause_ms, seconds}' "$rep")" \
+        "rounds $(jq -c '[.rounds[] | [.bytes, (.seconds * 100 | round / 100), .dirty_after]]' "$rep")" \
         "fio $(tail -n 1 "$BENCH_TMP/result-$row-fio") MiB/s (before: $(tail -n 1 "$BENCH_TMP/result-$row-fio_before")), same at cutover: $(tail -n 1 "$BENCH_TMP/result-$row-same")"
     bench_stop "$src_pid"
     bench_stop "$tgt_pid"
@@ -306,14 +316,18 @@ PY
 # ---------------------------------------------------------------- the runs
 t_run="$(now)"
 for ((rep = 1; rep <= REPS; rep++)); do
-    log "rep $rep: imgstream ..."
-    run_imgstream imgstream
+    if [[ " ${rows[*]} " == *" imgstream "* ]]; then
+        log "rep $rep: imgstream ..."
+        run_imgstream imgstream
+    fi
     if [[ " ${rows[*]} " == *" active "* ]]; then
         log "rep $rep: imgstream --active ..."
         run_imgstream active --active
     fi
-    log "rep $rep: QEMU blockdev-mirror ..."
-    run_qemu
+    if [[ " ${rows[*]} " == *" qemu "* ]]; then
+        log "rep $rep: QEMU blockdev-mirror ..."
+        run_qemu
+    fi
 done
 run_secs="$(awk -v a="$t_run" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')"
 
@@ -336,8 +350,8 @@ echo "### Live migration under a 4 KiB random-write load: imgstream migrate and 
 echo
 machine_info
 echo "- qemu: $(qemu-storage-daemon --version | head -n 1)"
-echo "- disk: $DISK_MIB MiB raw file, fully allocated with random data; target: \`imgstream serve\` of an empty" \
-    "sparse file in $TARGET_DIR (standing for another machine), unix socket (the same for every row)"
+echo "- disk: $DISK_MIB MiB raw file, fully allocated with random data; target: \`imgstream serve\` of a file" \
+    "of zeros in $TARGET_DIR, written before each row (standing for another machine), unix socket (the same for every row)"
 echo "- load: fio $RATE/s 4 KiB random writes (nbd engine, iodepth $IODEPTH, unix socket), started ${WARMUP} s before the migration" \
     "and running through it"
 echo "- method: median of $REPS runs (whole run: $run_secs s); imgstream: \`migrate --json --finish hold\`" \

@@ -14,6 +14,7 @@ Runner add_migrate(CLI::App& app) {
     unsigned rounds = 10, connections = 4;
     unsigned hold_limit_ms = 10'000;
     unsigned connect_timeout_s = 30;
+    double checkpoint_s = migrate::kCheckpointSecondsDefault;
     bool json = false, active = false;
     std::string finish = "switch";
   };
@@ -45,6 +46,12 @@ Runner add_migrate(CLI::App& app) {
                   "Seconds to reach the target and finish the NBD handshake before giving up")
       ->check(CLI::Range(1u, 3600u))
       ->capture_default_str();
+  cmd->add_option("--checkpoint", a->checkpoint_s,
+                  "Live: during the full copy, make the progress durable (on the target and in "
+                  "TRACK.migration, what a migrate run again continues from) every this many "
+                  "seconds; each costs a flush on both sides")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
   cmd->add_option("--connections", a->connections, "Connections to the target")
       ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
@@ -69,6 +76,7 @@ Runner add_migrate(CLI::App& app) {
     o.control = a->control;
     o.target = a->to;
     o.max_rounds = a->rounds;
+    o.checkpoint_seconds = a->checkpoint_s;
     o.active = a->active;
     if (o.active && o.control.empty()) {
       print_error("--active needs --control (a live migration)");

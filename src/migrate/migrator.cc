@@ -329,7 +329,7 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
       // A checkpoint every few seconds, not every segment: each costs syncs on both
       // sides (the target's flush, the tracking file, the state file). A migrate killed
       // between two continues from the last; what it had taken since is dirty again.
-      if (st.baseline_done || since(last_checkpoint) >= kCheckpointSeconds) {
+      if (st.baseline_done || since(last_checkpoint) >= o.checkpoint_seconds) {
         TRY(target->flush());
         if (live) {
           TRY(ctl.call("confirm"));
@@ -376,11 +376,15 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
     if (r) (void)env.remove(state_path);
     return r;
   }
-  double rate = r0.seconds > 0 ? double(r0.bytes) / r0.seconds : 100e6;
+  // The pace that decides the cutover is that of copying changed regions, scattered 4 KiB
+  // pieces at a few hundred per megabyte, not round 0's sequential one (several times
+  // faster): so until a round has measured it, only a tiny changed set cuts over.
+  double rate = 0;
   uint64_t prev = r0.dirty_after;
   for (unsigned round = 1; round <= o.max_rounds; ++round) {
-    const uint64_t converge =
-        o.converge_bytes ? o.converge_bytes : std::max<uint64_t>(4u << 20, uint64_t(rate * 0.1));
+    const uint64_t converge = o.converge_bytes
+                                  ? o.converge_bytes
+                                  : std::max<uint64_t>(kConvergeMinBytes, uint64_t(rate * 0.1));
     if (prev * region_size <= converge) break;
     RoundReport rr;
     auto t = Clock::now();

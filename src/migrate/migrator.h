@@ -35,9 +35,14 @@
 
 namespace imgstream::migrate {
 
-inline constexpr uint64_t kCopyPieceBytes = 4u << 20;
+// One WRITE to the target. Servers take payloads up to about 1-2 MiB on their fast path
+// (imgstream serve: from its receive buffer, on the connection's thread; a larger one is
+// copied to a buffer of its own and handed to a pool thread). With 4 MiB pieces round 0
+// of bench/migrate.sh took 6-9 s under load, with 1 MiB pieces 3.2-3.4 s.
+inline constexpr uint64_t kCopyPieceBytes = 1u << 20;
+inline constexpr uint64_t kConvergeMinBytes = 4u << 20;  // always small enough to cut over
 inline constexpr uint64_t kBaselineSegmentBytes = 256u << 20;
-inline constexpr double kCheckpointSeconds = 2.0;  // round 0 makes its progress durable
+inline constexpr double kCheckpointSecondsDefault = 2.0;  // round 0 makes its progress durable
 inline constexpr size_t kTakeRegionsMax = 4096;
 // A continued migration waits this long before it copies (see migrate()).
 inline constexpr std::chrono::seconds kResumeGrace{3};
@@ -49,7 +54,10 @@ struct MigrateOptions {
   unsigned connections = 4;
   std::chrono::milliseconds connect_timeout{30'000};  // per attempt to reach the target
   unsigned max_rounds = 10;
-  uint64_t converge_bytes = 0;  // 0: what copies in ~100 ms at the rate seen, >= 4 MiB
+  // Round 0 writes a checkpoint (a point a killed migrate continues from) after a segment
+  // once this many seconds have passed since the last; 0: after every segment.
+  double checkpoint_seconds = kCheckpointSecondsDefault;
+  uint64_t converge_bytes = 0;  // 0: what copies in ~100 ms at the last round's pace, >= 4 MiB
   std::chrono::milliseconds hold_limit{10'000};
   bool active = false;  // live only: mirror writes after round 0 (see above)
   // Active mode gives up when the server's copier makes no progress for this long.

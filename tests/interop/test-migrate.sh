@@ -87,23 +87,33 @@ pass "with the machine's I/O held at the cutover, qemu-nbd's copy equals the sou
 # ---------------------------------------------------------------- 3. kill -9 of migrate, again
 make_disk "$T/src3.img"
 truncate -s 512M "$T/dst3.img"
-nbdkit -U "$T/k.sock" -P "$T/k.pid" --filter=rate file "$T/dst3.img" rate=200M >/dev/null 2>&1
+# 100 Mbit/s: the first 256 MiB segment (32 MiB of data, and fio's writes) takes about
+# 2.7 s, the second as long; --checkpoint 0 makes a checkpoint after each segment, so
+# the kill at 3.5 s lands between the first checkpoint and the end of the full copy.
+nbdkit -U "$T/k.sock" -P "$T/k.pid" --filter=rate file "$T/dst3.img" rate=100M >/dev/null 2>&1
 for _ in $(seq 50); do [[ -s $T/k.pid ]] && break; sleep 0.1; done
 register_pid "$(cat "$T/k.pid")"
 start_server "$T/src3.img" --track "$T/src3.track" --control "$T/ctl3"
 src_pid=$SERVER_PID src_uri=$SERVER_URI
 start_fio "$src_uri" 40 "$T/fio3.log"
-"$IMGSTREAM" migrate --control "$T/ctl3" --to "nbd+unix:///?socket=$T/k.sock" >/dev/null 2>"$T/m3a.err" &
+"$IMGSTREAM" migrate --control "$T/ctl3" --to "nbd+unix:///?socket=$T/k.sock" --checkpoint 0 \
+    >/dev/null 2>"$T/m3a.err" &
 mpid=$!
 register_pid $mpid
-sleep 1.5
+sleep 3.5
 kill -KILL "$mpid"
 wait "$mpid" 2>/dev/null || true
 [[ -s $T/src3.track.migration ]] || fail "no migration state was left to continue from"
 note "killed migrate at: $(cat "$T/src3.track.migration")"
+killed_at="$(jq .baseline_next "$T/src3.track.migration")"
+((killed_at > 0)) || fail "the kill came before the first checkpoint: nothing to continue from (timing on this machine?)"
 "$IMGSTREAM" migrate --control "$T/ctl3" --to "nbd+unix:///?socket=$T/k.sock" --finish hold \
     --hold-limit 20000 --json >"$T/report3.json" 2>"$T/m3b.err" || fail "migrate again failed: $(tail -3 "$T/m3b.err")"
 expect_eq "$(jq .resumed "$T/report3.json")" "true" "the second migrate continued the first"
+# It copied only what lies after the checkpoint in round 0: 64 of the 96 MiB of data when
+# the kill came in the second segment.
+r0_bytes="$(jq '.rounds[0].bytes' "$T/report3.json")"
+((r0_bytes < 96 * MiB)) || fail "the second migrate copied all $r0_bytes bytes again, not from the checkpoint at $killed_at"
 expect_ok "after kill -9 and a second run the disks are equal at the cutover" \
     qemu-img compare -q -f raw "$T/src3.img" -F raw "nbd+unix:///?socket=$T/k.sock"
 release_and_stop "$T/ctl3" "$src_pid"
