@@ -144,6 +144,35 @@ std::vector<std::pair<uint64_t, uint64_t>> runs_of(const nlohmann::json& j) {
   return runs;
 }
 
+// Ends a cutover that has held the disk since `held_at`; `done` is how its copy, flush and
+// switch went. With --finish hold and all done, the disk stays held (the caller releases
+// it), which is checked: a hold that outlived its limit has lapsed and the machine wrote
+// meanwhile. Otherwise the disk resumes. Returns the pause in ms.
+Result<double> end_cutover(Control& ctl, const MigrateOptions& o, Clock::time_point held_at,
+                           Result<void> done) {
+  if (done && o.finish == MigrateOptions::Finish::Hold) {
+    auto info = TRY(ctl.call("info"));
+    if (!info.value("held", false))
+      return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
+    return since(held_at) * 1e3;
+  }
+  auto resumed = ctl.call("resume");
+  const double pause_ms = since(held_at) * 1e3;
+  TRY(done);
+  TRY(resumed);
+  if (resumed->value("expired", false))
+    return Error{ETIMEDOUT, fmt::format("the cutover took longer than the hold limit ({} ms): the "
+                                        "disk was written meanwhile; run migrate again",
+                                        o.hold_limit.count())};
+  return pause_ms;
+}
+
+void total_up(MigrateReport& rep, Clock::time_point t_start) {
+  rep.bytes_total = rep.cutover_bytes;
+  for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
+  rep.seconds = since(t_start);
+}
+
 // After round 0, in active mode: the server mirrors and copies; this waits until the
 // changes left are few, then holds the disk while the server's copier finishes them.
 Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint64_t region_size,
@@ -211,33 +240,18 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
                   held_ms, drained_ms,
                   o.finish == MigrateOptions::Finish::Switch ? "switched" : "mirroring off",
                   since(tp) * 1e3));
-  auto after = ctl.call("info");
-  if (drained && finished && o.finish == MigrateOptions::Finish::Hold) {
-    if (!after || !after->value("held", false))
-      return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
-    rep.pause_ms = since(tp) * 1e3;  // the disk stays held: the caller releases it
-  } else {
-    auto resumed = ctl.call("resume");
-    rep.pause_ms = since(tp) * 1e3;
-    TRY(drained);
-    TRY(finished);
-    TRY(resumed);
-    if (resumed->value("expired", false))
-      return Error{ETIMEDOUT, fmt::format("the cutover took longer than the hold limit ({} ms): "
-                                          "run migrate again",
-                                          o.hold_limit.count())};
-  }
-  TRY(drained);
-  TRY(finished);
+  Result<void> done = ok();
+  if (!drained) done = std::move(drained).error();
+  else if (!finished) done = std::move(finished).error();
+  rep.pause_ms = TRY(end_cutover(ctl, o, tp, std::move(done)));
+  auto after = ctl.call("info");  // the counters; the migration is done either way
   const nlohmann::json& end = after ? *after : info;
   rep.mirrored_bytes = end.at("mirrored_bytes").get<uint64_t>();
   const uint64_t copied = end.at("copied_bytes").get<uint64_t>();
   rep.cutover_bytes = copied - std::min(copied, copied_before);
   ra.bytes = rep.mirrored_bytes + copied_before;
   rep.rounds.push_back(ra);
-  for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
-  rep.bytes_total += rep.cutover_bytes;
-  rep.seconds = since(t_start);
+  total_up(rep, t_start);
   say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms ({} mirrored "
                   "with the machine's writes)",
                   format_size(rep.cutover_bytes), rep.pause_ms, format_size(rep.mirrored_bytes)));
@@ -404,37 +418,18 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
   TRY(ctl.call(fmt::format("hold {}", o.hold_limit.count()), int(o.hold_limit.count() / 1000) + 5));
   auto last = copy_changes();
   Result<void> flushed = last ? target->flush() : ok();
-  Result<nlohmann::json> switched = nlohmann::json::object();
-  if (last && flushed && o.finish == MigrateOptions::Finish::Switch) {
+  Result<void> done = ok();
+  if (!last) {
+    done = std::move(last).error();
+  } else if (auto flushed = target->flush(); !flushed) {
+    done = std::move(flushed);
+  } else if (o.finish == MigrateOptions::Finish::Switch) {
     target.reset();  // our connections go; the server opens its own
-    switched = ctl.call("switch " + o.target);
+    if (auto switched = ctl.call("switch " + o.target); !switched) done = std::move(switched).error();
   }
-  if (o.finish == MigrateOptions::Finish::Hold && last && flushed) {
-    auto info = TRY(ctl.call("info"));
-    if (!info.value("held", false))
-      return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
-    rep.pause_ms = since(tp) * 1e3;  // the disk stays held: the caller releases it
-    rep.cutover_bytes = *last;
-    for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
-    rep.bytes_total += rep.cutover_bytes;
-    rep.seconds = since(t_start);
-    (void)env.remove(state_path);
-    return rep;
-  }
-  auto resumed = ctl.call("resume");
-  rep.pause_ms = since(tp) * 1e3;
-  TRY(last);
-  TRY(flushed);
-  TRY(switched);
-  TRY(resumed);
-  if (resumed->value("expired", false))
-    return Error{ETIMEDOUT, fmt::format("the cutover took longer than the hold limit ({} ms): the "
-                                        "disk was written meanwhile; run migrate again",
-                                        o.hold_limit.count())};
+  rep.pause_ms = TRY(end_cutover(ctl, o, tp, std::move(done)));
   rep.cutover_bytes = *last;
-  for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
-  rep.bytes_total += rep.cutover_bytes;
-  rep.seconds = since(t_start);
+  total_up(rep, t_start);
   (void)env.remove(state_path);
   say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms", format_size(*last),
                   rep.pause_ms));
