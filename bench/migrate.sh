@@ -67,6 +67,8 @@
 #   DISK_MIB=2048  RATE=20m  IODEPTH=1 (fio's)  REPS=1  WARMUP=3 (s)
 #   HOLD_MS=10000 (the hold after imgstream's cutover: longer than the compare)
 #   TARGET_DIR=/dev/shm (where the target's file is made; needs DISK_MIB free)
+#   LINK= (bits/s, e.g. 1000M: the target is reached through nbdkit's rate filter
+#          at that rate, a network link; empty: directly, at memory speed)
 #   QEMU_GRANULARITY= (bytes; empty: QEMU's default, the target's cluster
 #                    size or 64 KiB: each 4 KiB write dirties 64 KiB to copy)
 #   BENCH_TIMEOUT=1800 (hard bound on the whole run, seconds)
@@ -91,6 +93,7 @@ WARMUP="${WARMUP:-3}"
 HOLD_MS="${HOLD_MS:-10000}"
 QEMU_GRANULARITY="${QEMU_GRANULARITY:-}"
 TARGET_DIR="${TARGET_DIR:-/dev/shm}"
+LINK="${LINK:-}"
 IMGSTREAM="${IMGSTREAM:-$BENCH_REPO_ROOT/build/imgstream}"
 [[ $IMGSTREAM == /* ]] || IMGSTREAM="$BENCH_REPO_ROOT/$IMGSTREAM"
 QMP_PY="$BENCH_REPO_ROOT/bench/qmp.py"
@@ -105,6 +108,7 @@ for tool in qemu-storage-daemon qemu-img fio nbdinfo jq python3; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 [[ -x $IMGSTREAM ]] || die "no imgstream binary at $IMGSTREAM"
+[[ -z $LINK ]] || command -v nbdkit >/dev/null || die "LINK needs nbdkit"
 [[ $REPS =~ ^[1-9][0-9]*$ && $DISK_MIB =~ ^[1-9][0-9]*$ ]] || die "REPS and DISK_MIB must be positive integers"
 fio --enghelp 2>/dev/null | grep -qw nbd || die "fio has no nbd engine"
 
@@ -161,6 +165,20 @@ start_target() {
     bench_spawn "$BENCH_TMP/target.log" "$IMGSTREAM" serve "$tgt" --listen "unix:$tgt_sock"
     tgt_pid="$SPAWN_PID"
     wait_unix_socket "$tgt_sock" "$tgt_pid" || die "target did not start: $(tail -n 5 "$BENCH_TMP/target.log")"
+    link_pid=
+    if [[ -n $LINK ]]; then # the target behind a link of LINK bits/s (both directions)
+        local link_sock="$BENCH_TMP/link.sock"
+        rm -f "$link_sock"
+        bench_spawn "$BENCH_TMP/link.log" nbdkit -f -U "$link_sock" --filter=rate nbd socket="$tgt_sock" rate="$LINK"
+        link_pid="$SPAWN_PID"
+        wait_unix_socket "$link_sock" "$link_pid" || die "nbdkit did not start: $(tail -n 5 "$BENCH_TMP/link.log")"
+        tgt_sock="$link_sock"
+    fi
+}
+
+stop_target() {
+    [[ -n $link_pid ]] && bench_stop "$link_pid"
+    bench_stop "$tgt_pid"
 }
 
 # start_fio URI: the load, until stop_fio; every write's completion time (epoch
@@ -249,7 +267,7 @@ run_imgstream() { # ROW [MIGRATE-ARGS...]
         "rounds $(jq -c '[.rounds[] | [.bytes, (.seconds * 100 | round / 100), .dirty_after]]' "$rep")" \
         "fio $(tail -n 1 "$BENCH_TMP/result-$row-fio") MiB/s (before: $(tail -n 1 "$BENCH_TMP/result-$row-fio_before")), same at cutover: $(tail -n 1 "$BENCH_TMP/result-$row-same")"
     bench_stop "$src_pid"
-    bench_stop "$tgt_pid"
+    stop_target
     rm -f "$src" "$tgt"
 }
 
@@ -286,7 +304,7 @@ run_qemu() {
     record qemu pause "$(jq .pause_ms "$rep")"
     record qemu maxlat "$(fio_max_lat_ms "$(jq .t_complete "$rep")" "$(jq .t_completed "$rep")")"
     bench_stop "$qsd_pid"
-    bench_stop "$tgt_pid"
+    stop_target
     # The export pivoted to the target at the cutover: the source file is the
     # disk at the cutover; the target differs only where fio wrote after it.
     local diff_blocks max_blocks
@@ -351,7 +369,8 @@ echo
 machine_info
 echo "- qemu: $(qemu-storage-daemon --version | head -n 1)"
 echo "- disk: $DISK_MIB MiB raw file, fully allocated with random data; target: \`imgstream serve\` of a file" \
-    "of zeros in $TARGET_DIR, written before each row (standing for another machine), unix socket (the same for every row)"
+    "of zeros in $TARGET_DIR, written before each row (standing for another machine), unix socket (the same for every row)" \
+    "${LINK:+, reached through the nbdkit rate filter at $LINK bits/s (a network link)}"
 echo "- load: fio $RATE/s 4 KiB random writes (nbd engine, iodepth $IODEPTH, unix socket), started ${WARMUP} s before the migration" \
     "and running through it"
 echo "- method: median of $REPS runs (whole run: $run_secs s); imgstream: \`migrate --json --finish hold\`" \

@@ -52,6 +52,7 @@ if [[ -z ${_IMGSTREAM_BENCH_BOUNDED:-} ]]; then
 fi
 
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../tests/lib/nginx.sh"
 
 REPS="${REPS:-${REPEAT:-3}}"
 ROWS="${ROWS:-1 2 3}"
@@ -101,32 +102,9 @@ status_field() { "$IMGSTREAM" status "$1" --json | jq -r --arg f "$2" '.[$f]'; }
 # loopback port, logging each request to $NGINX_LOG; sets NGINX_PID, NGINX_URL.
 nginx_start() {
     local root="$1" d="$BENCH_TMP/nginx" port i
-    mkdir -p "$d/tmp"
-    port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    port="$(nginx_free_port)"
     NGINX_LOG="$d/access.log"
-    cat >"$d/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log notice;
-events { worker_connections 256; }
-http {
-    log_format ranges '\$request_method \$uri \$status \$body_bytes_sent "\$http_range"';
-    access_log $NGINX_LOG ranges;
-    client_body_temp_path $d/tmp;
-    proxy_temp_path $d/tmp;
-    fastcgi_temp_path $d/tmp;
-    uwsgi_temp_path $d/tmp;
-    scgi_temp_path $d/tmp;
-    default_type application/octet-stream;
-    sendfile on;
-    server {
-        listen 127.0.0.1:$port;
-        root $root;
-    }
-}
-EOF
+    nginx_write_conf "$d" "$root" "$port"
     bench_spawn "$d/stderr.log" "$NGINX" -c "$d/nginx.conf" -p "$d"
     NGINX_PID=$SPAWN_PID
     NGINX_URL="http://127.0.0.1:$port"

@@ -18,6 +18,7 @@
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 source "$(dirname "$0")/../lib/stream.sh"
+source "$(dirname "$0")/../lib/nginx.sh"
 test_init 900
 need nginx qemu-system-x86_64 qemu-img qemu-io nbdinfo jq python3
 
@@ -25,36 +26,11 @@ MiB=$((1024 * 1024))
 NGINX="$(command -v nginx)"
 
 # ---------------------------------------------------------------- nginx
-# nginx_conf NAME ROOT PORT [DIRECTIVES]: write $T/nginx-NAME/nginx.conf, a
-# foreground single-process nginx serving ROOT on 127.0.0.1:PORT, logging
-# "METHOD URI STATUS BODY_BYTES RANGE" per request to access.log.
+# nginx_conf NAME ROOT PORT [DIRECTIVES]: $T/nginx-NAME/nginx.conf (tests/lib/nginx.sh),
+# its error log shown when the test fails.
 nginx_conf() {
-    local root="$2" port="$3" extra="${4:-}" d="$T/nginx-$1"
-    mkdir -p "$d/tmp"
-    cat >"$d/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $d/nginx.pid;
-error_log $d/error.log notice;
-events { worker_connections 256; }
-http {
-    log_format ranges '\$request_method \$uri \$status \$body_bytes_sent "\$http_range"';
-    access_log $d/access.log ranges;
-    client_body_temp_path $d/tmp;
-    proxy_temp_path $d/tmp;
-    fastcgi_temp_path $d/tmp;
-    uwsgi_temp_path $d/tmp;
-    scgi_temp_path $d/tmp;
-    default_type application/octet-stream;
-    server {
-        listen 127.0.0.1:$port;
-        root $root;
-        $extra
-    }
-}
-EOF
-    _SERVER_LOGS+=("$d/error.log")
+    nginx_write_conf "$T/nginx-$1" "$2" "$3" "${4:-}"
+    _SERVER_LOGS+=("$T/nginx-$1/error.log")
 }
 
 # nginx_start NAME: start (or restart) nginx NAME and wait until it answers;
@@ -71,10 +47,6 @@ nginx_start() {
         sleep 0.1
     done
     fail "nginx $1 did not answer on port $port within 10 s"
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # body_bytes NAME URI: the body bytes nginx NAME sent for URI so far.
@@ -99,7 +71,7 @@ mkdir -p "$www"
 expect_ok "pack the boot disk" "$IMGSTREAM" pack "$disk" -o "$www/disk.pack" -q
 index_off="$(python3 -c 'import struct,sys; print(struct.unpack_from("<Q", open(sys.argv[1],"rb").read(64), 40)[0])' "$www/disk.pack")"
 
-port="$(free_port)"
+port="$(nginx_free_port)"
 nginx_conf plain "$www" "$port"
 nginx_start plain
 url="http://127.0.0.1:$port"
@@ -125,7 +97,7 @@ expect_ok "the store's copy equals the disk" qemu-img compare -q -f raw "$store/
 pass "booted through stream $url/disk.pack in ${secs}s ($((demand / MiB)) MiB on demand in $requests range requests); hydrated copy identical"
 
 # ---------------------------------------------------------------- 2. a server that ignores ranges
-port2="$(free_port)"
+port2="$(nginx_free_port)"
 nginx_conf noranges "$www" "$port2" "max_ranges 0;"
 nginx_start noranges
 rc=0
@@ -139,7 +111,7 @@ pass "nginx answering 200 (whole body) to $ok200 range requests: the stream's co
 
 # ---------------------------------------------------------------- 3. nginx killed mid-body
 # Each connection limited so that hydration takes about 20 s (4 in flight).
-port3="$(free_port)"
+port3="$(nginx_free_port)"
 rate=$(($(pack_field "$www/disk.pack" file_size) / 80))
 ((rate >= 65536)) || rate=65536
 nginx_conf slow "$www" "$port3" "limit_rate $rate;"
