@@ -9,7 +9,7 @@ As a module:
 
 As a command (used by bench/migrate.sh):
     qmp.py mirror --socket QMP --device NODE --target NODE [--target-nbd-socket SOCK]
-        [--timeout S] [--poll-ms MS] [--granularity BYTES]
+        [--timeout S] [--ready-timeout S] [--poll-ms MS] [--granularity BYTES]
   blockdev-add an NBD client node --target to the server on SOCK (when given),
   blockdev-mirror (sync=full) from --device to --target, polls query-block-jobs
   until the job is ready, then job-complete and waits for BLOCK_JOB_COMPLETED.
@@ -18,6 +18,10 @@ As a command (used by bench/migrate.sh):
   sent to the BLOCK_JOB_COMPLETED event), offset and len (the job's progress in
   bytes from the completion event: for mirror, every byte copied to the target,
   the first full pass plus every re-copy of dirty data), polls.
+  With --ready-timeout S, a job not ready after S seconds (the guest dirties
+  data as fast as the mirror copies it) is cancelled and the object says
+  "ready": false, with seconds = S and offset/len from the last poll; the
+  exit status is 0 (a result, not a failure).
 """
 
 import argparse
@@ -93,6 +97,7 @@ def mirror(a):
     q.execute("blockdev-mirror", **{"job-id": "mig0"}, device=a.device,
               target=a.target, sync="full", **extra)
     polls = 0
+    ready_deadline = time.monotonic() + a.ready_timeout if a.ready_timeout else None
     while True:
         polls += 1
         jobs = [j for j in q.execute("query-block-jobs") if j["device"] == "mig0"]
@@ -100,6 +105,14 @@ def mirror(a):
             raise QmpError("mirror job vanished before it was ready")
         if jobs[0].get("ready"):
             break
+        if ready_deadline is not None and time.monotonic() > ready_deadline:
+            q.execute("block-job-cancel", device="mig0", force=True)
+            q.wait_event("BLOCK_JOB_CANCELLED", 30)
+            print(json.dumps({
+                "ready": False, "t_start": t_start, "seconds": time.time() - t_start,
+                "offset": jobs[0].get("offset"), "len": jobs[0].get("len"), "polls": polls,
+            }))
+            return
         if time.monotonic() > deadline:
             raise TimeoutError("mirror job not ready in time")
         time.sleep(a.poll_ms / 1000)
@@ -112,7 +125,7 @@ def mirror(a):
     if data.get("error"):
         raise QmpError(f"mirror failed: {data['error']}")
     print(json.dumps({
-        "t_start": t_start, "t_ready": t_ready, "t_complete": t_complete,
+        "ready": True, "t_start": t_start, "t_ready": t_ready, "t_complete": t_complete,
         "t_completed": t_completed, "seconds": t_completed - t_start,
         "ready_seconds": t_ready - t_start,
         "pause_ms": 1000 * (t_completed - t_complete),
@@ -130,6 +143,8 @@ def main():
     m.add_argument("--target", required=True)
     m.add_argument("--target-nbd-socket")
     m.add_argument("--timeout", type=float, default=600)
+    m.add_argument("--ready-timeout", type=float,
+                   help="cancel the job if it is not ready after this many seconds")
     m.add_argument("--poll-ms", type=float, default=50)
     m.add_argument("--granularity", type=int, help="the mirror's dirty bitmap granularity (bytes)")
     a = p.parse_args()

@@ -48,22 +48,25 @@ class Copier {
     std::mutex mu;
     Result<void> failed = ok();
     auto work = [&](unsigned conn) {
-      std::vector<std::byte> buf(kCopyPieceBytes);
+      // Writes are pipelined on the worker's connection (several in flight): a round of
+      // scattered 4 KiB regions would otherwise wait one round trip per region.
+      NbdTarget::Pipeline pipe(target_, conn);
+      const auto fail = [&](Result<void> r) {
+        std::lock_guard lock(mu);
+        if (failed) failed = std::move(r);
+        next = pieces.size();
+      };
       for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
         const Piece& p = pieces[i];
         Result<void> r = p.zero ? target_.zero(conn, p.offset, p.length) : [&]() -> Result<void> {
-          auto b = std::span(buf).first(p.length);
+          auto b = TRY(pipe.buffer(p.length));
           TRY(read_exact_at(image_, p.offset, b));
-          return target_.write(conn, p.offset, b);
+          return pipe.write(p.offset);
         }();
-        if (!r) {
-          std::lock_guard lock(mu);
-          if (failed) failed = std::move(r);
-          next = pieces.size();
-          return;
-        }
+        if (!r) return fail(std::move(r));
         if (!p.zero) bytes += p.length;
       }
+      if (auto r = pipe.finish(); !r) fail(std::move(r));
     };
     std::vector<std::thread> threads;
     for (unsigned c = 0; c < target_.connections(); ++c) threads.emplace_back(work, c);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -37,6 +38,40 @@ class NbdTarget {
   Result<void> flush();
   Result<void> read(unsigned conn, uint64_t offset, std::span<std::byte> buf);
   Result<void> trim(unsigned conn, uint64_t offset, uint64_t length);
+
+  // Writes on one connection with several in flight (libnbd's aio), so that a copy of
+  // many small pieces does not pay one round trip per piece. One thread per pipeline.
+  //   auto buf = TRY(p.buffer(n)); fill buf; TRY(p.write(offset, n)); ... TRY(p.finish());
+  class Pipeline {
+   public:
+    Pipeline(NbdTarget& t, unsigned conn) : t_(t), conn_(conn) {}
+    ~Pipeline();  // waits for what is in flight (errors are finish()'s to report)
+    Pipeline(const Pipeline&) = delete;
+    Pipeline& operator=(const Pipeline&) = delete;
+    // A buffer of `length` bytes (at most 32 MiB) for the next write; waits while the
+    // pipeline is full.
+    Result<std::span<std::byte>> buffer(size_t length);
+    // Sends the buffer buffer() returned last to [offset, offset + its length).
+    Result<void> write(uint64_t offset);
+    // Waits for every write in flight; the first error, if any.
+    Result<void> finish();
+
+   private:
+    struct InFlight {
+      int64_t cookie;
+      std::vector<std::byte> buf;
+      uint64_t offset;
+    };
+    Result<void> wait_oldest();
+
+    NbdTarget& t_;
+    const unsigned conn_;
+    std::deque<InFlight> inflight_;
+    uint64_t inflight_bytes_ = 0;
+    std::vector<std::vector<std::byte>> free_;
+    std::vector<std::byte> next_;  // filled by the caller between buffer() and write()
+    bool dead_ = false;            // the handle failed: what is in flight will not complete
+  };
 
  private:
   NbdTarget() = default;
