@@ -226,7 +226,7 @@ std::vector<uint64_t> DirtyTracker::dirty_regions(uint64_t from, size_t max) con
   return out;
 }
 
-void DirtyTracker::clear(const std::vector<uint64_t>& regions) {
+void DirtyTracker::clear(std::span<const uint64_t> regions) {
   for (uint64_t r : regions) {
     IMG_CHECK(r < h_.regions());
     bits_[r / 64].fetch_and(~(1ULL << (r % 64)), std::memory_order_acq_rel);

@@ -23,6 +23,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -72,7 +73,7 @@ class DirtyTracker {
   std::vector<uint64_t> dirty_regions(uint64_t from = 0, size_t max = SIZE_MAX) const;
   // Clears the bits of these regions in memory (a copier took them). The file still names
   // them until the next flush(), so a crash before then copies them again.
-  void clear(const std::vector<uint64_t>& regions);
+  void clear(std::span<const uint64_t> regions);
 
   // Two-phase clearing for a copier that may die (migrate): take() clears up to `max`
   // dirty regions from `from` on and holds them as pending; confirm() drops the pending

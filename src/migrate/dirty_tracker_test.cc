@@ -55,7 +55,7 @@ TEST(DirtyTracker, TracksWritesAcrossEvictionsAndReopen) {
     ASSERT_TRUE(dev.trim(60 * kRegion, kRegion, Durability::Buffered));
     const std::vector<uint64_t> want = {0, 5, 9, 17, 33, 34, 40, 41, 60, 100, 255};
     EXPECT_EQ((*t)->dirty_regions(), want);
-    (*t)->clear({5, 9});
+    (*t)->clear(std::vector<uint64_t>{5, 9});
     EXPECT_EQ((*t)->dirty_count(), want.size() - 2);
     ASSERT_TRUE((*t)->close());
   }
