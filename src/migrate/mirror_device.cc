@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <thread>
 
 #include "base/check.h"
 #include "base/log.h"
@@ -47,6 +48,8 @@ Result<void> MirrorDevice::activate(std::unique_ptr<NbdTarget> target) {
   if (target->size() < size())
     return Error::invalid(target->uri() + " has " + std::to_string(target->size()) +
                           " bytes, the disk has " + std::to_string(size()));
+  // The copier leaves one connection to the machine's mirrored writes.
+  copy_workers_ = std::max(1u, target->connections() - 1);
   auto remote = std::make_unique<RemoteDevice>(std::move(target), size());
   {
     std::unique_lock mode(mode_mu_);  // the requests in flight finish unmirrored first
@@ -178,7 +181,8 @@ void MirrorDevice::copier() {
   std::shared_lock mode(mode_mu_);  // target_ stays while the copier runs
   const uint64_t rs = t_.header().region_size;
   const uint64_t run_max = std::max<uint64_t>(1, kCopyRunBytes / rs);
-  std::vector<std::byte> buf(run_max * rs);
+  std::vector<std::vector<std::byte>> bufs(copy_workers_, std::vector<std::byte>(run_max * rs));
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
   uint64_t cursor = 0;
   bool unflushed = false;
   uint64_t flushed_mirrored = 0;
@@ -224,17 +228,32 @@ void MirrorDevice::copier() {
       std::lock_guard l(copier_mu_);
       copier_idle_ = false;
     }
-    bool failed = false;
-    for (size_t i = 0; i < regions.size() && !failed;) {
+    runs.clear();
+    for (size_t i = 0; i < regions.size();) {
       size_t j = i + 1;
       while (j < regions.size() && regions[j] == regions[j - 1] + 1 &&
              regions[j] - regions[i] < run_max)
         ++j;
-      failed = !copy_run(regions[i], regions[j - 1] + 1, buf);
-      unflushed = true;
-      flush_now_and_then();
+      runs.emplace_back(regions[i], regions[j - 1] + 1);
       i = j;
     }
+    // Several runs at once, each under its own range lock (the runs are disjoint): one at
+    // a time, scattered 4 KiB regions waited a round trip each, 20 MB/s behind a 1 Gbit/s
+    // link in bench/migrate.sh.
+    std::atomic<size_t> next{0};
+    std::atomic<bool> failed{false};
+    auto work = [&](std::vector<std::byte>& buf) {
+      for (size_t i; !failed.load() && (i = next.fetch_add(1)) < runs.size();)
+        if (!copy_run(runs[i].first, runs[i].second, buf)) failed = true;
+    };
+    {
+      std::vector<std::jthread> helpers;
+      for (size_t k = 1; k < bufs.size() && k < runs.size(); ++k)
+        helpers.emplace_back(work, std::ref(bufs[k]));
+      work(bufs[0]);
+    }
+    unflushed = true;
+    flush_now_and_then();
     cursor = regions.back() + 1;
     if (failed) {
       std::unique_lock l(copier_mu_);

@@ -7,7 +7,9 @@
 //                          target, and only then acknowledged: the machine writes at the
 //                          target's pace, and what it writes needs no later copy. A copier
 //                          thread copies the regions the tracker names as changed (written
-//                          before the activation, or whose mirroring failed).
+//                          before the activation, or whose mirroring failed), several runs
+//                          at once (one per target connection but one, left to the
+//                          machine's writes).
 //
 // Ordering: a copy and a mirrored write of the same region never overlap. Each takes a
 // lock on its range of regions first, so the target can never receive an older copy of
@@ -107,6 +109,7 @@ class MirrorDevice final : public ForwardingDevice {
   bool stop_ = false;
   bool copier_idle_ = false;  // the copier found nothing changed on its last full pass
   std::thread copier_thread_;
+  unsigned copy_workers_ = 1;  // runs copied at once (set by activate)
 
   std::atomic<uint64_t> mirrored_bytes_{0}, copied_bytes_{0}, mirror_failures_{0},
       copy_failures_{0};
