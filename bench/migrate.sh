@@ -394,7 +394,7 @@ row_line() { # ROW LABEL
         "$(fmt "$(result "$row" fio_before)" %.2f) / $(fmt "$(result "$row" fio)" %.2f) |" \
         "$same |"
 }
-echo "### Live migration under a 4 KiB random-write load: imgstream migrate and QEMU blockdev-mirror"
+echo "### Live migration under a 4 KiB random-write load: imgstream migrate and QEMU blockdev-mirror${LINK:+, target behind a $LINK bits/s link}${QEMU_GRANULARITY:+ (QEMU granularity $QEMU_GRANULARITY)}"
 echo
 machine_info
 echo "- qemu: $(qemu-storage-daemon --version | head -n 1)"
