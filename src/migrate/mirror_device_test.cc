@@ -9,7 +9,7 @@
 
 #include "base/env_memory.h"
 #include "migrate/dirty_tracking_device.h"
-#include "nbd/server.h"
+#include "migrate/testing.h"
 #include "nbd/testing.h"
 
 namespace imgstream::migrate {
@@ -19,41 +19,8 @@ constexpr uint64_t kSize = 8u << 20;
 using Bytes = std::vector<std::byte>;
 
 // A target: an in-process NBD server exporting a MemoryDevice on a unix socket.
-class Target {
- public:
-  Target() : mem_(kSize) {
-    char tmpl[] = "/tmp/imgstream-mirror-test-XXXXXX";
-    EXPECT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    nbd::ServerOptions o;
-    Address a;
-    a.kind = Address::Kind::Unix;
-    a.path = dir_ + "/nbd.sock";
-    o.listen.push_back(a);
-    o.exports.push_back(nbd::Export{"", "target", &mem_, false});
-    o.worker_threads = 4;
-    auto s = nbd::Server::create(std::move(o));
-    EXPECT_TRUE(s) << s.error().message;
-    server_ = std::move(*s);
-    thread_ = std::thread([this] { (void)server_->run(); });
-  }
-  ~Target() {
-    server_->request_stop();
-    thread_.join();
-    std::filesystem::remove_all(dir_);
-  }
-  std::string uri() const { return "nbd+unix:///?socket=" + dir_ + "/nbd.sock"; }
-  Bytes contents() {
-    Bytes b(kSize);
-    EXPECT_TRUE(mem_.read(0, b));
-    return b;
-  }
-
- private:
-  nbd::testing::MemoryDevice mem_;
-  std::string dir_;
-  std::unique_ptr<nbd::Server> server_;
-  std::thread thread_;
+struct Target : testing::MemoryTarget {
+  Target() : MemoryTarget(kSize) {}
 };
 
 // Reads take a while: the copier's read of a region and a machine's write to it overlap
