@@ -93,7 +93,7 @@ Result<void> MirrorDevice::mirrored(uint64_t offset, uint64_t length, Local loca
   const uint64_t first = offset / rs, end = (offset + length - 1) / rs + 1;
   RangeLock lock(*this, first, end);
   // The regions the target has as they were: on the stack for a usual write (up to 64
-  // regions, 256 KiB at 4 KiB), which is every write the machine makes, mirrored or not.
+  // regions, 256 KiB at 4 KiB), so a mirrored write allocates nothing.
   std::array<uint64_t, 64> few;
   std::vector<uint64_t> many;
   size_t n = 0;

@@ -24,6 +24,7 @@
 
 #include "base/log.h"
 #include "device/file_device.h"
+#include "device/forwarding_device.h"
 #include "nbd/protocol.h"
 #include "nbd/testing.h"
 
@@ -98,9 +99,9 @@ class Gate {
 
 // Forwards to the FileDevice, with knobs: decline the nowait paths (so that requests take
 // the thread pool), hold reads of one offset at a gate, fail reads of another with EIO.
-class TestDevice final : public BlockDevice {
+class TestDevice final : public ForwardingDevice {
  public:
-  explicit TestDevice(BlockDevice& inner) : inner_(inner) {}
+  explicit TestDevice(BlockDevice& inner) : ForwardingDevice(inner) {}
 
   std::atomic<bool> nowait{true};
   std::atomic<uint64_t> gated_offset{UINT64_MAX};
@@ -108,9 +109,6 @@ class TestDevice final : public BlockDevice {
   std::atomic<uint64_t> reads{0};
   Gate gate;
 
-  uint64_t size() const override { return inner_.size(); }
-  DeviceCaps caps() const override { return inner_.caps(); }
-  std::vector<std::string> meta_contexts() const override { return inner_.meta_contexts(); }
   Result<void> read(uint64_t offset, std::span<std::byte> buf) override {
     ++reads;
     if (offset == failing_offset) return Error{EIO, "injected"};
@@ -123,30 +121,10 @@ class TestDevice final : public BlockDevice {
     if (offset == failing_offset) return Error{EIO, "injected"};
     return inner_.read_nowait(offset, buf);
   }
-  Result<void> write(uint64_t offset, std::span<const std::byte> d, Durability du) override {
-    return inner_.write(offset, d, du);
-  }
   Result<void> write_nowait(uint64_t offset, std::span<const std::byte> d, Durability du) override {
     if (!nowait) return Error::would_block();
     return inner_.write_nowait(offset, d, du);
   }
-  Result<void> flush() override { return inner_.flush(); }
-  Result<void> trim(uint64_t offset, uint64_t length, Durability d) override {
-    return inner_.trim(offset, length, d);
-  }
-  Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z, Durability d) override {
-    return inner_.write_zeroes(offset, length, z, d);
-  }
-  Result<void> cache(uint64_t offset, uint64_t length) override {
-    return inner_.cache(offset, length);
-  }
-  Result<void> block_status(size_t context, uint64_t offset, uint64_t length,
-                            std::vector<Extent>& out) override {
-    return inner_.block_status(context, offset, length, out);
-  }
-
- private:
-  BlockDevice& inner_;
 };
 
 // The image's initial contents: never a zero byte, different in every 4 KiB block.
