@@ -13,9 +13,13 @@
 #  5. Active mode: a writer (8 MB/s) faster than the link (nbdkit's rate
 #     filter, 4 MB/s, in front of the target): --active mirrors its writes,
 #     the migration converges, and at the cutover the target equals the source.
+#  6. kill -9 of the serving process in the middle of the full copy, with fio
+#     writing: migrate fails with an error, the server restarts on the same
+#     tracking file, migrate runs again and continues, and the disks are equal
+#     at the cutover (every write the killed server took is copied).
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
-test_init 420
+test_init 540
 need fio qemu-img qemu-nbd nbdkit python3 jq
 
 MiB=$((1024 * 1024))
@@ -157,3 +161,41 @@ expect_ok "at the cutover the target equals the source" \
 release_and_stop "$T/ctl5" "$src_pid"
 grep -q "err= 0" "$T/fio5.log" || fail "fio reported errors: $(grep -E 'err|verify' "$T/fio5.log" | head -3)"
 pass "active mode: an 8 MB/s writer over a 4 MB/s link converged ($(jq -c '{seconds, pause_ms, mirrored_bytes, cutover_bytes}' "$T/report5.json"))"
+
+
+# ---------------------------------------------------------------- 6. kill -9 of the server, again
+make_disk "$T/src6.img"
+truncate -s 512M "$T/dst6.img"
+nbdkit -U "$T/k6.sock" -P "$T/k6.pid" --filter=rate file "$T/dst6.img" rate=100M >/dev/null 2>&1
+for _ in $(seq 50); do [[ -s $T/k6.pid ]] && break; sleep 0.1; done
+register_pid "$(cat "$T/k6.pid")"
+start_server "$T/src6.img" --track "$T/src6.track" --control "$T/ctl6"
+src_pid=$SERVER_PID src_uri=$SERVER_URI
+# The machine dies with its server: fio's own verdict on this run is not the test's.
+fio --name=machine --ioengine=nbd --uri="$src_uri" --rw=randwrite --bs=4k --size=512M \
+    --rate=8m --time_based --runtime=30 >"$T/fio6a.log" 2>&1 &
+fio_a=$!
+register_pid "$fio_a"
+"$IMGSTREAM" migrate --control "$T/ctl6" --to "nbd+unix:///?socket=$T/k6.sock" --checkpoint 0 \
+    >/dev/null 2>"$T/m6a.err" &
+mpid=$!
+register_pid $mpid
+sleep 3.5
+kill -KILL "$src_pid"
+wait "$src_pid" 2>/dev/null || true
+if wait "$mpid"; then fail "migrate succeeded although its server was killed"; fi
+grep -q "imgstream: error:" "$T/m6a.err" || fail "migrate did not say why it stopped: $(tail -3 "$T/m6a.err")"
+note "migrate's error: $(tail -1 "$T/m6a.err")"
+wait "$fio_a" 2>/dev/null || true
+[[ -s $T/src6.track.migration ]] || fail "no migration state was left to continue from"
+start_server "$T/src6.img" --track "$T/src6.track" --control "$T/ctl6"
+src_pid=$SERVER_PID src_uri=$SERVER_URI
+start_fio "$src_uri" 40 "$T/fio6b.log"
+"$IMGSTREAM" migrate --control "$T/ctl6" --to "nbd+unix:///?socket=$T/k6.sock" --finish hold \
+    --hold-limit 20000 --json >"$T/report6.json" 2>"$T/m6b.err" || fail "migrate again failed: $(tail -3 "$T/m6b.err")"
+note "report: $(cat "$T/report6.json")"
+expect_eq "$(jq .resumed "$T/report6.json")" "true" "the second migrate continued the first"
+expect_ok "after kill -9 of the server and a second run the disks are equal at the cutover" \
+    qemu-img compare -q -f raw "$T/src6.img" -F raw "$T/dst6.img"
+release_and_stop "$T/ctl6" "$src_pid"
+pass "kill -9 of the serving process mid-copy, restart, migrate again: it continued and the disks are equal"
