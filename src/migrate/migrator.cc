@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <cerrno>
 #include <mutex>
 #include <thread>
 
@@ -28,7 +29,13 @@ class Control {
  public:
   explicit Control(std::string path) : path_(std::move(path)) {}
   Result<nlohmann::json> call(const std::string& cmd, int timeout_s = 30) {
-    auto j = TRY_CTX(control_call(path_, cmd, timeout_s), "control socket " + path_);
+    auto r = control_call(path_, cmd, timeout_s);
+    if (!r && (r.error().code == ECONNREFUSED || r.error().code == ENOENT))
+      return Error{r.error().code,
+                   "no imgstream serve --control answers at " + path_ + " (" +
+                       r.error().message +
+                       "); a migration stopped with its server continues when both run again"};
+    auto j = TRY_CTX(std::move(r), "control socket " + path_);
     if (j.contains("error")) return Error::io(path_ + ": " + cmd + ": " + j["error"].get<std::string>());
     return j;
   }

@@ -43,6 +43,29 @@ release_and_stop() { # CONTROL SERVER_PID
     wait "$FIO_PID" 2>/dev/null || true
     stop_server_ok "$2"
 }
+# An nbdkit file target on unix socket SOCK, behind its rate filter when RATE is given.
+start_nbdkit_target() { # SOCK IMAGE [RATE]
+    local filter=()
+    [[ -n ${3:-} ]] && filter=(--filter=rate)
+    nbdkit -U "$1" -P "$1.pid" "${filter[@]}" file "$2" ${3:+rate=$3} >/dev/null 2>&1
+    for _ in $(seq 50); do [[ -s $1.pid ]] && break; sleep 0.1; done
+    register_pid "$(cat "$1.pid")"
+}
+# A migrate in the background, to be killed: a checkpoint after every segment of its full copy.
+start_migrate_to_kill() { # CONTROL TARGET_URI ERR_LOG -> MIGRATE_PID
+    "$IMGSTREAM" migrate --control "$1" --to "$2" --checkpoint 0 >/dev/null 2>"$3" &
+    MIGRATE_PID=$!
+    register_pid "$MIGRATE_PID"
+}
+# A second migrate after a kill: it must say it continued the first, and at the cutover
+# (held) the target must equal the source.
+migrate_again_equal() { # CONTROL TARGET_URI SOURCE_IMAGE REPORT WHAT
+    "$IMGSTREAM" migrate --control "$1" --to "$2" --finish hold --hold-limit 20000 --json \
+        >"$4" 2>"$4.err" || fail "migrate again failed: $(tail -3 "$4.err")"
+    expect_eq "$(jq .resumed "$4")" "true" "the second migrate continued the first"
+    expect_ok "after $5 and a second run the disks are equal at the cutover" \
+        qemu-img compare -q -f raw "$3" -F raw "$2"
+}
 start_fio() { # URI SECONDS LOG [RATE]
     fio --name=machine --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --size=512M \
         --rate="${4:-8m}" --time_based --runtime="$2" --verify=crc32c --verify_backlog=256 \
@@ -94,32 +117,23 @@ truncate -s 512M "$T/dst3.img"
 # 100 Mbit/s: the first 256 MiB segment (32 MiB of data, and fio's writes) takes about
 # 2.7 s, the second as long; --checkpoint 0 makes a checkpoint after each segment, so
 # the kill at 3.5 s lands between the first checkpoint and the end of the full copy.
-nbdkit -U "$T/k.sock" -P "$T/k.pid" --filter=rate file "$T/dst3.img" rate=100M >/dev/null 2>&1
-for _ in $(seq 50); do [[ -s $T/k.pid ]] && break; sleep 0.1; done
-register_pid "$(cat "$T/k.pid")"
+start_nbdkit_target "$T/k.sock" "$T/dst3.img" 100M
 start_server "$T/src3.img" --track "$T/src3.track" --control "$T/ctl3"
 src_pid=$SERVER_PID src_uri=$SERVER_URI
 start_fio "$src_uri" 40 "$T/fio3.log"
-"$IMGSTREAM" migrate --control "$T/ctl3" --to "nbd+unix:///?socket=$T/k.sock" --checkpoint 0 \
-    >/dev/null 2>"$T/m3a.err" &
-mpid=$!
-register_pid $mpid
+start_migrate_to_kill "$T/ctl3" "nbd+unix:///?socket=$T/k.sock" "$T/m3a.err"
 sleep 3.5
-kill -KILL "$mpid"
-wait "$mpid" 2>/dev/null || true
+kill -KILL "$MIGRATE_PID"
+wait "$MIGRATE_PID" 2>/dev/null || true
 [[ -s $T/src3.track.migration ]] || fail "no migration state was left to continue from"
 note "killed migrate at: $(cat "$T/src3.track.migration")"
 killed_at="$(jq .baseline_next "$T/src3.track.migration")"
 ((killed_at > 0)) || fail "the kill came before the first checkpoint: nothing to continue from (timing on this machine?)"
-"$IMGSTREAM" migrate --control "$T/ctl3" --to "nbd+unix:///?socket=$T/k.sock" --finish hold \
-    --hold-limit 20000 --json >"$T/report3.json" 2>"$T/m3b.err" || fail "migrate again failed: $(tail -3 "$T/m3b.err")"
-expect_eq "$(jq .resumed "$T/report3.json")" "true" "the second migrate continued the first"
+migrate_again_equal "$T/ctl3" "nbd+unix:///?socket=$T/k.sock" "$T/src3.img" "$T/report3.json" "kill -9 of migrate"
 # It copied only what lies after the checkpoint in round 0: 64 of the 96 MiB of data when
 # the kill came in the second segment.
 r0_bytes="$(jq '.rounds[0].bytes' "$T/report3.json")"
 ((r0_bytes < 96 * MiB)) || fail "the second migrate copied all $r0_bytes bytes again, not from the checkpoint at $killed_at"
-expect_ok "after kill -9 and a second run the disks are equal at the cutover" \
-    qemu-img compare -q -f raw "$T/src3.img" -F raw "nbd+unix:///?socket=$T/k.sock"
 release_and_stop "$T/ctl3" "$src_pid"
 pass "kill -9 of migrate mid-copy, run again: it continued and the disks are equal"
 
@@ -127,9 +141,7 @@ pass "kill -9 of migrate mid-copy, run again: it continued and the disks are equ
 make_disk "$T/off.img"
 truncate -s 512M "$T/off-dst.img"
 head -c $((8 * MiB)) /dev/urandom >"$T/junk" && dd if="$T/junk" of="$T/off-dst.img" bs=1M seek=300 conv=notrunc status=none
-nbdkit -U "$T/k4.sock" -P "$T/k4.pid" file "$T/off-dst.img" >/dev/null 2>&1
-for _ in $(seq 50); do [[ -s $T/k4.pid ]] && break; sleep 0.1; done
-register_pid "$(cat "$T/k4.pid")"
+start_nbdkit_target "$T/k4.sock" "$T/off-dst.img"
 expect_ok "offline migrate" "$IMGSTREAM" migrate "$T/off.img" --to "nbd+unix:///?socket=$T/k4.sock"
 expect_ok "the target equals the image (its old data in the holes zeroed)" \
     qemu-img compare -q -f raw "$T/off.img" -F raw "$T/off-dst.img"
@@ -140,9 +152,7 @@ truncate -s 512M "$T/src5.img"
 head -c $((16 * MiB)) /dev/urandom | dd of="$T/src5.img" bs=1M seek=100 conv=notrunc status=none
 truncate -s 512M "$T/dst5.img"
 # 32 Mbit/s = 4 MB/s to the target; the machine writes 8 MB/s.
-nbdkit -U "$T/k5.sock" -P "$T/k5.pid" --filter=rate file "$T/dst5.img" rate=32M >/dev/null 2>&1
-for _ in $(seq 50); do [[ -s $T/k5.pid ]] && break; sleep 0.1; done
-register_pid "$(cat "$T/k5.pid")"
+start_nbdkit_target "$T/k5.sock" "$T/dst5.img" 32M
 start_server "$T/src5.img" --track "$T/src5.track" --control "$T/ctl5"
 src_pid=$SERVER_PID src_uri=$SERVER_URI
 start_fio "$src_uri" 120 "$T/fio5.log" 8m
@@ -166,9 +176,7 @@ pass "active mode: an 8 MB/s writer over a 4 MB/s link converged ($(jq -c '{seco
 # ---------------------------------------------------------------- 6. kill -9 of the server, again
 make_disk "$T/src6.img"
 truncate -s 512M "$T/dst6.img"
-nbdkit -U "$T/k6.sock" -P "$T/k6.pid" --filter=rate file "$T/dst6.img" rate=100M >/dev/null 2>&1
-for _ in $(seq 50); do [[ -s $T/k6.pid ]] && break; sleep 0.1; done
-register_pid "$(cat "$T/k6.pid")"
+start_nbdkit_target "$T/k6.sock" "$T/dst6.img" 100M
 start_server "$T/src6.img" --track "$T/src6.track" --control "$T/ctl6"
 src_pid=$SERVER_PID src_uri=$SERVER_URI
 # The machine dies with its server: fio's own verdict on this run is not the test's.
@@ -176,14 +184,11 @@ fio --name=machine --ioengine=nbd --uri="$src_uri" --rw=randwrite --bs=4k --size
     --rate=8m --time_based --runtime=30 >"$T/fio6a.log" 2>&1 &
 fio_a=$!
 register_pid "$fio_a"
-"$IMGSTREAM" migrate --control "$T/ctl6" --to "nbd+unix:///?socket=$T/k6.sock" --checkpoint 0 \
-    >/dev/null 2>"$T/m6a.err" &
-mpid=$!
-register_pid $mpid
+start_migrate_to_kill "$T/ctl6" "nbd+unix:///?socket=$T/k6.sock" "$T/m6a.err"
 sleep 3.5
 kill -KILL "$src_pid"
 wait "$src_pid" 2>/dev/null || true
-if wait "$mpid"; then fail "migrate succeeded although its server was killed"; fi
+if wait "$MIGRATE_PID"; then fail "migrate succeeded although its server was killed"; fi
 grep -q "imgstream: error:" "$T/m6a.err" || fail "migrate did not say why it stopped: $(tail -3 "$T/m6a.err")"
 note "migrate's error: $(tail -1 "$T/m6a.err")"
 wait "$fio_a" 2>/dev/null || true
@@ -191,11 +196,8 @@ wait "$fio_a" 2>/dev/null || true
 start_server "$T/src6.img" --track "$T/src6.track" --control "$T/ctl6"
 src_pid=$SERVER_PID src_uri=$SERVER_URI
 start_fio "$src_uri" 40 "$T/fio6b.log"
-"$IMGSTREAM" migrate --control "$T/ctl6" --to "nbd+unix:///?socket=$T/k6.sock" --finish hold \
-    --hold-limit 20000 --json >"$T/report6.json" 2>"$T/m6b.err" || fail "migrate again failed: $(tail -3 "$T/m6b.err")"
+migrate_again_equal "$T/ctl6" "nbd+unix:///?socket=$T/k6.sock" "$T/src6.img" "$T/report6.json" \
+    "kill -9 of the server"
 note "report: $(cat "$T/report6.json")"
-expect_eq "$(jq .resumed "$T/report6.json")" "true" "the second migrate continued the first"
-expect_ok "after kill -9 of the server and a second run the disks are equal at the cutover" \
-    qemu-img compare -q -f raw "$T/src6.img" -F raw "$T/dst6.img"
 release_and_stop "$T/ctl6" "$src_pid"
 pass "kill -9 of the serving process mid-copy, restart, migrate again: it continued and the disks are equal"
