@@ -115,6 +115,7 @@ nlohmann::json migration_command(const std::string& line, Migration& m) {
   } else if (cmd == "active" && !arg.empty()) {
     unsigned conns = 4;
     if (!(in >> conns) || conns == 0 || conns > 64) conns = 4;
+    conns = std::max(2u, conns);  // one for the machine's writes, the others copy
     auto target = migrate::NbdTarget::open(arg, conns);
     if (!target) return {{"error", target.error().message}};
     if (auto r = m.mirror.activate(std::move(*target)); !r) return {{"error", r.error().message}};

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <deque>
 #include <thread>
 
 #include "base/check.h"
@@ -48,8 +49,12 @@ Result<void> MirrorDevice::activate(std::unique_ptr<NbdTarget> target) {
   if (target->size() < size())
     return Error::invalid(target->uri() + " has " + std::to_string(target->size()) +
                           " bytes, the disk has " + std::to_string(size()));
-  // The copier leaves one connection to the machine's mirrored writes.
-  copy_workers_ = std::max(1u, target->connections() - 1);
+  // The copier leaves one connection to the machine's mirrored writes. It must: a worker
+  // keeps its connection while it waits for a region a mirrored write has locked, and
+  // that write needs a connection to finish.
+  if (target->connections() < 2)
+    return Error::invalid(target->uri() + ": active mirroring needs at least 2 connections");
+  copy_workers_ = target->connections() - 1;
   auto remote = std::make_unique<RemoteDevice>(std::move(target), size());
   {
     std::unique_lock mode(mode_mu_);  // the requests in flight finish unmirrored first
@@ -153,35 +158,66 @@ Result<void> MirrorDevice::flush() {
   return ok();
 }
 
-bool MirrorDevice::copy_run(uint64_t first, uint64_t end, std::vector<std::byte>& buf) {
+bool MirrorDevice::copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& runs,
+                             std::atomic<size_t>& next, const std::atomic<bool>& failed) {
   const uint64_t rs = t_.header().region_size;
-  RangeLock lock(*this, first, end);
-  std::vector<uint64_t> took;
-  for (uint64_t r = first; r < end; ++r)
-    if (t_.dirty(r)) took.push_back(r);
-  if (took.empty()) return true;
-  // Cleared before the read: a write after this point sets them again (it waits for the
-  // lock, so it lands on the target after this copy).
-  t_.clear(took);
-  const uint64_t a = took.front() * rs, b = std::min(size(), (took.back() + 1) * rs);
-  auto span = std::span(buf).first(b - a);
-  Result<void> r = inner_.read(a, span);
-  if (r) r = target_->write(a, span, Durability::Buffered);
-  if (!r) {
-    t_.mark(took);
-    if (copy_failures_.fetch_add(1) == 0)
-      LOG_WARN("copying changed regions to the target failed ({}); retrying", r.error().message);
-    return false;
+  RemoteDevice::Lease lease(*target_);
+  NbdTarget::Pipeline pipe(lease.target(), lease.conn());
+  // The runs sent and not yet acknowledged, oldest first, each still locked: a mirrored
+  // write of its regions waits until the target has the copy.
+  struct Sent {
+    Sent(MirrorDevice& m, uint64_t first, uint64_t end) : lock(m, first, end) {}
+    RangeLock lock;
+    std::vector<uint64_t> regions;
+    uint64_t bytes = 0;
+  };
+  std::deque<Sent> sent;
+  uint64_t acked = 0;  // writes acknowledged and retired: sent.front() is the next
+  const auto retire = [&] {
+    for (; acked < pipe.completed(); ++acked) {
+      copied_bytes_ += sent.front().bytes;
+      sent.pop_front();
+    }
+  };
+  Result<void> r = ok();
+  for (size_t i; r && !failed.load() && (i = next.fetch_add(1)) < runs.size();) {
+    auto& s = sent.emplace_back(*this, runs[i].first, runs[i].second);
+    for (uint64_t g = runs[i].first; g < runs[i].second; ++g)
+      if (t_.dirty(g)) s.regions.push_back(g);
+    if (s.regions.empty()) {  // copied meanwhile: nothing to send, nothing to order
+      sent.pop_back();
+      continue;
+    }
+    // Cleared before the read: a write after this point sets them again (it waits for
+    // the lock, so it lands on the target after this copy).
+    t_.clear(s.regions);
+    const uint64_t a = s.regions.front() * rs, b = std::min(size(), (s.regions.back() + 1) * rs);
+    s.bytes = b - a;
+    r = [&]() -> Result<void> {
+      auto buf = TRY(pipe.buffer(b - a));  // (may wait for, and retire, older ones)
+      TRY(inner_.read(a, buf));
+      return pipe.write(a);
+    }();
+    if (r) r = pipe.reap();  // a machine's write may wait for a region acknowledged since
+    if (r) retire();
   }
-  copied_bytes_ += b - a;
-  return true;
+  if (r) r = pipe.finish();
+  retire();
+  if (r) {
+    IMG_CHECK(sent.empty());
+    return true;
+  }
+  // What was not acknowledged is changed again (more than failed, perhaps: never less).
+  for (const Sent& s : sent) t_.mark(s.regions);
+  if (copy_failures_.fetch_add(1) == 0)
+    LOG_WARN("copying changed regions to the target failed ({}); retrying", r.error().message);
+  return false;
 }
 
 void MirrorDevice::copier() {
   std::shared_lock mode(mode_mu_);  // target_ stays while the copier runs
   const uint64_t rs = t_.header().region_size;
   const uint64_t run_max = std::max<uint64_t>(1, kCopyRunBytes / rs);
-  std::vector<std::vector<std::byte>> bufs(copy_workers_, std::vector<std::byte>(run_max * rs));
   std::vector<std::pair<uint64_t, uint64_t>> runs;
   uint64_t cursor = 0;
   bool unflushed = false;
@@ -242,15 +278,13 @@ void MirrorDevice::copier() {
     // link in bench/migrate.sh.
     std::atomic<size_t> next{0};
     std::atomic<bool> failed{false};
-    auto work = [&](std::vector<std::byte>& buf) {
-      for (size_t i; !failed.load() && (i = next.fetch_add(1)) < runs.size();)
-        if (!copy_run(runs[i].first, runs[i].second, buf)) failed = true;
+    auto work = [&] {
+      if (!copy_runs(runs, next, failed)) failed = true;
     };
     {
       std::vector<std::jthread> helpers;
-      for (size_t k = 1; k < bufs.size() && k < runs.size(); ++k)
-        helpers.emplace_back(work, std::ref(bufs[k]));
-      work(bufs[0]);
+      for (size_t k = 1; k < copy_workers_ && k < runs.size(); ++k) helpers.emplace_back(work);
+      work();
     }
     unflushed = true;
     flush_now_and_then();

@@ -7,13 +7,13 @@
 //                          target, and only then acknowledged: the machine writes at the
 //                          target's pace, and what it writes needs no later copy. A copier
 //                          thread copies the regions the tracker names as changed (written
-//                          before the activation, or whose mirroring failed), several runs
-//                          at once (one per target connection but one, left to the
-//                          machine's writes).
+//                          before the activation, or whose mirroring failed): one worker
+//                          per target connection but one (left to the machine's writes),
+//                          each with several runs in flight on its connection.
 //
 // Ordering: a copy and a mirrored write of the same region never overlap. Each takes a
-// lock on its range of regions first, so the target can never receive an older copy of
-// a region after a newer write to it. A mirrored write clears the tracker's bits only of
+// lock on its range of regions first and keeps it until the target acknowledged it, so
+// the target can never receive an older copy of a region after a newer write to it. A mirrored write clears the tracker's bits only of
 // the regions that were clean before it (the target had them): a region still waiting
 // for the copier stays named, since a write of part of it does not bring the rest along.
 //
@@ -91,8 +91,11 @@ class MirrorDevice final : public ForwardingDevice {
   template <typename Local, typename Remote>
   Result<void> mirrored(uint64_t offset, uint64_t length, Local local, Remote remote);
   void copier();
-  // Copies regions [first, end) if still changed; returns false when the target failed.
-  bool copy_run(uint64_t first, uint64_t end, std::vector<std::byte>& buf);
+  // Copies the runs of regions [first, end) still changed, taking them from `runs` at
+  // `next` (shared by the workers) through one pipelined connection; false when the
+  // target failed.
+  bool copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& runs,
+                 std::atomic<size_t>& next, const std::atomic<bool>& failed);
 
   DirtyTracker& t_;
   // Shared by every request while it runs; exclusive to switch modes.

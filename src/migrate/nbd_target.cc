@@ -128,25 +128,44 @@ Result<void> NbdTarget::Pipeline::write(uint64_t offset) {
 Result<void> NbdTarget::Pipeline::wait_oldest() {
   IMG_CHECK(!inflight_.empty());
   nbd_handle* h = t_.handles_[conn_];
-  InFlight& w = inflight_.front();
   for (;;) {
-    const int r = nbd_aio_command_completed(h, w.cookie);
-    if (r == 1) break;
-    if (r == -1) {
-      Error e = nbd_err(t_.uri_, "write of " + std::to_string(w.buf.size()) + " bytes at " +
-                                     std::to_string(w.offset));
-      inflight_bytes_ -= w.buf.size();
-      inflight_.pop_front();
-      return e;
-    }
+    const int r = nbd_aio_command_completed(h, inflight_.front().cookie);
+    if (r != 0) return pop_oldest(r);
     if (nbd_poll(h, -1) == -1) {
       dead_ = true;  // nothing more will complete on this handle
       return nbd_err(t_.uri_, "poll");
     }
   }
+}
+
+Result<void> NbdTarget::Pipeline::reap() {
+  if (inflight_.empty() || dead_) return ok();
+  nbd_handle* h = t_.handles_[conn_];
+  if (nbd_poll(h, 0) == -1) {
+    dead_ = true;
+    return nbd_err(t_.uri_, "poll");
+  }
+  while (!inflight_.empty()) {
+    const int r = nbd_aio_command_completed(h, inflight_.front().cookie);
+    if (r == 0) break;
+    TRY(pop_oldest(r));
+  }
+  return ok();
+}
+
+Result<void> NbdTarget::Pipeline::pop_oldest(int completed) {
+  InFlight& w = inflight_.front();
   inflight_bytes_ -= w.buf.size();
+  if (completed == -1) {
+    Error e = nbd_err(t_.uri_, "write of " + std::to_string(w.buf.size()) + " bytes at " +
+                                   std::to_string(w.offset));
+    inflight_.pop_front();
+    failed_ = true;
+    return e;
+  }
   free_.push_back(std::move(w.buf));
   inflight_.pop_front();
+  if (!failed_) ++completed_;
   return ok();
 }
 

@@ -53,8 +53,14 @@ class NbdTarget {
     Result<std::span<std::byte>> buffer(size_t length);
     // Sends the buffer buffer() returned last to [offset, offset + its length).
     Result<void> write(uint64_t offset);
+    // Takes in the replies that have arrived, without waiting (completed() moves on).
+    Result<void> reap();
     // Waits for every write in flight; the first error, if any.
     Result<void> finish();
+    // Writes the target has acknowledged, in the order they were sent: the caller's n-th
+    // write() is done once completed() >= n. A failed write does not count (nor, since
+    // they are not waited for in order after it, do those after it: see finish()).
+    uint64_t completed() const { return completed_; }
 
    private:
     struct InFlight {
@@ -63,6 +69,7 @@ class NbdTarget {
       uint64_t offset;
     };
     Result<void> wait_oldest();
+    Result<void> pop_oldest(int completed);  // nbd_aio_command_completed's answer
 
     NbdTarget& t_;
     const unsigned conn_;
@@ -71,6 +78,8 @@ class NbdTarget {
     std::vector<std::vector<std::byte>> free_;
     std::vector<std::byte> next_;  // filled by the caller between buffer() and write()
     bool dead_ = false;            // the handle failed: what is in flight will not complete
+    bool failed_ = false;          // a write failed: completed() stops counting
+    uint64_t completed_ = 0;
   };
 
  private:

@@ -24,6 +24,22 @@ class RemoteDevice final : public BlockDevice {
   Result<void> trim(uint64_t offset, uint64_t length, Durability d) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z, Durability d) override;
 
+  // One connection of the pool held by one thread for a while (a pipelined copy), so the
+  // requests above wait for the others.
+  class Lease {
+   public:
+    explicit Lease(RemoteDevice& d) : d_(d), conn_(d.take()) {}
+    ~Lease() { d_.give(conn_); }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    NbdTarget& target() { return *d_.t_; }
+    unsigned conn() const { return conn_; }
+
+   private:
+    RemoteDevice& d_;
+    const unsigned conn_;
+  };
+
  private:
   unsigned take();
   void give(unsigned c);
