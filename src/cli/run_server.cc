@@ -1,14 +1,20 @@
 #include "cli/run_server.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <thread>
 
+#include "base/unique_fd.h"
 #include "base/log.h"
 #include "cli/cli.h"
 
@@ -74,7 +80,8 @@ void remove_private_socket(const Address& a) {
   ::rmdir(a.path.substr(0, a.path.rfind('/')).c_str());
 }
 
-int run_server(nbd::Server& server, const std::string& export_name, const std::string& run_cmd) {
+int run_server(nbd::Server& server, const std::string& export_name, const std::string& run_cmd,
+               const std::function<void()>& on_stop) {
   const Address& first = server.addresses().front();
   const std::string uri = nbd_uri(first, export_name);
   if (run_cmd.empty()) {
@@ -82,35 +89,57 @@ int run_server(nbd::Server& server, const std::string& export_name, const std::s
     std::fflush(stdout);
   }
 
-  // Signals are blocked in every thread; this one waits for them and asks for a stop.
-  std::thread signal_thread([&server] {
-    sigset_t set = stop_signals();
-    int sig = 0;
-    if (sigwait(&set, &sig) == 0) {
-      LOG_INFO("signal {}: stopping", sig);
-      server.request_stop();
+  // Signals are blocked in every thread; this one waits for them (a signalfd) and asks for
+  // a stop, or for `done` at the end of this function, so that it never outlives the
+  // server (a signal during the command's own shutdown finds the thread gone, and the
+  // signal pending, harmless: it stays blocked).
+  const sigset_t set = stop_signals();
+  UniqueFd sigfd(::signalfd(-1, &set, SFD_CLOEXEC));
+  UniqueFd done(::eventfd(0, EFD_CLOEXEC));
+  if (!sigfd.valid() || !done.valid()) {
+    print_error(Error::from_errno(errno, "signalfd").message);
+    return kExitFailure;
+  }
+  const auto stop = [&server, &on_stop] {
+    server.request_stop();
+    if (on_stop) on_stop();
+  };
+  std::thread signal_thread([&] {
+    pollfd fds[2] = {{sigfd.get(), POLLIN, 0}, {done.get(), POLLIN, 0}};
+    while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
+    }
+    signalfd_siginfo si{};
+    if (fds[0].revents & POLLIN && ::read(sigfd.get(), &si, sizeof si) == sizeof si) {
+      LOG_INFO("signal {}: stopping", si.ssi_signo);
+      stop();
     }
   });
-  signal_thread.detach();
+  const auto join_signal_thread = [&] {
+    const uint64_t one = 1;
+    (void)!::write(done.get(), &one, sizeof one);
+    signal_thread.join();
+  };
 
   int exit_status = kExitOk;
   std::thread captive;
   if (!run_cmd.empty()) {
     auto pid = spawn_captive(run_cmd, first, uri, export_name);
     if (!pid) {
+      join_signal_thread();
       print_error(pid.error().message);
       return kExitFailure;
     }
-    captive = std::thread([&server, &exit_status, p = *pid] {
+    captive = std::thread([&stop, &exit_status, p = *pid] {
       int status = 0;
       while (::waitpid(p, &status, 0) < 0 && errno == EINTR) {
       }
       exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      server.request_stop();
+      stop();
     });
   }
   auto r = server.run();
   if (captive.joinable()) captive.join();
+  join_signal_thread();
   if (!r) {
     print_error(r.error().message);
     return kExitFailure;

@@ -3,6 +3,7 @@
 // and stop when it exits, returning its exit status.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "nbd/server.h"
@@ -19,7 +20,10 @@ Result<Address> private_socket();
 void remove_private_socket(const Address& a);
 
 // Serves until a stop signal or, with a command, until the command exits. Returns the
-// process exit status.
-int run_server(nbd::Server& server, const std::string& export_name, const std::string& run_cmd);
+// process exit status. `on_stop` runs once the stop is asked for, while the server still
+// lets its clients' requests finish: what would keep them waiting (a source that does not
+// answer) is let go there.
+int run_server(nbd::Server& server, const std::string& export_name, const std::string& run_cmd,
+               const std::function<void()>& on_stop = {});
 
 }  // namespace imgstream::cli

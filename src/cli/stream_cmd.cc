@@ -157,7 +157,7 @@ int run_stream(const StreamArgs& a) {
   const Address first = (*server)->addresses().front();
   (*streamer)->start();
   LOG_INFO("streaming {} into {}", a.source, a.store);
-  int status = run_server(**server, a.export_name, a.run);
+  int status = run_server(**server, a.export_name, a.run, [&] { (*streamer)->interrupt(); });
   server->reset();
   if (private_addr) remove_private_socket(first);
   auto r = (*streamer)->stop();

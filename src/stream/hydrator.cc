@@ -26,12 +26,16 @@ void Hydrator::start() {
   thread_ = std::thread([this] { loop(); });
 }
 
-void Hydrator::stop() {
+void Hydrator::request_stop() {
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
   }
   cv_.notify_all();
+}
+
+void Hydrator::stop() {
+  request_stop();
   if (thread_.joinable()) thread_.join();
   // Batches in flight hold claims on the device: wait for them to land.
   std::unique_lock lock(mu_);
@@ -142,7 +146,7 @@ void Hydrator::on_batch_done(Result<void> r) {
   {
     std::lock_guard lock(mu_);
     --in_flight_;
-    if (!r && !paused_) {
+    if (!r && !paused_ && !stopping_) {
       LOG_WARN("hydration paused: {}", r.error().message);
       paused_ = true;
       store_.set_state(store::StoreState::Error, r.error().message);

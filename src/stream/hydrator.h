@@ -59,7 +59,10 @@ class Hydrator {
   ~Hydrator();  // stops and waits for batches in flight
 
   void start();
-  void stop();
+  // Asks the loop to end without waiting for it: a batch that fails from now on (its
+  // source closed for the stop) is not a hydration error.
+  void request_stop();
+  void stop();  // request_stop(), then waits for the loop and the batches in flight
   void pause();
   void resume();
   void set_rate(uint64_t bytes_per_second);

@@ -207,6 +207,12 @@ void Streamer::start() {
   if (hydrator_) hydrator_->start();
 }
 
+void Streamer::interrupt() {
+  if (hydrator_) hydrator_->request_stop();
+  if (background_src_) background_src_->close();
+  if (demand_src_) demand_src_->close();
+}
+
 Result<void> Streamer::stop() {
   {
     std::lock_guard lock(mu_);

@@ -65,6 +65,10 @@ class Streamer {
   store::LocalStore& store() { return *store_; }
 
   void start();
+  // For a stop under way (the server letting its clients finish): ends hydration and
+  // closes the sources, so that a read waiting on a source that does not answer fails
+  // now (ESHUTDOWN) instead of after --io-timeout. Idempotent; stop() follows.
+  void interrupt();
   // Stops hydration and timers and commits. Idempotent.
   Result<void> stop();
 

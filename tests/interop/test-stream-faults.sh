@@ -10,10 +10,14 @@
 #      fine, a whole-region write needs no source), `status` shows state
 #      `error` with a reason (and daemon_running true); once the source is
 #      back, `ctl resume` completes hydration.
+#   4. The source stops answering (SIGSTOP) while a client waits on it, and
+#      the streamer gets SIGTERM: it exits at once (not after --io-timeout,
+#      60 s here), the client gets an error, and the store is left streaming,
+#      not in state error.
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 source "$(dirname "$0")/../lib/stream.sh"
-test_init 300
+test_init 360
 need nbdkit nbdinfo qemu-img qemu-io jq python3
 
 MiB=$((1024 * 1024))
@@ -164,3 +168,31 @@ kill_source "$SOURCE_PID" TERM
 expect_eq "$(jq -r .daemon_running <<<"$status_in_error")" true \
     "daemon_running in the status of a running streamer in state error ($status_in_error)"
 pass "status of a running streamer in state error says daemon_running true"
+
+# ---------------------------------------------------------------- 4. SIGTERM, a client waiting on a silent source
+start_source "$T/src4.sock" file "$img"
+src4_pid=$SOURCE_PID
+s4="$T/s4"
+start_streamer "$SOURCE_URI" "$s4" --io-timeout 60 --rate 2M --batch 1M
+s4_pid=$STREAMER_PID
+kill -STOP "$src4_pid"
+timeout 120 qemu-io -r -f raw -c "read $((60 * MiB)) 4096" "$STREAMER_URI" >"$T/wait4.out" 2>&1 &
+client4=$!
+register_pid "$client4"
+sleep 1
+_alive "$client4" || fail "the read of a missing region did not wait for the silent source: $(cat "$T/wait4.out")"
+t0=$(date +%s.%N)
+kill -TERM "$s4_pid"
+for ((k = 0; k < 300; k++)); do _alive "$s4_pid" || break; sleep 0.1; done
+elapsed=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+_alive "$s4_pid" && fail "the streamer still runs ${elapsed}s after SIGTERM (its client waits on a silent source)"
+wait "$s4_pid" && rc=0 || rc=$?
+expect_eq "$rc" 0 "the streamer's exit status after SIGTERM"
+# (The bound is generous for a loaded machine; the old behaviour waited for --io-timeout, 60 s.)
+awk -v e="$elapsed" 'BEGIN { exit !(e <= 20) }' || fail "the streamer took ${elapsed}s to stop"
+wait "$client4" || true
+grep -Eq 'error|fail' "$T/wait4.out" || fail "the waiting client got no error: $(cat "$T/wait4.out")"
+kill -CONT "$src4_pid"
+expect_eq "$(st "$s4" state)" streaming "the store's state after the stop (not error: the source was let go for the stop)"
+kill_source "$src4_pid" TERM
+pass "SIGTERM with a client waiting on a silent source: stopped in ${elapsed}s, the client got an error, the store is resumable"
