@@ -52,7 +52,9 @@ Runner add_migrate(CLI::App& app) {
                   "seconds; each costs a flush on both sides")
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
-  cmd->add_option("--connections", a->connections, "Connections to the target (with --active the server opens at least 2: its copier keeps all but one, left to the machine's writes)")
+  cmd->add_option("--connections", a->connections,
+                  "Connections to the target (with --active the server opens at least 2: its "
+                  "copier keeps all but one, left to the machine's writes)")
       ->check(CLI::Range(1u, 64u))
       ->capture_default_str();
   cmd->add_option("--finish", a->finish,

@@ -10,12 +10,11 @@
 #include <unistd.h>
 
 #include <cerrno>
-
 #include <cstdio>
 #include <thread>
 
-#include "base/unique_fd.h"
 #include "base/log.h"
+#include "base/unique_fd.h"
 #include "cli/cli.h"
 
 extern char** environ;

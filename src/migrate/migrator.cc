@@ -32,8 +32,7 @@ class Control {
     auto r = control_call(path_, cmd, timeout_s);
     if (!r && (r.error().code == ECONNREFUSED || r.error().code == ENOENT))
       return Error{r.error().code,
-                   "no imgstream serve --control answers at " + path_ + " (" +
-                       r.error().message +
+                   "no imgstream serve --control answers at " + path_ + " (" + r.error().message +
                        "); a migration stopped with its server continues when both run again"};
     auto j = TRY_CTX(std::move(r), "control socket " + path_);
     if (j.contains("error")) return Error::io(path_ + ": " + cmd + ": " + j["error"].get<std::string>());

@@ -13,9 +13,10 @@
 //
 // Ordering: a copy and a mirrored write of the same region never overlap. Each takes a
 // lock on its range of regions first and keeps it until the target acknowledged it, so
-// the target can never receive an older copy of a region after a newer write to it. A mirrored write clears the tracker's bits only of
-// the regions that were clean before it (the target had them): a region still waiting
-// for the copier stays named, since a write of part of it does not bring the rest along.
+// the target can never receive an older copy of a region after a newer write to it.
+// A mirrored write clears the tracker's bits only of the regions that were clean before
+// it (the target had them): a region still waiting for the copier stays named, since a
+// write of part of it does not bring the rest along.
 //
 // Durability: the cutover flushes the target (drain()), and the copier flushes it every
 // half second while idle. Cleared bits reach the tracking file at its next flush, which
@@ -94,8 +95,8 @@ class MirrorDevice final : public ForwardingDevice {
   // Copies the runs of regions [first, end) still changed, taking them from `runs` at
   // `next` (shared by the workers) through one pipelined connection; false when the
   // target failed.
-  bool copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& runs,
-                 std::atomic<size_t>& next, const std::atomic<bool>& failed);
+  bool copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& runs, std::atomic<size_t>& next,
+                 const std::atomic<bool>& failed);
 
   DirtyTracker& t_;
   // Shared by every request while it runs; exclusive to switch modes.
