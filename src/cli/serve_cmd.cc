@@ -84,7 +84,7 @@ nlohmann::json migration_command(const std::string& line, Migration& m) {
     const auto st = m.mirror.stats();
     j = {{"image", m.image}, {"track", m.track}, {"size", t.header().image_size},
          {"region_size", t.header().region_size}, {"dirty", t.dirty_count()},
-         {"pending", t.pending_count()}, {"held", m.hold.held()},
+         {"pending", t.pending_count()}, {"unflushed", t.unflushed_count()}, {"held", m.hold.held()},
          {"active", m.mirror.active()}, {"mirrored_bytes", st.mirrored_bytes},
          {"copied_bytes", st.copied_bytes}, {"mirror_failures", st.mirror_failures},
          {"copy_failures", st.copy_failures}};

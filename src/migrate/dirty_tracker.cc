@@ -27,6 +27,13 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::open(Env& env, const std::st
 
 DirtyTracker::~DirtyTracker() = default;
 
+void DirtyTracker::alloc_side_bitmaps() {
+  for (auto* side : {&pending_, &unflushed_[0], &unflushed_[1]}) {
+    *side = std::make_unique<std::atomic<uint64_t>[]>(words_);
+    for (size_t i = 0; i < words_; ++i) (*side)[i].store(0, std::memory_order_relaxed);
+  }
+}
+
 Result<void> DirtyTracker::create(uint64_t image_size, const TrackOptions& o) {
   h_.image_size = image_size;
   h_.region_size = o.region_size;
@@ -35,11 +42,8 @@ Result<void> DirtyTracker::create(uint64_t image_size, const TrackOptions& o) {
   TRY(validate(h_));
   words_ = (h_.regions() + 63) / 64;
   bits_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
-  pending_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
-  for (size_t i = 0; i < words_; ++i) {
-    bits_[i].store(0, std::memory_order_relaxed);
-    pending_[i].store(0, std::memory_order_relaxed);
-  }
+  for (size_t i = 0; i < words_; ++i) bits_[i].store(0, std::memory_order_relaxed);
+  alloc_side_bitmaps();
   // Made under a temporary name and renamed: a half-made file is never taken for one.
   const std::string tmp = path_ + ".tmp";
   auto f = TRY(env_.open(tmp, OpenMode::CreateOrOpen));
@@ -64,8 +68,7 @@ Result<void> DirtyTracker::load() {
   if (TRY(file_->size()) < h_.file_bytes()) return Error::invalid("tracking file is truncated");
   words_ = (h_.regions() + 63) / 64;
   bits_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
-  pending_ = std::make_unique<std::atomic<uint64_t>[]>(words_);
-  for (size_t i = 0; i < words_; ++i) pending_[i].store(0, std::memory_order_relaxed);
+  alloc_side_bitmaps();
   std::vector<std::byte> bitmap(h_.bitmap_bytes());
   TRY(read_exact_at(*file_, h_.bitmap_offset(), bitmap));
   for (size_t w = 0; w < words_; ++w) {
@@ -198,11 +201,13 @@ Result<void> DirtyTracker::write_bitmap_range(uint64_t first, uint64_t end) {
   std::lock_guard lock(bitmap_io_mu_);
   const uint64_t b0 = first / 8, b1 = (end + 7) / 8;
   std::vector<std::byte> bytes(b1 - b0);
-  // Pending regions are still changed as far as the file is concerned.
-  for (uint64_t i = b0; i < b1; ++i)
-    bytes[i - b0] = std::byte((bits_[i / 8].load(std::memory_order_acquire) |
-                               pending_[i / 8].load(std::memory_order_acquire)) >>
-                              (8 * (i % 8)));
+  // Pending and unflushed regions are still changed as far as the file is concerned.
+  const auto word = [&](uint64_t w) {
+    return bits_[w].load(std::memory_order_acquire) | pending_[w].load(std::memory_order_acquire) |
+           unflushed_[0][w].load(std::memory_order_acquire) |
+           unflushed_[1][w].load(std::memory_order_acquire);
+  };
+  for (uint64_t i = b0; i < b1; ++i) bytes[i - b0] = std::byte(word(i / 8) >> (8 * (i % 8)));
   return write_all_at(*file_, h_.bitmap_offset() + b0, bytes);
 }
 
@@ -277,6 +282,38 @@ uint64_t DirtyTracker::pending_count() const {
   uint64_t n = 0;
   for (size_t w = 0; w < words_; ++w)
     n += static_cast<uint64_t>(std::popcount(pending_[w].load(std::memory_order_relaxed)));
+  return n;
+}
+
+void DirtyTracker::clear_unflushed(std::span<const uint64_t> regions) {
+  auto& gen = unflushed_[gen_.load(std::memory_order_acquire)];
+  for (uint64_t r : regions) {
+    IMG_CHECK(r < h_.regions());
+    // Named in the generation first: a flush of the file between the two never misses it.
+    gen[r / 64].fetch_or(1ULL << (r % 64), std::memory_order_acq_rel);
+    bits_[r / 64].fetch_and(~(1ULL << (r % 64)), std::memory_order_acq_rel);
+  }
+}
+
+unsigned DirtyTracker::seal() { return gen_.fetch_xor(1, std::memory_order_acq_rel); }
+
+void DirtyTracker::confirm_flushed(unsigned generation) {
+  IMG_CHECK(generation < 2);
+  for (size_t w = 0; w < words_; ++w) unflushed_[generation][w].store(0, std::memory_order_release);
+}
+
+void DirtyTracker::restore_unflushed() {
+  for (auto& gen : unflushed_)
+    for (size_t w = 0; w < words_; ++w)
+      if (uint64_t u = gen[w].exchange(0, std::memory_order_acq_rel))
+        bits_[w].fetch_or(u, std::memory_order_acq_rel);
+}
+
+uint64_t DirtyTracker::unflushed_count() const {
+  uint64_t n = 0;
+  for (size_t w = 0; w < words_; ++w)
+    n += static_cast<uint64_t>(std::popcount(unflushed_[0][w].load(std::memory_order_relaxed) |
+                                             unflushed_[1][w].load(std::memory_order_relaxed)));
   return n;
 }
 

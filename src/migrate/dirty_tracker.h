@@ -85,6 +85,20 @@ class DirtyTracker {
   void release();
   uint64_t pending_count() const;
 
+  // Clearing for copies the target acknowledged but has not flushed yet (active
+  // mirroring): a target that crashes loses them. clear_unflushed() clears the bits in
+  // memory, and the file names the regions as changed until a target flush made after
+  // it succeeded: seal() closes the current generation of such regions (later clears go
+  // to the next one) and returns it; once the target's flush (sent after seal()) has
+  // succeeded, confirm_flushed(generation) forgets them. restore_unflushed() makes every
+  // region not yet confirmed dirty again (the target failed: it may have lost them).
+  // Callers serialize seal / flush / confirm_flushed.
+  void clear_unflushed(std::span<const uint64_t> regions);
+  unsigned seal();
+  void confirm_flushed(unsigned generation);
+  void restore_unflushed();
+  uint64_t unflushed_count() const;
+
   // Marks regions dirty again (a copy of them failed). In memory, like end_write: the file
   // names them already, since clear() is not made durable before the copy is.
   void mark(const std::vector<uint64_t>& regions);
@@ -98,6 +112,7 @@ class DirtyTracker {
   DirtyTracker(Env& env, std::string path) : env_(env), path_(std::move(path)) {}
   Result<void> create(uint64_t image_size, const TrackOptions& o);
   Result<void> load();
+  void alloc_side_bitmaps();  // pending_ and unflushed_, all clear
   Result<void> write_bitmap_range(uint64_t first_region, uint64_t end_region);
   Result<void> write_al_locked();
   // Extents of [offset, offset + length).
@@ -110,6 +125,9 @@ class DirtyTracker {
   TrackHeader h_;
   std::unique_ptr<std::atomic<uint64_t>[]> bits_;
   std::unique_ptr<std::atomic<uint64_t>[]> pending_;  // taken, not yet confirmed
+  // Cleared by clear_unflushed(), by generation; gen_ is the one clears go to.
+  std::unique_ptr<std::atomic<uint64_t>[]> unflushed_[2];
+  std::atomic<unsigned> gen_{0};
   size_t words_ = 0;
 
   // Activity log: extent -> (writes in progress, position in LRU list).

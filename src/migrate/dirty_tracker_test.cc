@@ -112,6 +112,38 @@ TEST(DirtyTracker, PowerLossAtEveryIoPointLosesNoAcknowledgedWrite) {
   }
 }
 
+// Regions cleared for copies the target has not flushed stay named in the file until
+// a flush sealed after the clear confirms them; a failed target makes them dirty again.
+TEST(DirtyTracker, UnflushedRegionsStayNamedUntilTheTargetFlushed) {
+  MemEnv env;
+  auto t = DirtyTracker::open(env, kPath, kSize, small());
+  ASSERT_TRUE(t);
+  (*t)->mark({3, 4, 70, 200});
+  (*t)->clear_unflushed(std::vector<uint64_t>{3, 4});
+  const unsigned sealed = (*t)->seal();  // a target flush begins: it covers 3 and 4
+  (*t)->clear_unflushed(std::vector<uint64_t>{70});
+  EXPECT_EQ((*t)->dirty_regions(), std::vector<uint64_t>{200});
+  EXPECT_EQ((*t)->unflushed_count(), 3u);
+  (*t)->confirm_flushed(sealed);
+  EXPECT_EQ((*t)->unflushed_count(), 1u);  // 70: cleared after the seal
+  (*t)->restore_unflushed();                // the target failed before the next flush
+  EXPECT_EQ((*t)->dirty_regions(), (std::vector<uint64_t>{70, 200}));
+  EXPECT_EQ((*t)->unflushed_count(), 0u);
+
+  // The file: 70 unflushed, 5 confirmed.
+  (*t)->clear_unflushed(std::vector<uint64_t>{70});
+  (*t)->mark({5});
+  (*t)->clear_unflushed(std::vector<uint64_t>{5});
+  (*t)->confirm_flushed((*t)->seal());
+  EXPECT_EQ((*t)->unflushed_count(), 0u) << "70 was sealed with 5";
+  (*t)->clear_unflushed(std::vector<uint64_t>{70});
+  ASSERT_TRUE((*t)->flush());
+  t->reset();  // as a crash of the server leaves it
+  auto again = DirtyTracker::open(env, kPath, kSize, small());
+  ASSERT_TRUE(again);
+  EXPECT_EQ((*again)->dirty_regions(), (std::vector<uint64_t>{70, 200}));
+}
+
 TEST(DirtyTracker, TakenRegionsStayNamedUntilConfirmed) {
   MemEnv env;
   auto t = DirtyTracker::open(env, kPath, kSize, small());

@@ -82,6 +82,9 @@ void MirrorDevice::deactivate() {
   std::unique_lock mode(mode_mu_);
   active_.store(false, std::memory_order_release);
   target_.reset();
+  // What the target acknowledged since its last successful flush may be lost with it
+  // (after a drain there is nothing): changed again, for whatever copies next.
+  t_.restore_unflushed();
   LOG_INFO("active mirroring off");
 }
 
@@ -109,8 +112,8 @@ Result<void> MirrorDevice::mirrored(uint64_t offset, uint64_t length, Local loca
   }
   TRY(local());  // (the tracking layer names the regions, whatever happened)
   if (auto r = remote(); r) {
-    t_.clear(std::span(few).first(n));
-    t_.clear(many);
+    t_.clear_unflushed(std::span(few).first(n));
+    t_.clear_unflushed(many);
     mirrored_bytes_ += length;
   } else if (mirror_failures_.fetch_add(1) == 0) {
     LOG_WARN("mirroring a write to the target failed ({}); the copier copies it later",
@@ -153,9 +156,18 @@ Result<void> MirrorDevice::flush() {
   TRY(inner_.flush());
   if (active()) {
     // The machine asked for durability: what was mirrored is made durable there too.
-    if (auto r = target_->flush(); !r) mirror_failures_.fetch_add(1);
+    if (auto r = flush_target(); !r) mirror_failures_.fetch_add(1);
   }
   return ok();
+}
+
+Result<void> MirrorDevice::flush_target() {
+  std::lock_guard l(flush_mu_);
+  const unsigned generation = t_.seal();  // cleared before this: covered by the flush
+  auto r = target_->flush();
+  if (r) t_.confirm_flushed(generation);
+  else t_.restore_unflushed();  // the target failed: it may have lost any of them
+  return r;
 }
 
 bool MirrorDevice::copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& runs,
@@ -173,8 +185,11 @@ bool MirrorDevice::copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& r
   };
   std::deque<Sent> sent;
   uint64_t acked = 0;  // writes acknowledged and retired: sent.front() is the next
+  // Cleared once the target has the copy (no write can set them meanwhile: they wait for
+  // the lock), and named in the file until the target flushed it.
   const auto retire = [&] {
     for (; acked < pipe.completed(); ++acked) {
+      t_.clear_unflushed(sent.front().regions);
       copied_bytes_ += sent.front().bytes;
       sent.pop_front();
     }
@@ -188,9 +203,6 @@ bool MirrorDevice::copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& r
       sent.pop_back();
       continue;
     }
-    // Cleared before the read: a write after this point sets them again (it waits for
-    // the lock, so it lands on the target after this copy).
-    t_.clear(s.regions);
     const uint64_t a = s.regions.front() * rs, b = std::min(size(), (s.regions.back() + 1) * rs);
     s.bytes = b - a;
     r = [&]() -> Result<void> {
@@ -207,8 +219,7 @@ bool MirrorDevice::copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& r
     IMG_CHECK(sent.empty());
     return true;
   }
-  // What was not acknowledged is changed again (more than failed, perhaps: never less).
-  for (const Sent& s : sent) t_.mark(s.regions);
+  // What was not acknowledged is still named changed (its bits were never cleared).
   if (copy_failures_.fetch_add(1) == 0)
     LOG_WARN("copying changed regions to the target failed ({}); retrying", r.error().message);
   return false;
@@ -229,7 +240,7 @@ void MirrorDevice::copier() {
     const uint64_t mirrored = mirrored_bytes_.load();
     if ((unflushed || mirrored != flushed_mirrored) &&
         std::chrono::steady_clock::now() - last_flush > kTargetFlushEvery) {
-      if (target_->flush()) unflushed = false;
+      if (flush_target()) unflushed = false;
       flushed_mirrored = mirrored;
       last_flush = std::chrono::steady_clock::now();
     }
@@ -310,7 +321,7 @@ Result<void> MirrorDevice::drain(std::chrono::milliseconds limit) {
   const auto copied = std::chrono::steady_clock::now();
   std::shared_lock mode(mode_mu_);
   if (!active()) return Error::io("mirroring stopped while draining");
-  TRY(target_->flush());
+  TRY(flush_target());
   LOG_INFO("drained: copier done after {:.1f} ms, target flushed after {:.1f} ms",
            std::chrono::duration<double, std::milli>(copied - (deadline - limit)).count(),
            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -

@@ -18,13 +18,16 @@
 // it (the target had them): a region still waiting for the copier stays named, since a
 // write of part of it does not bring the rest along.
 //
-// Durability: the cutover flushes the target (drain()), and the copier flushes it every
-// half second while idle. Cleared bits reach the tracking file at its next flush, which
-// may come before the target flushed what they stand for: a migration whose target
-// crashed must start afresh (remove TRACK.migration first).
+// Durability: the cutover flushes the target (drain()), the copier flushes it every half
+// second when anything reached it, and a machine's flush flushes it too. A region the
+// target acknowledged (a mirrored write, a copy) is cleared in memory, but the tracking
+// file names it until a target flush made after that succeeded (clear_unflushed / seal /
+// confirm_flushed in migrate/dirty_tracker.h); when the target fails, or the mode is
+// switched off, what it has not flushed is changed again. So a target that crashes
+// loses nothing the next copy does not bring again.
 //
-// The copier takes the tracker's bits directly (clear/mark), not through take/confirm:
-// the two-phase protocol is for a copier in another process, which may die.
+// The copier takes the tracker's bits directly, not through take/confirm: the two-phase
+// protocol is for a copier in another process, which may die.
 #pragma once
 
 #include <atomic>
@@ -92,6 +95,8 @@ class MirrorDevice final : public ForwardingDevice {
   template <typename Local, typename Remote>
   Result<void> mirrored(uint64_t offset, uint64_t length, Local local, Remote remote);
   void copier();
+  // Flushes the target; on success the regions cleared before it are durable there.
+  Result<void> flush_target();
   // Copies the runs of regions [first, end) still changed, taking them from `runs` at
   // `next` (shared by the workers) through one pipelined connection; false when the
   // target failed.
@@ -104,6 +109,7 @@ class MirrorDevice final : public ForwardingDevice {
   std::atomic<bool> active_{false};
   std::unique_ptr<RemoteDevice> target_;
 
+  std::mutex flush_mu_;  // one target flush at a time (seal, flush, confirm)
   std::mutex lock_mu_;
   std::condition_variable lock_cv_;
   std::vector<std::pair<uint64_t, uint64_t>> locked_;  // a few: one per request in flight

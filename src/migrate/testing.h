@@ -3,11 +3,13 @@
 
 #include <stdlib.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,27 +31,56 @@ inline std::chrono::microseconds jitter(uint64_t offset, size_t) {
   return std::chrono::microseconds((offset >> 9) % 3 * 1000);
 }
 
-// A device whose writes land after a delay.
-class DelayedWrites final : public ForwardingDevice {
+// The target's disk: writes land after a delay; flush() makes what landed durable;
+// crash() loses what was not, and every request fails from then on (a dead host).
+class TargetDisk final : public ForwardingDevice {
  public:
-  DelayedWrites(BlockDevice& inner, WriteDelay delay) : ForwardingDevice(inner), delay_(delay) {}
+  TargetDisk(nbd::testing::MemoryDevice& mem, WriteDelay delay)
+      : ForwardingDevice(mem), delay_(delay), durable_(mem.size()) {}
+  Result<void> read(uint64_t offset, std::span<std::byte> buf) override {
+    if (dead_) return Error::io("the target crashed");
+    return inner_.read(offset, buf);
+  }
   Result<void> write(uint64_t offset, std::span<const std::byte> d, Durability du) override {
     if (delay_) std::this_thread::sleep_for(delay_(offset, d.size()));
+    if (dead_) return Error::io("the target crashed");
     return inner_.write(offset, d, du);
   }
   Result<void> write_nowait(uint64_t, std::span<const std::byte>, Durability) override {
     return Error::would_block();
   }
+  Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z, Durability d) override {
+    if (dead_) return Error::io("the target crashed");
+    return inner_.write_zeroes(offset, length, z, d);
+  }
+  Result<void> trim(uint64_t offset, uint64_t length, Durability d) override {
+    if (dead_) return Error::io("the target crashed");
+    return inner_.trim(offset, length, d);
+  }
+  Result<void> flush() override {
+    std::lock_guard l(mu_);
+    if (dead_) return Error::io("the target crashed");
+    return inner_.read(0, durable_);  // (writes landing meanwhile may count as flushed)
+  }
+  void crash() {
+    std::lock_guard l(mu_);
+    dead_ = true;
+    EXPECT_TRUE(inner_.write(0, durable_, Durability::Buffered));
+  }
 
  private:
   WriteDelay delay_;
+  std::mutex mu_;
+  std::atomic<bool> dead_{false};
+  std::vector<std::byte> durable_;  // as of the last flush
 };
 
 // An NBD server exporting a MemoryDevice of `size` bytes on a unix socket in a fresh
-// temporary directory; stopped and removed when it goes. Its writes land after `delay`.
+// temporary directory; stopped and removed when it goes. Its writes land after `delay`;
+// crash() loses what it did not flush (TargetDisk).
 class MemoryTarget {
  public:
-  explicit MemoryTarget(uint64_t size, WriteDelay delay = {}) : mem_(size), delayed_(mem_, delay) {
+  explicit MemoryTarget(uint64_t size, WriteDelay delay = {}) : mem_(size), disk_(mem_, delay) {
     char tmpl[] = "/tmp/imgstream-target-test-XXXXXX";
     EXPECT_NE(::mkdtemp(tmpl), nullptr);
     dir_ = tmpl;
@@ -58,7 +89,7 @@ class MemoryTarget {
     a.kind = Address::Kind::Unix;
     a.path = dir_ + "/nbd.sock";
     o.listen.push_back(a);
-    o.exports.push_back(nbd::Export{"", "target", &delayed_, false});
+    o.exports.push_back(nbd::Export{"", "target", &disk_, false});
     o.worker_threads = 4;
     auto s = nbd::Server::create(std::move(o));
     EXPECT_TRUE(s) << s.error().message;
@@ -74,6 +105,7 @@ class MemoryTarget {
   MemoryTarget& operator=(const MemoryTarget&) = delete;
 
   std::string uri() const { return "nbd+unix:///?socket=" + dir_ + "/nbd.sock"; }
+  void crash() { disk_.crash(); }
   std::vector<std::byte> contents() {
     std::vector<std::byte> b(mem_.size());
     EXPECT_TRUE(mem_.read(0, b));
@@ -82,7 +114,7 @@ class MemoryTarget {
 
  private:
   nbd::testing::MemoryDevice mem_;
-  DelayedWrites delayed_;
+  TargetDisk disk_;
   std::string dir_;
   std::unique_ptr<nbd::Server> server_;
   std::thread thread_;
