@@ -14,6 +14,7 @@ Runner add_migrate(CLI::App& app) {
     unsigned rounds = 10, connections = 4;
     unsigned hold_limit_ms = 10'000;
     unsigned connect_timeout_s = 30;
+    unsigned stall_limit_s = 60;
     double checkpoint_s = migrate::kCheckpointSecondsDefault;
     bool json = false, active = false;
     std::string finish = "switch";
@@ -41,6 +42,11 @@ Runner add_migrate(CLI::App& app) {
                   "The machine's I/O is never held longer than this (ms): a cutover that "
                   "would take longer fails and can be run again")
       ->check(CLI::Range(100u, 600'000u))
+      ->capture_default_str();
+  cmd->add_option("--stall-limit", a->stall_limit_s,
+                  "Active mode: give up when nothing reached the target for this many seconds "
+                  "(the target died or the link is down); run migrate again once it is back")
+      ->check(CLI::Range(1u, 3600u))
       ->capture_default_str();
   cmd->add_option("--connect-timeout", a->connect_timeout_s,
                   "Seconds to reach the target and finish the NBD handshake before giving up")
@@ -86,6 +92,7 @@ Runner add_migrate(CLI::App& app) {
     }
     o.connections = a->connections;
     o.connect_timeout = std::chrono::seconds(a->connect_timeout_s);
+    o.stall_limit = std::chrono::seconds(a->stall_limit_s);
     o.hold_limit = std::chrono::milliseconds(a->hold_limit_ms);
     o.finish = a->finish == "resume" ? migrate::MigrateOptions::Finish::Resume
              : a->finish == "hold"   ? migrate::MigrateOptions::Finish::Hold

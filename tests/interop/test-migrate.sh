@@ -17,9 +17,12 @@
 #     writing: migrate fails with an error, the server restarts on the same
 #     tracking file, migrate runs again and continues, and the disks are equal
 #     at the cutover (every write the killed server took is copied).
+#  7. kill -9 of the target (nbdkit) during active mode: migrate gives up after
+#     --stall-limit with an error, the machine's writes go on, the target starts
+#     again on its file, migrate --active runs again, and the disks are equal.
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
-test_init 540
+test_init 660
 need fio qemu-img qemu-nbd nbdkit python3 jq
 
 MiB=$((1024 * 1024))
@@ -217,3 +220,35 @@ migrate_again_equal "$T/ctl6" "nbd+unix:///?socket=$T/k6.sock" "$T/src6.img" "$T
 note "report: $(cat "$T/report6.json")"
 release_and_stop "$T/ctl6" "$src_pid"
 pass "kill -9 of the serving process mid-copy, restart, migrate again: it continued and the disks are equal"
+
+# ---------------------------------------------------------------- 7. kill -9 of the target in active mode
+truncate -s 512M "$T/src7.img"
+head -c $((16 * MiB)) /dev/urandom | dd of="$T/src7.img" bs=1M seek=100 conv=notrunc status=none
+truncate -s 512M "$T/dst7.img"
+start_nbdkit_target "$T/k7.sock" "$T/dst7.img" 32M
+k7_pid="$(cat "$T/k7.sock.pid")"
+start_server "$T/src7.img" --track "$T/src7.track" --control "$T/ctl7"
+src_pid=$SERVER_PID src_uri=$SERVER_URI
+start_fio "$src_uri" 90 "$T/fio7.log" 4m
+timeout 60 "$IMGSTREAM" migrate --control "$T/ctl7" --to "nbd+unix:///?socket=$T/k7.sock" --active \
+    --stall-limit 3 >/dev/null 2>"$T/m7a.err" &
+MIGRATE_PID=$!
+register_pid "$MIGRATE_PID"
+for _ in $(seq 300); do [[ $(ctl "$T/ctl7" info | jq .active) == true ]] && break; sleep 0.1; done
+[[ $(ctl "$T/ctl7" info | jq .active) == true ]] || fail "active mode did not begin within 30 s"
+sleep 1
+kill -KILL "$k7_pid"
+if wait "$MIGRATE_PID"; then fail "migrate succeeded although its target was killed"; fi
+grep -q "nothing reached the target" "$T/m7a.err" || fail "migrate did not say why it stopped: $(tail -2 "$T/m7a.err")"
+expect_eq "$(ctl "$T/ctl7" info | jq .active)" "false" "mirroring is off after the target died"
+_alive "$FIO_PID" || fail "the machine's writes stopped with the target: $(tail -3 "$T/fio7.log")"
+start_nbdkit_target "$T/k7.sock" "$T/dst7.img" 32M
+timeout 150 "$IMGSTREAM" migrate --control "$T/ctl7" --to "nbd+unix:///?socket=$T/k7.sock" --active \
+    --finish hold --hold-limit 20000 --json >"$T/report7.json" 2>"$T/m7b.err" ||
+    fail "migrate again failed: $(tail -3 "$T/m7b.err")"
+expect_eq "$(jq .resumed "$T/report7.json")" "true" "the second migrate continued the first"
+expect_ok "after kill -9 of the target and a second run the disks are equal at the cutover" \
+    qemu-img compare -q -f raw "$T/src7.img" -F raw "$T/dst7.img"
+release_and_stop "$T/ctl7" "$src_pid"
+grep -q "err= 0" "$T/fio7.log" || fail "fio reported errors: $(grep -E 'err|verify' "$T/fio7.log" | head -3)"
+pass "kill -9 of the target in active mode: migrate stopped saying why, the machine wrote on; again: equal ($(jq -c '{seconds, pause_ms}' "$T/report7.json"))"
