@@ -211,12 +211,7 @@ Result<void> DirtyTracker::write_bitmap_range(uint64_t first, uint64_t end) {
   return write_all_at(*file_, h_.bitmap_offset() + b0, bytes);
 }
 
-uint64_t DirtyTracker::dirty_count() const {
-  uint64_t n = 0;
-  for (size_t w = 0; w < words_; ++w)
-    n += static_cast<uint64_t>(std::popcount(bits_[w].load(std::memory_order_relaxed)));
-  return n;
-}
+uint64_t DirtyTracker::dirty_count() const { return count({bits_.get()}); }
 
 std::vector<uint64_t> DirtyTracker::dirty_regions(uint64_t from, size_t max) const {
   std::vector<uint64_t> out;
@@ -272,18 +267,25 @@ void DirtyTracker::confirm() {
   for (size_t w = 0; w < words_; ++w) pending_[w].store(0, std::memory_order_release);
 }
 
-void DirtyTracker::release() {
+void DirtyTracker::make_dirty_again(std::atomic<uint64_t>* side) {
   for (size_t w = 0; w < words_; ++w)
-    if (uint64_t p = pending_[w].exchange(0, std::memory_order_acq_rel))
+    if (uint64_t p = side[w].exchange(0, std::memory_order_acq_rel))
       bits_[w].fetch_or(p, std::memory_order_acq_rel);
 }
 
-uint64_t DirtyTracker::pending_count() const {
+uint64_t DirtyTracker::count(std::initializer_list<const std::atomic<uint64_t>*> sides) const {
   uint64_t n = 0;
-  for (size_t w = 0; w < words_; ++w)
-    n += static_cast<uint64_t>(std::popcount(pending_[w].load(std::memory_order_relaxed)));
+  for (size_t w = 0; w < words_; ++w) {
+    uint64_t v = 0;
+    for (const auto* side : sides) v |= side[w].load(std::memory_order_relaxed);
+    n += static_cast<uint64_t>(std::popcount(v));
+  }
   return n;
 }
+
+void DirtyTracker::release() { make_dirty_again(pending_.get()); }
+
+uint64_t DirtyTracker::pending_count() const { return count({pending_.get()}); }
 
 void DirtyTracker::clear_unflushed(std::span<const uint64_t> regions) {
   auto& gen = unflushed_[gen_.load(std::memory_order_acquire)];
@@ -303,18 +305,11 @@ void DirtyTracker::confirm_flushed(unsigned generation) {
 }
 
 void DirtyTracker::restore_unflushed() {
-  for (auto& gen : unflushed_)
-    for (size_t w = 0; w < words_; ++w)
-      if (uint64_t u = gen[w].exchange(0, std::memory_order_acq_rel))
-        bits_[w].fetch_or(u, std::memory_order_acq_rel);
+  for (auto& gen : unflushed_) make_dirty_again(gen.get());
 }
 
 uint64_t DirtyTracker::unflushed_count() const {
-  uint64_t n = 0;
-  for (size_t w = 0; w < words_; ++w)
-    n += static_cast<uint64_t>(std::popcount(unflushed_[0][w].load(std::memory_order_relaxed) |
-                                             unflushed_[1][w].load(std::memory_order_relaxed)));
-  return n;
+  return count({unflushed_[0].get(), unflushed_[1].get()});
 }
 
 Result<void> DirtyTracker::flush() {

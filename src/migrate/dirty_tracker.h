@@ -20,6 +20,7 @@
 #pragma once
 
 #include <atomic>
+#include <initializer_list>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -113,6 +114,10 @@ class DirtyTracker {
   Result<void> create(uint64_t image_size, const TrackOptions& o);
   Result<void> load();
   void alloc_side_bitmaps();  // pending_ and unflushed_, all clear
+  // Moves a side bitmap's bits into bits_.
+  void make_dirty_again(std::atomic<uint64_t>* side);
+  // Regions set in any of these bitmaps.
+  uint64_t count(std::initializer_list<const std::atomic<uint64_t>*> sides) const;
   Result<void> write_bitmap_range(uint64_t first_region, uint64_t end_region);
   Result<void> write_al_locked();
   // Extents of [offset, offset + length).

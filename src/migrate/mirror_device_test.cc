@@ -121,17 +121,28 @@ TEST(MirrorDevice, TargetEqualsSourceAfterDrainUnderConcurrentWrites) {
   EXPECT_EQ(mirror.stats().mirrored_bytes, st.mirrored_bytes);
 }
 
+// A disk in memory, tracked, under a MirrorDevice: what the tests below build.
+struct MirroredDisk {
+  MirroredDisk() : t(open_tracker(env)), tracked(src, *t), mirror(tracked, *t) {}
+  static std::unique_ptr<DirtyTracker> open_tracker(Env& env) {
+    auto t = DirtyTracker::open(env, "/track", kSize);
+    EXPECT_TRUE(t);
+    return std::move(*t);
+  }
+  MemEnv env;
+  nbd::testing::MemoryDevice src{kSize};
+  std::unique_ptr<DirtyTracker> t;
+  DirtyTrackingDevice tracked;
+  MirrorDevice mirror;
+};
+
 // The copier's copy of a region is slow to land; a machine's write to the region comes
 // meanwhile. It must reach the target after the copy (it waits for the region's lock,
 // kept until the target acknowledged the copy), or the copy's older bytes would win.
 TEST(MirrorDevice, AWriteWaitsForTheCopyInFlightOfItsRegion) {
-  MemEnv env;
-  auto t = DirtyTracker::open(env, "/track", kSize);
-  ASSERT_TRUE(t);
-  nbd::testing::MemoryDevice src(kSize);
-  DirtyTrackingDevice tracked(src, **t);
-  MirrorDevice mirror(tracked, **t);
-  const uint64_t rs = (*t)->header().region_size;
+  MirroredDisk d;
+  auto& mirror = d.mirror;
+  const uint64_t rs = d.t->header().region_size;
   std::atomic<int> copies{0};
   Target target([&](uint64_t offset, size_t length) {
     if (offset == 0 && length == rs && copies++ == 0) return std::chrono::microseconds(300'000);
@@ -147,7 +158,7 @@ TEST(MirrorDevice, AWriteWaitsForTheCopyInFlightOfItsRegion) {
   ASSERT_TRUE(mirror.write(0, Bytes(512, std::byte{2}), Durability::Buffered));
   auto drained = mirror.drain(std::chrono::seconds(10));
   ASSERT_TRUE(drained) << drained.error().message;
-  EXPECT_TRUE(read_all(src) == target.contents()) << "an older copy landed after a newer write";
+  EXPECT_TRUE(read_all(d.src) == target.contents()) << "an older copy landed after a newer write";
 }
 
 // The target crashes in the middle of active mirroring and loses what it had not
@@ -155,12 +166,9 @@ TEST(MirrorDevice, AWriteWaitsForTheCopyInFlightOfItsRegion) {
 // in memory (for the copy that follows) and in the tracking file (should the server
 // crash too), though the target had acknowledged those writes and copies.
 TEST(MirrorDevice, ATargetCrashLosesNothingTheTrackerForgets) {
-  MemEnv env;
-  auto t = DirtyTracker::open(env, "/track", kSize);
-  ASSERT_TRUE(t);
-  nbd::testing::MemoryDevice src(kSize);
-  DirtyTrackingDevice tracked(src, **t);
-  MirrorDevice mirror(tracked, **t);
+  MirroredDisk d;
+  auto& mirror = d.mirror;
+  auto& t = d.t;
   Target target(testing::WriteDelay{});
   std::mt19937_64 rng(11);
   const auto write_some = [&](int n) {
@@ -177,27 +185,27 @@ TEST(MirrorDevice, ATargetCrashLosesNothingTheTrackerForgets) {
   ASSERT_TRUE(mirror.activate(std::move(*nt)));
   ASSERT_TRUE(mirror.drain(std::chrono::seconds(10)));  // all copied, flushed
   write_some(200);  // mirrored, acknowledged, not flushed
-  EXPECT_GT((*t)->unflushed_count(), 0u);
+  EXPECT_GT(t->unflushed_count(), 0u);
   target.crash();
   write_some(20);  // mirroring fails now: left changed
   mirror.deactivate();
-  EXPECT_EQ((*t)->unflushed_count(), 0u);
+  EXPECT_EQ(t->unflushed_count(), 0u);
 
-  const Bytes want = read_all(src), got = target.contents();
-  const uint64_t rs = (*t)->header().region_size;
+  const Bytes want = read_all(d.src), got = target.contents();
+  const uint64_t rs = t->header().region_size;
   size_t lost = 0;
   for (uint64_t r = 0; r < kSize / rs; ++r) {
     if (std::equal(want.begin() + r * rs, want.begin() + (r + 1) * rs, got.begin() + r * rs))
       continue;
     ++lost;
-    EXPECT_TRUE((*t)->dirty(r)) << "region " << r << " differs on the target but is not named";
+    EXPECT_TRUE(t->dirty(r)) << "region " << r << " differs on the target but is not named";
   }
   EXPECT_GT(lost, 0u) << "the crash lost nothing: the test tests nothing";
   // The file names them too: reopened after a flush, as after a crash of the server.
-  ASSERT_TRUE((*t)->flush());
-  std::vector<uint64_t> named = (*t)->dirty_regions();
-  t->reset();
-  auto again = DirtyTracker::open(env, "/track", kSize);
+  ASSERT_TRUE(t->flush());
+  std::vector<uint64_t> named = t->dirty_regions();
+  t.reset();  // (the disk's layers above are passive and not used again)
+  auto again = DirtyTracker::open(d.env, "/track", kSize);
   ASSERT_TRUE(again);
   for (uint64_t r : named) EXPECT_TRUE((*again)->dirty(r)) << "region " << r;
 }
