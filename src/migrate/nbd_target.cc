@@ -92,6 +92,7 @@ namespace {
 // flight per connection round 0 took 3-4x as long (the target's server then holds
 // megabytes per connection in buffers, out of the caches).
 constexpr size_t kPipelineDepth = 32;
+constexpr int kPollSliceMs = 100;
 constexpr uint64_t kPipelineBytes = 1u << 20;
 }  // namespace
 
@@ -131,7 +132,10 @@ Result<void> NbdTarget::Pipeline::wait_oldest() {
   for (;;) {
     const int r = nbd_aio_command_completed(h, inflight_.front().cookie);
     if (r != 0) return pop_oldest(r);
-    if (nbd_poll(h, -1) == -1) {
+    // Bounded: another thread's synchronous call on this handle (a flush of every
+    // connection, in active mode) may take in our reply while we sleep; then nothing more
+    // wakes us, so we look again at least every kPollSliceMs.
+    if (nbd_poll(h, kPollSliceMs) == -1) {
       dead_ = true;  // nothing more will complete on this handle
       return nbd_err(t_.uri_, "poll");
     }
