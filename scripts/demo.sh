@@ -7,6 +7,9 @@
 #      the local store fills on demand and in the background.
 #   3. Once hydration completes, the source is stopped and the disk boots from the local
 #      store alone.
+#   4. Live migration: that disk is served with change tracking, a machine boots from it,
+#      and meanwhile `imgstream migrate` moves it to another server; the machine finishes
+#      its boot on the target.
 # Installs what is needed first (scripts/setup.sh) and builds (scripts/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +22,12 @@ bin="$root/build/imgstream"
 work=$(mktemp -d /tmp/imgstream-demo.XXXXXX)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Newest first: a served disk switched to a target stops before its target does.
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -63,4 +70,22 @@ kill "$streamer"; wait "$streamer" 2>/dev/null || true
 "$bin" status "$work/store"
 qemu-img compare -f raw "$disk" -f raw "$work/store/data"
 BOOT_QUIET=1 BOOT_EXPECT_MD5="$md5" tests/lib/boot.sh "$work/store/data" 300 | sed 's/^/   guest: /'
+
+say "4. Live migration: the disk moves to another server while the machine boots from it"
+cp --sparse=always "$work/store/data" "$work/vm.img"
+truncate -s "$(stat -c %s "$work/vm.img")" "$work/target.img"
+"$bin" serve "$work/target.img" --listen "unix:$work/target.sock" >/dev/null &
+pids+=($!)
+"$bin" serve "$work/vm.img" --listen "unix:$work/vm.sock" --track "$work/vm.track" \
+  --control "$work/vm.ctl" >/dev/null &
+pids+=($!)
+for _ in $(seq 50); do [ -S "$work/vm.sock" ] && [ -S "$work/target.sock" ] && break; sleep 0.1; done
+BOOT_QUIET=1 BOOT_READONLY=0 BOOT_EXPECT_MD5="$md5" \
+  tests/lib/boot.sh "nbd+unix:///?socket=$work/vm.sock" 300 >"$work/boot4.out" &
+boot=$!
+sleep 2  # the machine is booting: its reads and writes go through `serve --track`
+"$bin" migrate --control "$work/vm.ctl" --to "nbd+unix:///?socket=$work/target.sock"
+wait "$boot" || { cat "$work/boot4.out"; exit 1; }
+sed 's/^/   guest: /' "$work/boot4.out"
+say "   the machine went on, on the target's disk, without reconnecting"
 say "Done."
