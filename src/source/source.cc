@@ -6,18 +6,23 @@
 namespace imgstream::source {
 
 Result<void> Source::read(uint64_t offset, std::span<std::byte> buf) {
+  const Piece one{offset, buf};
+  return read_all(std::span(&one, 1));
+}
+
+Result<void> Source::read_all(std::span<const Piece> pieces) {
   std::mutex mu;
   std::condition_variable cv;
-  bool finished = false;
-  Result<void> result;
-  read_async(offset, buf, [&](Result<void> r) {
-    std::lock_guard lock(mu);
-    result = std::move(r);
-    finished = true;
-    cv.notify_one();
-  });
+  size_t left = pieces.size();
+  Result<void> result = ok();
+  for (const Piece& p : pieces)
+    read_async(p.offset, p.buf, [&](Result<void> r) {
+      std::lock_guard lock(mu);
+      if (!r && result) result = std::move(r);
+      if (--left == 0) cv.notify_one();
+    });
   std::unique_lock lock(mu);
-  cv.wait(lock, [&] { return finished; });
+  cv.wait(lock, [&] { return left == 0; });
   return result;
 }
 

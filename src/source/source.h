@@ -40,6 +40,13 @@ class Source {
   virtual void read_async(uint64_t offset, std::span<std::byte> buf, ReadDone done) = 0;
   // Synchronous read on top of read_async.
   Result<void> read(uint64_t offset, std::span<std::byte> buf);
+  // Reads every piece, all in flight at once (one round trip, not one each); the first
+  // error, if any.
+  struct Piece {
+    uint64_t offset;
+    std::span<std::byte> buf;
+  };
+  Result<void> read_all(std::span<const Piece> pieces);
 
   // Appends base:allocation extents (kStateHole / kStateZero) describing [offset, ...) up
   // to at most length bytes, at least one extent. Sources that cannot tell report data.

@@ -83,6 +83,7 @@ Result<void> LocalStore::create(const StoreOptions& o) {
   header_.device_path = o.device_path;
   header_.source_uri = o.source_uri;
   header_.fingerprint = o.fingerprint;
+  header_.fingerprint_kind = o.fingerprint_kind;
   header_.created_unix = static_cast<uint64_t>(std::time(nullptr));
   TRY_CTX(validate_header(header_), "store " + dir_);
   regions_ = header_.regions();
@@ -121,7 +122,8 @@ Result<void> LocalStore::load(const StoreOptions& o) {
   if (o.image_size != header_.image_size)
     return Error{EEXIST, other + "its size is " + std::to_string(header_.image_size) +
                              " bytes, the source's " + std::to_string(o.image_size)};
-  if (o.fingerprint != header_.fingerprint)
+  // (The caller took the fingerprint the store's way: StoreStatus tells it which.)
+  if (o.fingerprint != header_.fingerprint || o.fingerprint_kind != header_.fingerprint_kind)
     return Error{EEXIST, other + "the source's content fingerprint differs (made from " +
                              header_.source_uri + ")"};
   if (o.region_size != 0 && o.region_size != header_.region_size)

@@ -28,6 +28,7 @@ struct StoreOptions {
   uint32_t region_size = 1u << 20;
   std::string source_uri;
   Fingerprint fingerprint{};
+  FingerprintKind fingerprint_kind = FingerprintKind::Sampled;  // how `fingerprint` was taken
   std::string device_path;  // empty: DIR/data
 };
 

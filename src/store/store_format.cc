@@ -59,7 +59,8 @@ std::vector<std::byte> encode_header(const StoreHeader& h) {
   le::put32(p + 12, kHeaderBytes);
   le::put64(p + 16, h.image_size);
   le::put32(p + 24, h.region_size);
-  le::put32(p + 28, h.external_device ? 1 : 0);
+  le::put32(p + 28, (h.external_device ? 1u : 0u) |
+                        (h.fingerprint_kind == FingerprintKind::Sampled ? 2u : 0u));
   le::put64(p + 32, h.regions());
   le::put64(p + 40, h.slot_bytes());
   le::put64(p + 48, h.created_unix);
@@ -85,8 +86,9 @@ Result<StoreHeader> decode_header(std::span<const std::byte> b) {
   h.image_size = le::get64(p + 16);
   h.region_size = le::get32(p + 24);
   const uint32_t flags = le::get32(p + 28);
-  if (flags & ~1u) return Error::invalid("unknown store flags");
+  if (flags & ~3u) return Error::invalid("unknown store flags");
   h.external_device = flags & 1;
+  h.fingerprint_kind = flags & 2 ? FingerprintKind::Sampled : FingerprintKind::Ends;
   h.created_unix = le::get64(p + 48);
   std::memcpy(h.fingerprint.data(), p + 56, 32);
   const size_t u = le::get16(p + 88), d = le::get16(p + 90);

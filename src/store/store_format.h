@@ -27,6 +27,10 @@ enum class StoreState : uint32_t { Streaming = 0, Paused = 1, Complete = 2, Deta
 const char* state_name(StoreState s);
 
 using Fingerprint = std::array<std::byte, 32>;
+// How the fingerprint of a source without an identity was taken (docs/store-format.md):
+// Ends, its first and last 64 KiB (stores made before 2026-11-30); Sampled, those plus the
+// start of every partition and 64 blocks spread over the image.
+enum class FingerprintKind : uint8_t { Ends = 0, Sampled = 1 };
 
 struct StoreHeader {
   uint64_t image_size = 0;
@@ -34,6 +38,7 @@ struct StoreHeader {
   bool external_device = false;
   uint64_t created_unix = 0;
   Fingerprint fingerprint{};
+  FingerprintKind fingerprint_kind = FingerprintKind::Sampled;
   std::string source_uri;
   std::string device_path;
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "base/crc32c.h"
 #include "base/endian.h"
 
 namespace imgstream::store {
@@ -13,6 +14,28 @@ StoreHeader header() {
   h.region_size = 1u << 20;
   h.source_uri = "nbd+unix:///?socket=/tmp/s";
   return h;
+}
+
+// Flag bit 1 says how the fingerprint was taken; a store made before it existed (bit
+// clear) was fingerprinted by its ends, and is checked that way on resume.
+TEST(StoreFormat, FingerprintKindRoundTripsAndOlderStoresReadAsEnds) {
+  for (auto kind : {FingerprintKind::Ends, FingerprintKind::Sampled}) {
+    StoreHeader h = header();
+    h.fingerprint_kind = kind;
+    auto back = decode_header(encode_header(h));
+    ASSERT_TRUE(back) << back.error().message;
+    EXPECT_EQ(back->fingerprint_kind, kind);
+  }
+  auto bytes = encode_header(header());
+  EXPECT_EQ(le::get32(bytes.data() + 28), 2u) << "a new store: Sampled";
+  le::put32(bytes.data() + 28, 0);  // as written before 2026-11-30
+  le::put32(bytes.data() + 4092, crc32c(std::span(bytes).first(4092)));
+  auto old = decode_header(bytes);
+  ASSERT_TRUE(old) << old.error().message;
+  EXPECT_EQ(old->fingerprint_kind, FingerprintKind::Ends);
+  le::put32(bytes.data() + 28, 4);  // unknown flag
+  le::put32(bytes.data() + 4092, crc32c(std::span(bytes).first(4092)));
+  EXPECT_FALSE(decode_header(bytes));
 }
 
 TEST(StoreFormat, SlotRoundTripsEveryCounter) {

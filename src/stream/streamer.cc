@@ -14,6 +14,7 @@
 #include "io/control.h"
 #include "io/socket.h"
 #include "source/file_source.h"
+#include "stream/fingerprint.h"
 #include "source/nbd_source.h"
 #include "pack/pack_source.h"
 #include "pack/seed.h"
@@ -25,19 +26,6 @@ using store::StoreState;
 bool is_nbd_uri(const std::string& s) {
   return s.starts_with("nbd://") || s.starts_with("nbd+unix://") || s.starts_with("nbds://") ||
          s.starts_with("nbds+unix://") || s.starts_with("nbd+vsock://");
-}
-
-Result<store::Fingerprint> fingerprint(source::Source& src) {
-  constexpr uint64_t kEdge = 64 * 1024;
-  const uint64_t size = src.size();
-  const uint64_t head = std::min(kEdge, size);
-  const uint64_t tail = std::min(kEdge, size);
-  std::vector<std::byte> buf(8 + head + tail);
-  le::put64(buf.data(), size);
-  TRY_CTX(src.read(0, std::span(buf).subspan(8, head)), "fingerprint of " + src.uri());
-  TRY_CTX(src.read(size - tail, std::span(buf).subspan(8 + head, tail)),
-          "fingerprint of " + src.uri());
-  return sha256(buf);
 }
 
 Result<void> Streamer::open_sources() {
@@ -102,6 +90,7 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
   if (whole) {
     so.image_size = existing->header.image_size;
     so.fingerprint = existing->header.fingerprint;
+    so.fingerprint_kind = existing->header.fingerprint_kind;
     so.source_uri = existing->header.source_uri;
     so.region_size = existing->header.region_size;
     TRY(s->check_whole_store_source(existing->header));
@@ -110,8 +99,12 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     so.image_size = s->demand_src_->size();
     so.source_uri = s->demand_src_->uri();
     // A pack names its image (identity); other sources are fingerprinted by their bytes.
+    // A store being resumed was fingerprinted its own way (older stores: Ends; for a
+    // pack's identity the kind means nothing and is kept as it was).
+    so.fingerprint_kind = existing ? existing->header.fingerprint_kind
+                                   : store::FingerprintKind::Sampled;
     if (auto id = s->demand_src_->identity()) so.fingerprint = *id;
-    else so.fingerprint = TRY(fingerprint(*s->demand_src_));
+    else so.fingerprint = TRY(fingerprint(*s->demand_src_, so.fingerprint_kind));
     if (auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get())) {
       // Regions of the pack's chunk size, so that a region is one verified chunk.
       if (!o.region_size && !existing) so.region_size = ps->pack().header().chunk_size;
@@ -187,7 +180,7 @@ Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
   }
   const bool same = src->size() == h.image_size && [&] {
     if (auto id = src->identity()) return *id == h.fingerprint;
-    auto fp = fingerprint(*src);
+    auto fp = fingerprint(*src, h.fingerprint_kind);
     return fp && *fp == h.fingerprint;
   }();
   src->close();

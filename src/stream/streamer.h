@@ -106,9 +106,6 @@ class Streamer {
   std::atomic<bool> completed_{false};  // on_complete() ran
 };
 
-// SHA-256 over the image size and its first and last 64 KiB (docs/store-format.md).
-Result<store::Fingerprint> fingerprint(source::Source& src);
-
 // Sends one command to the streamer running on store `dir` and returns its JSON reply.
 // ECONNREFUSED / ENOENT when none runs.
 Result<nlohmann::json> control_request(const std::string& dir, const std::string& command);
