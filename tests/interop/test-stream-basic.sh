@@ -3,7 +3,8 @@
 # filter, 2 ms per read): captive qemu-img compare through the stream, then
 # hydration to `detached`, the local copy identical to the image, status
 # fields right and holes never fetched. Resume after a SIGTERM mid-way;
-# refusal of a store made for another image; --no-background (only the
+# refusal of a store made for another image (also a disk rebuilt with the same
+# size, partition table and ends); --no-background (only the
 # regions read become present, also in the imgstream:present meta context);
 # ctl pause / resume / rate as seen by status; --device (the local copy on
 # a preallocated file). Failed opens: another image's store, a device too
@@ -235,6 +236,35 @@ expect_eq "$(st "$s7" source)" "$src" "source of the store after the refusals"
 kill_source "$srcb_pid" TERM
 kill_source "$srcc_pid" TERM
 pass "a store made for another image is refused (same size other content; other size)"
+
+# A disk image rebuilt with the same size, partition table and ends (an MBR, an ext4 at
+# 1 MiB made again: new superblock, new files) is another image; the same one resumes.
+make_fs_disk() { # PATH CONTENT
+    rm -f "$1"
+    truncate -s 64M "$1"
+    printf 'label: dos\nlabel-id: 0x1d15c0de\nstart=2048, type=83\n' | sfdisk -q "$1"
+    mkdir -p "$T/fs-root" && echo "$2" >"$T/fs-root/version"
+    mkfs.ext4 -q -F -E offset=1048576 -d "$T/fs-root" "$1" 63M
+}
+make_fs_disk "$T/disk-v1.img" v1
+make_fs_disk "$T/disk-v2.img" v2
+cmp -s <(head -c 65536 "$T/disk-v1.img") <(head -c 65536 "$T/disk-v2.img") ||
+    fail "the two disks' first 64 KiB differ: the case would test the old fingerprint only"
+cmp -s <(tail -c 65536 "$T/disk-v1.img") <(tail -c 65536 "$T/disk-v2.img") ||
+    fail "the two disks' last 64 KiB differ: the case would test the old fingerprint only"
+s_fs="$T/s-fs"
+start_streamer "$T/disk-v1.img" "$s_fs" --no-background
+expect_ok "qemu-io read" qemu-io -r -f raw -c "read 0 4096" "$STREAMER_URI"
+stop_server_ok "$STREAMER_PID"
+rc=0
+timeout 30 "$IMGSTREAM" stream "$T/disk-v2.img" --store "$s_fs" --listen "unix:$T/refused8.sock" \
+    >/dev/null 2>"$T/refuse8.err" || rc=$?
+expect_eq "$rc" 1 "stream of the rebuilt disk on the store of the first: exit status"
+grep -q "fingerprint differs" "$T/refuse8.err" || fail "no fingerprint refusal: $(cat "$T/refuse8.err")"
+start_streamer "$T/disk-v1.img" "$s_fs" --no-background
+expect_ok "the same disk resumes: qemu-img compare" qemu-img compare -q -f raw "$T/disk-v1.img" "$STREAMER_URI"
+stop_server_ok "$STREAMER_PID"
+pass "a disk rebuilt with the same size, partition table and ends is refused; the same disk resumes"
 
 # A device smaller than the image is refused.
 small="$T/small.img"
