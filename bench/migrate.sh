@@ -16,6 +16,9 @@
 #                        blockdev-mirror sync=full, query-block-jobs polled
 #                        (50 ms) until ready, then job-complete and the
 #                        BLOCK_JOB_COMPLETED event (bench/qmp.py)
+#   4. QEMU write-blocking  the same with copy-mode=write-blocking, QEMU's
+#                        active mirror (the peer of --active): each write of the
+#                        guest also goes to the target before it completes
 #
 # The target is the same in every row: `imgstream serve` of a file of zeros
 # of the disk's size, on a unix socket. It stands for another machine: its
@@ -78,7 +81,8 @@
 #   QEMU_GRANULARITY= (bytes; empty: QEMU's default, the target's cluster
 #                    size or 64 KiB: each 4 KiB write dirties 64 KiB to copy)
 #   BENCH_TIMEOUT=1800 (hard bound on the whole run, seconds)
-#   ROWS="imgstream active qemu" (the rows to run; a partial run fails its checks)
+#   ROWS="imgstream active qemu qemu_active" (the rows to run; a partial run fails
+#                    its checks; qemu_active is QEMU's write-blocking mirror)
 #   IMGSTREAM=build/imgstream  MIGRATE_ARGS= (more options for both imgstream rows,
 #                    e.g. "--connections 2")
 # Needs: qemu-storage-daemon, qemu-img, fio (nbd engine), nbdinfo, jq, python3.
@@ -141,7 +145,7 @@ if [[ -n ${ROWS:-} ]]; then
 else
     rows=(imgstream)
     "$IMGSTREAM" migrate --help 2>&1 | grep -q -- '--active' && rows+=(active)
-    rows+=(qemu)
+    rows+=(qemu qemu_active)
 fi
 
 disk_bytes=$((DISK_MIB * 1048576))
@@ -279,7 +283,8 @@ run_imgstream() { # ROW [MIGRATE-ARGS...]
 }
 
 # ---------------------------------------------------------------- QEMU row
-run_qemu() {
+run_qemu() { # ROW [COPY_MODE]
+    local row="$1" copy_mode="${2:-}"
     local qmp="$BENCH_TMP/qmp.sock" sock="$BENCH_TMP/qsd.sock" rep="$BENCH_TMP/qemu.json" i t_stop
     cp "$base" "$src"
     sync "$src"
@@ -301,29 +306,30 @@ run_qemu() {
     start_fio "$uri"
     python3 "$QMP_PY" mirror --socket "$qmp" --device src --target tgt --target-nbd-socket "$tgt_sock" \
         --ready-timeout "$QEMU_READY_TIMEOUT" ${QEMU_GRANULARITY:+--granularity "$QEMU_GRANULARITY"} \
+        ${copy_mode:+--copy-mode "$copy_mode"} \
         >"$rep" 2>"$BENCH_TMP/qmp.log" || die "QEMU mirror failed: $(tail -n 5 "$BENCH_TMP/qmp.log")"
     stop_fio
     t_stop="$(now)"
     if [[ $(jq .ready "$rep") == false ]]; then
         # Cancelled: the guest dirtied data as fast as the mirror copied it.
-        record qemu notready "$(jq .seconds "$rep")"
-        record qemu copied "$(jq .offset "$rep")"
-        record qemu fio "$(fio_mibs "$(jq .t_start "$rep")" "$t_stop")"
-        record qemu fio_before "$(fio_mibs "$(awk -v t="$fio_t0" 'BEGIN { printf "%.3f", t + 1 }')" "$(jq .t_start "$rep")")"
-        log "qemu: not ready after $(jq .seconds "$rep") s, cancelled: $(jq -c '{offset, len, polls}' "$rep")" \
-            "fio $(tail -n 1 "$BENCH_TMP/result-qemu-fio") MiB/s"
+        record "$row" notready "$(jq .seconds "$rep")"
+        record "$row" copied "$(jq .offset "$rep")"
+        record "$row" fio "$(fio_mibs "$(jq .t_start "$rep")" "$t_stop")"
+        record "$row" fio_before "$(fio_mibs "$(awk -v t="$fio_t0" 'BEGIN { printf "%.3f", t + 1 }')" "$(jq .t_start "$rep")")"
+        log "$row: not ready after $(jq .seconds "$rep") s, cancelled: $(jq -c '{offset, len, polls}' "$rep")" \
+            "fio $(tail -n 1 "$BENCH_TMP/result-$row-fio") MiB/s"
         bench_stop "$qsd_pid"
         stop_target
         rm -f "$src" "$tgt"
         return 0
     fi
-    record qemu fio "$(fio_mibs "$(jq .t_start "$rep")" "$(jq .t_completed "$rep")")"
-    record qemu fio_before "$(fio_mibs "$(awk -v t="$fio_t0" 'BEGIN { printf "%.3f", t + 1 }')" "$(jq .t_start "$rep")")"
-    record qemu bytes "$(jq .offset "$rep")"
-    record qemu alloc "$disk_bytes"
-    record qemu secs "$(jq .seconds "$rep")"
-    record qemu pause "$(jq .pause_ms "$rep")"
-    record qemu maxlat "$(fio_max_lat_ms "$(jq .t_complete "$rep")" "$(jq .t_completed "$rep")")"
+    record "$row" fio "$(fio_mibs "$(jq .t_start "$rep")" "$(jq .t_completed "$rep")")"
+    record "$row" fio_before "$(fio_mibs "$(awk -v t="$fio_t0" 'BEGIN { printf "%.3f", t + 1 }')" "$(jq .t_start "$rep")")"
+    record "$row" bytes "$(jq .offset "$rep")"
+    record "$row" alloc "$disk_bytes"
+    record "$row" secs "$(jq .seconds "$rep")"
+    record "$row" pause "$(jq .pause_ms "$rep")"
+    record "$row" maxlat "$(fio_max_lat_ms "$(jq .t_complete "$rep")" "$(jq .t_completed "$rep")")"
     bench_stop "$qsd_pid"
     stop_target
     # The export pivoted to the target at the cutover: the source file is the
@@ -344,10 +350,10 @@ PY
 )"
     max_blocks="$(awk -v r="$rate_bytes" -v a="$(jq .t_completed "$rep")" -v b="$t_stop" \
         'BEGIN { printf "%d", r * (b - a) / 4096 + 64 }')"
-    record qemu diff "$diff_blocks"
-    if ((diff_blocks <= max_blocks)); then record qemu same 1; else record qemu same 0; fi
-    log "qemu: $(jq -c '{offset, len, ready_seconds, seconds, pause_ms, polls}' "$rep")" \
-        "fio $(tail -n 1 "$BENCH_TMP/result-qemu-fio") MiB/s (before: $(tail -n 1 "$BENCH_TMP/result-qemu-fio_before")); after the pivot the target differs in" \
+    record "$row" diff "$diff_blocks"
+    if ((diff_blocks <= max_blocks)); then record "$row" same 1; else record "$row" same 0; fi
+    log "$row: $(jq -c '{offset, len, ready_seconds, seconds, pause_ms, polls}' "$rep")" \
+        "fio $(tail -n 1 "$BENCH_TMP/result-$row-fio") MiB/s (before: $(tail -n 1 "$BENCH_TMP/result-$row-fio_before")); after the pivot the target differs in" \
         "$diff_blocks 4 KiB blocks (fio could write at most $max_blocks)"
     rm -f "$src" "$tgt"
 }
@@ -365,7 +371,11 @@ for ((rep = 1; rep <= REPS; rep++)); do
     fi
     if [[ " ${rows[*]} " == *" qemu "* ]]; then
         log "rep $rep: QEMU blockdev-mirror ..."
-        run_qemu
+        run_qemu qemu
+    fi
+    if [[ " ${rows[*]} " == *" qemu_active "* ]]; then
+        log "rep $rep: QEMU blockdev-mirror copy-mode=write-blocking ..."
+        run_qemu qemu_active write-blocking
     fi
 done
 run_secs="$(awk -v a="$t_run" -v b="$(now)" 'BEGIN { printf "%.0f", b - a }')"
@@ -378,7 +388,7 @@ row_line() { # ROW LABEL
     bytes="$(result "$row" bytes)"
     alloc="$(result "$row" alloc)"
     rounds="$(result "$row" rounds)"
-    if [[ $row == qemu ]]; then rounds="- (continuous)"; else rounds="$(fmt "$rounds" %.0f)"; fi
+    if [[ $row == qemu* ]]; then rounds="- (continuous)"; else rounds="$(fmt "$rounds" %.0f)"; fi
     local secs same=NO
     secs="$(fmt "$(result "$row" secs)" %.2f)"
     if [[ -s $BENCH_TMP/result-$row-notready ]]; then
@@ -405,13 +415,15 @@ echo "- load: fio $RATE/s 4 KiB random writes (nbd engine, iodepth $IODEPTH, uni
     "and running through it"
 echo "- method: median of $REPS runs (whole run: $run_secs s); imgstream: \`migrate --json --finish hold\`" \
     "(files compared during the hold); QEMU: qemu-storage-daemon, blockdev-mirror sync=full to an NBD client" \
-    "node (granularity ${QEMU_GRANULARITY:-default}), job-complete once ready; bytes sent: imgstream bytes_total, QEMU the job's final offset"
+    "node (granularity ${QEMU_GRANULARITY:-default}; the write-blocking row with copy-mode=write-blocking), job-complete once ready;" \
+    "bytes sent: imgstream bytes_total, QEMU the job's final offset"
 echo
 echo "| row | rounds | bytes sent / allocated | total (s) | pause (ms) | fio's longest write at the cutover (ms) | fio writes before / during (MiB/s) | target = source at cutover |"
 echo "|---|---:|---:|---:|---:|---:|---:|---|"
 row_line imgstream "imgstream migrate"
 [[ " ${rows[*]} " == *" active "* ]] && row_line active "imgstream migrate --active"
 row_line qemu "QEMU blockdev-mirror"
+[[ " ${rows[*]} " == *" qemu_active "* ]] && row_line qemu_active "QEMU blockdev-mirror, write-blocking"
 echo
 
 failed=0
@@ -425,7 +437,7 @@ check() { # OK(0|1) TEXT...
 }
 q_secs="$(result qemu secs)"
 for row in "${rows[@]}"; do
-    [[ $row == qemu ]] && continue
+    [[ $row == qemu* ]] && continue
     label="imgstream migrate"
     [[ $row == active ]] && label="imgstream migrate --active"
     pause="$(result "$row" pause)"
@@ -447,14 +459,21 @@ for row in "${rows[@]}"; do
     fi
     check "$(all_same "$row")" "$label: target equals the source at the cutover (qemu-img compare during the hold)"
 done
-label_of() { case $1 in imgstream) echo "imgstream migrate" ;; active) echo "imgstream migrate --active" ;; *) echo "QEMU blockdev-mirror" ;; esac; }
+label_of() {
+    case $1 in
+        imgstream) echo "imgstream migrate" ;;
+        active) echo "imgstream migrate --active" ;;
+        qemu_active) echo "QEMU blockdev-mirror, write-blocking" ;;
+        *) echo "QEMU blockdev-mirror" ;;
+    esac
+}
 for row in "${rows[@]}"; do
     mibs="$(result "$row" fio)"
     ok="$(awk -v m="$mibs" -v r="$rate_bytes" 'BEGIN { print (m != "-" && m * 1048576 >= 0.9 * r) ? 1 : 0 }')"
-    if [[ $row == qemu ]]; then
+    if [[ $row == qemu* ]]; then
         # Not a requirement on the peer: a mirror that slows the machine's writes only
         # makes its own job lighter, so its figures are if anything flattering.
-        [[ $ok == 1 ]] || echo "- note: QEMU blockdev-mirror held fio to $(fmt "$mibs" %.2f) MiB/s during its migration" \
+        [[ $ok == 1 ]] || echo "- note: $(label_of "$row") held fio to $(fmt "$mibs" %.2f) MiB/s during its migration" \
             "(RATE=$RATE): its figures were measured under a lighter load than imgstream's"
         continue
     fi
@@ -468,9 +487,18 @@ for row in "${rows[@]}"; do
     check "$ok" "$(label_of "$row"): fio wrote $(fmt "$mibs" %.2f) MiB/s during the migration, at least 90% of RATE=$RATE" \
         "(else that row was not measured under the intended load)"
 done
-if [[ " ${rows[*]} " == *" qemu "* && -s $BENCH_TMP/result-qemu-same ]]; then
-    check "$(all_same qemu)" "QEMU blockdev-mirror: the target differs from the source only in blocks written after the pivot" \
-        "($(result qemu diff) 4 KiB blocks)"
+for row in qemu qemu_active; do
+    if [[ " ${rows[*]} " == *" $row "* && -s $BENCH_TMP/result-$row-same ]]; then
+        check "$(all_same "$row")" "$(label_of "$row"): the target differs from the source only in blocks written after the pivot" \
+            "($(result "$row" diff) 4 KiB blocks)"
+    fi
+done
+# Active mode against its peer, QEMU's active mirror (not a requirement: a comparison).
+if [[ " ${rows[*]} " == *" active "* && " ${rows[*]} " == *" qemu_active "* ]]; then
+    a="$(result active secs)" b="$(result qemu_active secs)"
+    echo "- ratio: imgstream migrate --active / QEMU write-blocking mirror: time" \
+        "$(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2f", a / b }')×," \
+        "fio during the migration $(fmt "$(result active fio)" %.2f) / $(fmt "$(result qemu_active fio)" %.2f) MiB/s"
 fi
 echo
 echo "QEMU's pause is job-complete to the BLOCK_JOB_COMPLETED event: the mirror drains the source's" \

@@ -10,6 +10,7 @@ As a module:
 As a command (used by bench/migrate.sh):
     qmp.py mirror --socket QMP --device NODE --target NODE [--target-nbd-socket SOCK]
         [--timeout S] [--ready-timeout S] [--poll-ms MS] [--granularity BYTES]
+        [--copy-mode background|write-blocking]
   blockdev-add an NBD client node --target to the server on SOCK (when given),
   blockdev-mirror (sync=full) from --device to --target, polls query-block-jobs
   until the job is ready, then job-complete and waits for BLOCK_JOB_COMPLETED.
@@ -94,6 +95,8 @@ def mirror(a):
     deadline = time.monotonic() + a.timeout
     t_start = time.time()
     extra = {"granularity": a.granularity} if a.granularity else {}
+    if a.copy_mode:
+        extra["copy-mode"] = a.copy_mode
     q.execute("blockdev-mirror", **{"job-id": "mig0"}, device=a.device,
               target=a.target, sync="full", **extra)
     polls = 0
@@ -147,6 +150,9 @@ def main():
                    help="cancel the job if it is not ready after this many seconds")
     m.add_argument("--poll-ms", type=float, default=50)
     m.add_argument("--granularity", type=int, help="the mirror's dirty bitmap granularity (bytes)")
+    m.add_argument("--copy-mode", choices=["background", "write-blocking"],
+                   help="QEMU's copy mode: write-blocking is its active mirror (each guest "
+                        "write also goes to the target before it completes)")
     a = p.parse_args()
     try:
         mirror(a)
