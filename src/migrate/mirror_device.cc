@@ -213,7 +213,9 @@ bool MirrorDevice::copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& r
     if (r) r = pipe.reap();  // a machine's write may wait for a region acknowledged since
     if (r) retire();
   }
-  if (r) r = pipe.finish();
+  // Every write answered before any lock goes, on failure too: a copy still in flight
+  // must not land after a mirrored write that its released lock let through.
+  if (auto f = pipe.finish(); r) r = std::move(f);
   retire();
   if (r) {
     IMG_CHECK(sent.empty());

@@ -38,28 +38,28 @@ class TargetDisk final : public ForwardingDevice {
   TargetDisk(nbd::testing::MemoryDevice& mem, WriteDelay delay)
       : ForwardingDevice(mem), delay_(delay), durable_(mem.size()) {}
   Result<void> read(uint64_t offset, std::span<std::byte> buf) override {
-    if (dead_) return Error::io("the target crashed");
+    TRY(alive());
     return inner_.read(offset, buf);
   }
   Result<void> write(uint64_t offset, std::span<const std::byte> d, Durability du) override {
     if (delay_) std::this_thread::sleep_for(delay_(offset, d.size()));
-    if (dead_) return Error::io("the target crashed");
+    TRY(alive());
     return inner_.write(offset, d, du);
   }
   Result<void> write_nowait(uint64_t, std::span<const std::byte>, Durability) override {
     return Error::would_block();
   }
   Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z, Durability d) override {
-    if (dead_) return Error::io("the target crashed");
+    TRY(alive());
     return inner_.write_zeroes(offset, length, z, d);
   }
   Result<void> trim(uint64_t offset, uint64_t length, Durability d) override {
-    if (dead_) return Error::io("the target crashed");
+    TRY(alive());
     return inner_.trim(offset, length, d);
   }
   Result<void> flush() override {
     std::lock_guard l(mu_);
-    if (dead_) return Error::io("the target crashed");
+    TRY(alive());
     return inner_.read(0, durable_);  // (writes landing meanwhile may count as flushed)
   }
   void crash() {
@@ -69,6 +69,8 @@ class TargetDisk final : public ForwardingDevice {
   }
 
  private:
+  Result<void> alive() const { return dead_ ? Error::io("the target crashed") : ok(); }
+
   WriteDelay delay_;
   std::mutex mu_;
   std::atomic<bool> dead_{false};

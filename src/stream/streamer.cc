@@ -7,17 +7,15 @@
 #include <cstring>
 
 #include "base/check.h"
-#include "base/endian.h"
 #include "base/log.h"
-#include "base/sha256.h"
 #include "base/units.h"
 #include "io/control.h"
 #include "io/socket.h"
-#include "source/file_source.h"
-#include "stream/fingerprint.h"
-#include "source/nbd_source.h"
 #include "pack/pack_source.h"
 #include "pack/seed.h"
+#include "source/file_source.h"
+#include "source/nbd_source.h"
+#include "stream/fingerprint.h"
 
 namespace imgstream::stream {
 

@@ -68,9 +68,10 @@ revive_nbdkit_target() { # SOCK IMAGE [RATE]
     note "nbdkit, the target, died when migrate was killed ($(grep -m1 -o 'Assertion.*' "$1.log" || echo 'no message')); starting it again"
     start_nbdkit_target "$@"
 }
-# A migrate in the background, to be killed: a checkpoint after every segment of its full copy.
-start_migrate_to_kill() { # CONTROL TARGET_URI ERR_LOG -> MIGRATE_PID
-    "$IMGSTREAM" migrate --control "$1" --to "$2" --checkpoint 0 >/dev/null 2>"$3" &
+# A migrate in the background, to be killed or to see its peer killed. (No `timeout`
+# wrapper: kill -9 must reach migrate itself; the test's own bound ends a hung one.)
+start_migrate_bg() { # CONTROL TARGET_URI ERR_LOG [ARGS...] -> MIGRATE_PID
+    "$IMGSTREAM" migrate --control "$1" --to "$2" "${@:4}" >/dev/null 2>"$3" &
     MIGRATE_PID=$!
     register_pid "$MIGRATE_PID"
 }
@@ -138,7 +139,7 @@ start_nbdkit_target "$T/k.sock" "$T/dst3.img" 100M
 start_server "$T/src3.img" --track "$T/src3.track" --control "$T/ctl3"
 src_pid=$SERVER_PID src_uri=$SERVER_URI
 start_fio "$src_uri" 40 "$T/fio3.log"
-start_migrate_to_kill "$T/ctl3" "nbd+unix:///?socket=$T/k.sock" "$T/m3a.err"
+start_migrate_bg "$T/ctl3" "nbd+unix:///?socket=$T/k.sock" "$T/m3a.err" --checkpoint 0
 sleep 3.5
 kill -KILL "$MIGRATE_PID"
 wait "$MIGRATE_PID" 2>/dev/null || true
@@ -202,7 +203,7 @@ fio --name=machine --ioengine=nbd --uri="$src_uri" --rw=randwrite --bs=4k --size
     --rate=8m --time_based --runtime=30 >"$T/fio6a.log" 2>&1 &
 fio_a=$!
 register_pid "$fio_a"
-start_migrate_to_kill "$T/ctl6" "nbd+unix:///?socket=$T/k6.sock" "$T/m6a.err"
+start_migrate_bg "$T/ctl6" "nbd+unix:///?socket=$T/k6.sock" "$T/m6a.err" --checkpoint 0
 sleep 3.5
 kill -KILL "$src_pid"
 wait "$src_pid" 2>/dev/null || true
@@ -230,10 +231,7 @@ k7_pid="$(cat "$T/k7.sock.pid")"
 start_server "$T/src7.img" --track "$T/src7.track" --control "$T/ctl7"
 src_pid=$SERVER_PID src_uri=$SERVER_URI
 start_fio "$src_uri" 90 "$T/fio7.log" 4m
-timeout 60 "$IMGSTREAM" migrate --control "$T/ctl7" --to "nbd+unix:///?socket=$T/k7.sock" --active \
-    --stall-limit 3 >/dev/null 2>"$T/m7a.err" &
-MIGRATE_PID=$!
-register_pid "$MIGRATE_PID"
+start_migrate_bg "$T/ctl7" "nbd+unix:///?socket=$T/k7.sock" "$T/m7a.err" --active --stall-limit 3
 for _ in $(seq 300); do [[ $(ctl "$T/ctl7" info | jq .active) == true ]] && break; sleep 0.1; done
 [[ $(ctl "$T/ctl7" info | jq .active) == true ]] || fail "active mode did not begin within 30 s"
 sleep 1

@@ -15,7 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
 source "$(dirname "$0")/../lib/stream.sh"
 test_init 300
-need nbdkit nbdinfo qemu-img qemu-io jq python3
+need nbdkit nbdinfo qemu-img qemu-io jq python3 sfdisk mkfs.ext4
 
 MiB=$((1024 * 1024))
 SIZE_MIB=96
