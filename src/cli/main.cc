@@ -6,6 +6,7 @@
 #include "base/log.h"
 #include "base/units.h"
 #include "cli/cli.h"
+#include "cli/stop_signals.h"
 
 namespace imgstream::cli {
 
@@ -27,6 +28,8 @@ CLI::Validator size_validator() {
 int main(int argc, char** argv) {
   using namespace imgstream;
   std::signal(SIGPIPE, SIG_IGN);
+  // First, before any thread exists: every thread inherits the blocked stop signals.
+  cli::StopSignals stop_signals;
 
   CLI::App app{
       "imgstream: moves whole disk images to machines by streaming. A machine boots from a\n"

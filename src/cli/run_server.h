@@ -10,16 +10,12 @@
 
 namespace imgstream::cli {
 
-// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and so in every thread it
-// starts later); call first thing, before any thread exists.
-void block_stop_signals();
-
 // The address captive mode listens on when the user gave none: a unix socket in a fresh
 // private directory (removed again by remove_private_socket).
 Result<Address> private_socket();
 void remove_private_socket(const Address& a);
 
-// Serves until a stop signal or, with a command, until the command exits. Returns the
+// Serves until a stop signal (cli/stop_signals.h: the first one stops it gracefully) or, with a command, until the command exits. Returns the
 // process exit status. `on_stop` runs once the stop is asked for, while the server still
 // lets its clients' requests finish: what would keep them waiting (a source that does not
 // answer) is let go there.

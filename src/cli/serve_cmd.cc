@@ -10,6 +10,7 @@
 #include "base/log.h"
 #include "cli/cli.h"
 #include "cli/run_server.h"
+#include "cli/stop_signals.h"
 #include "device/file_device.h"
 #include "io/control.h"
 #include "migrate/dirty_tracking_device.h"
@@ -150,7 +151,7 @@ nlohmann::json migration_command(const std::string& line, Migration& m) {
 }
 
 int run_serve(const ServeArgs& args) {
-  block_stop_signals();
+  set_graceful_stop();
   // A pack (docs/pack-format.md) is served read-only: its chunks are immutable.
   const bool pack = pack::is_pack_source(args.image);
   auto dev = pack ? open_pack_device(args.image) : open_file_device(args.image, args.read_only);

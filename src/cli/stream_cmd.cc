@@ -9,6 +9,7 @@
 #include "base/units.h"
 #include "cli/cli.h"
 #include "cli/run_server.h"
+#include "cli/stop_signals.h"
 #include "nbd/server.h"
 #include "profile/profile.h"
 #include "profile/tracing_device.h"
@@ -58,7 +59,7 @@ Result<std::unique_ptr<profile::TraceWriter>> open_stream_trace(stream::Streamer
 }
 
 int run_stream(const StreamArgs& a) {
-  block_stop_signals();
+  set_graceful_stop();
   stream::StreamerOptions o;
   o.source = a.source;
   o.store_dir = a.store;
