@@ -11,5 +11,11 @@ case "$kind" in
   fuzz) dir=build-fuzz; flags=(-DIMGSTREAM_FUZZ=ON -DCMAKE_CXX_COMPILER=clang++) ;;
   *) echo "usage: $0 [release|asan|fuzz]" >&2; exit 2 ;;
 esac
+# ccache, when installed, makes rebuilds (and builds of other checkouts: paths are taken
+# relative to the checkout) cheap.
+if command -v ccache >/dev/null 2>&1; then
+  export CCACHE_BASEDIR="$(pwd)"
+  flags+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+fi
 cmake -S . -B "$dir" -G Ninja "${flags[@]}" >/dev/null
 cmake --build "$dir" -j "$jobs"
