@@ -14,7 +14,7 @@ esac
 # ccache, when installed, makes rebuilds (and builds of other checkouts: paths are taken
 # relative to the checkout) cheap.
 if command -v ccache >/dev/null 2>&1; then
-  export CCACHE_BASEDIR="$(pwd)"
+  export CCACHE_BASEDIR="$(pwd)" CCACHE_NOHASHDIR=1
   flags+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 fi
 cmake -S . -B "$dir" -G Ninja "${flags[@]}" >/dev/null
