@@ -45,7 +45,7 @@ class TestHttpServer {
 
   static Result<std::unique_ptr<TestHttpServer>> start(std::vector<std::byte> object) {
     Address a{.kind = Address::Kind::Tcp, .host = "127.0.0.1", .port = 0};
-    UniqueFd fd = TRY(listen_on(a));
+    UniqueFd fd(TRY(listen_on(a)).release());  // TCP: no socket file to keep
     std::unique_ptr<TestHttpServer> s(new TestHttpServer(std::move(fd), a.port, std::move(object)));
     s->accept_thread_ = std::thread([p = s.get()] { p->accept_loop(); });
     return s;

@@ -34,7 +34,6 @@ ControlServer::~ControlServer() {
   uint64_t one = 1;
   (void)!::write(wake_.get(), &one, sizeof one);
   if (thread_.joinable()) thread_.join();
-  ::unlink(path_.c_str());
 }
 
 void ControlServer::loop() {

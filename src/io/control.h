@@ -12,15 +12,17 @@
 
 #include "base/result.h"
 #include "base/unique_fd.h"
+#include "io/socket.h"
 
 namespace imgstream {
 
 class ControlServer {
  public:
   using Handler = std::function<nlohmann::json(const std::string& line)>;
-  // Listens on `path` (replacing a stale socket) and answers on a thread of its own.
+  // Listens on `path` (replacing a stale socket, never another file or a live socket:
+  // io/socket.h) and answers on a thread of its own.
   static Result<std::unique_ptr<ControlServer>> start(const std::string& path, Handler h);
-  ~ControlServer();  // stops the thread and removes the socket
+  ~ControlServer();  // stops the thread and removes the socket file it bound
 
  private:
   ControlServer() = default;
@@ -28,7 +30,7 @@ class ControlServer {
 
   std::string path_;
   Handler handler_;
-  UniqueFd fd_;
+  Listener fd_;    // removes the socket file it bound, and only that one
   UniqueFd wake_;  // eventfd that ends loop()
   std::thread thread_;
 };

@@ -79,28 +79,90 @@ Result<addrinfo*> resolve(const Address& a, bool passive) {
   return res;
 }
 
-// A unix socket file whose server is gone refuses connections: safe to replace.
-bool is_stale_socket(const Address& a) {
+// Whether the unix socket path may be bound: missing, or a stale socket (removed here).
+// Never removes anything else: a user's file, or a socket a live server answers on.
+Result<void> take_unix_path(const Address& a) {
   struct stat st {};
-  if (::lstat(a.path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
-  auto fd = connect_to(a);
-  return !fd && fd.error().code == ECONNREFUSED;
+  if (::lstat(a.path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return ok();
+    return Error::from_errno(errno, a.to_string());
+  }
+  if (!S_ISSOCK(st.st_mode))
+    return Error{EEXIST, a.to_string() + ": exists and is not a socket; not replacing it"};
+  // Non-blocking: a live server whose backlog is full (EAGAIN) is live all the same.
+  sockaddr_un sa;
+  TRY(fill_unix(a, sa));
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!probe.valid()) return Error::from_errno(errno, "socket");
+  const int rc = ::connect(probe.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  const int err = rc == 0 ? 0 : errno;
+  if (rc == 0 || err == EAGAIN || err == EINPROGRESS)
+    return Error{EADDRINUSE, a.to_string() + ": in use: another server answers there"};
+  if (err != ECONNREFUSED)  // e.g. EACCES: whose it is cannot be told; leave it
+    return Error{err, a.to_string() + ": exists and cannot be checked (" + std::strerror(err) +
+                          "); not replacing it"};
+  // A socket file whose server is gone: safe to replace.
+  if (::unlink(a.path.c_str()) != 0 && errno != ENOENT)
+    return Error::from_errno(errno, "remove stale socket " + a.path);
+  return ok();
+}
+
+Result<Listener> listen_unix(const Address& a) {
+  sockaddr_un sa;
+  TRY(fill_unix(a, sa));
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return Error::from_errno(errno, "socket");
+  TRY(take_unix_path(a));
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
+    return Error::from_errno(errno, "bind " + a.to_string());
+  // What was bound, so that only this very file is removed later.
+  struct stat st {};
+  if (::lstat(a.path.c_str(), &st) != 0) return Error::from_errno(errno, "stat " + a.path);
+  Listener l(std::move(fd), a.path, st.st_dev, st.st_ino);
+  if (::listen(l.get(), 128) != 0) return Error::from_errno(errno, "listen " + a.to_string());
+  return l;
 }
 
 }  // namespace
 
-Result<UniqueFd> listen_on(Address& a) {
-  if (a.kind == Address::Kind::Unix) {
-    sockaddr_un sa;
-    TRY(fill_unix(a, sa));
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd.valid()) return Error::from_errno(errno, "socket");
-    if (is_stale_socket(a)) ::unlink(a.path.c_str());
-    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0)
-      return Error::from_errno(errno, "bind " + a.to_string());
-    if (::listen(fd.get(), 128) != 0) return Error::from_errno(errno, "listen " + a.to_string());
-    return fd;
+Listener::Listener(Listener&& o) noexcept
+    : fd_(std::move(o.fd_)), path_(std::move(o.path_)), dev_(o.dev_), ino_(o.ino_) {
+  o.path_.clear();
+}
+
+Listener& Listener::operator=(Listener&& o) noexcept {
+  if (this != &o) {
+    remove_bound_file();
+    fd_ = std::move(o.fd_);
+    path_ = std::move(o.path_);
+    o.path_.clear();
+    dev_ = o.dev_;
+    ino_ = o.ino_;
   }
+  return *this;
+}
+
+Listener::~Listener() {
+  remove_bound_file();
+}
+
+void Listener::remove_bound_file() {
+  if (path_.empty()) return;
+  struct stat st {};
+  if (::lstat(path_.c_str(), &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == dev_ &&
+      st.st_ino == ino_)
+    ::unlink(path_.c_str());
+  path_.clear();
+}
+
+Result<std::vector<Listener>> listen_all(std::vector<Address>& addrs) {
+  std::vector<Listener> out;
+  for (Address& a : addrs) out.push_back(TRY(listen_on(a)));
+  return out;
+}
+
+Result<Listener> listen_on(Address& a) {
+  if (a.kind == Address::Kind::Unix) return listen_unix(a);
   addrinfo* res = TRY(resolve(a, true));
   UniqueFd fd(::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) {
@@ -121,7 +183,7 @@ Result<UniqueFd> listen_on(Address& a) {
     a.port = ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port
                                             : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
   }
-  return fd;
+  return Listener(std::move(fd), {}, 0, 0);
 }
 
 Result<UniqueFd> connect_to(const Address& a) {

@@ -19,17 +19,21 @@ Result<std::unique_ptr<Server>> Server::create(ServerOptions options) {
   if (options.listen.empty()) return Error::invalid("no address to listen on");
   for (const Export& e : options.exports) IMG_CHECK(e.device != nullptr);
   std::unique_ptr<Server> s(new Server(std::move(options)));
-  for (Address& a : s->options_.listen) s->listeners_.push_back(TRY(listen_on(a)));
+  if (s->options_.bound.empty()) {
+    s->listeners_ = TRY(listen_all(s->options_.listen));
+  } else {
+    IMG_CHECK(s->options_.bound.size() == s->options_.listen.size());
+    s->listeners_ = std::move(s->options_.bound);
+  }
   s->stop_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!s->stop_fd_.valid()) return Error::from_errno(errno, "eventfd");
   s->pool_ = std::make_unique<ThreadPool>(s->options_.worker_threads);
   return s;
 }
 
+// The listeners remove the socket files they bound, and only those (io/socket.h).
 Server::~Server() {
   reap(true);
-  for (const Address& a : options_.listen)
-    if (a.kind == Address::Kind::Unix) ::unlink(a.path.c_str());
 }
 
 void Server::request_stop() {
@@ -40,7 +44,7 @@ void Server::request_stop() {
 
 Result<void> Server::run() {
   std::vector<pollfd> fds;
-  for (const UniqueFd& l : listeners_) fds.push_back({l.get(), POLLIN, 0});
+  for (const Listener& l : listeners_) fds.push_back({l.get(), POLLIN, 0});
   fds.push_back({stop_fd_.get(), POLLIN, 0});
   for (;;) {
     // Wake now and then to join connections that ended.

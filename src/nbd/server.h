@@ -25,6 +25,9 @@ inline constexpr int kDrainSeconds = 10;
 
 struct ServerOptions {
   std::vector<Address> listen;
+  // Sockets already listening on `listen` (listen_all), so that a command can learn that
+  // its addresses are free before it creates anything; empty: create() binds `listen`.
+  std::vector<Listener> bound;
   std::vector<Export> exports;  // [0] is the default export
   unsigned worker_threads = kWorkerThreadsDefault;
 };
@@ -58,7 +61,7 @@ class Server {
   void drain();
 
   ServerOptions options_;
-  std::vector<UniqueFd> listeners_;
+  std::vector<Listener> listeners_;  // each removes the unix socket file it bound
   UniqueFd stop_fd_;  // eventfd
   std::unique_ptr<ThreadPool> pool_;
   std::list<Slot> slots_;
