@@ -11,10 +11,13 @@
 
 #include "base/env.h"
 #include "base/log.h"
+#include "base/output_check.h"
+#include "base/stop.h"
 #include "base/thread_pool.h"
 #include "base/units.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
+#include "cli/stop_signals.h"
 #include "device/file_device.h"
 #include "pack/pack_reader.h"
 #include "pack/pack_writer.h"
@@ -29,6 +32,31 @@ int fail(const std::string& what, const Error& e) {
   return kExitFailure;
 }
 
+// An output refused before any work (base/output_check.h): the command line's mistake.
+int refuse(const std::string& what, const Error& e) {
+  print_error(what + ": " + e.message);
+  return kExitUsage;
+}
+
+// unpack writes raw images: no magic tells them from any other file.
+constexpr OutputKind kRawImageOutput{"raw image", ""};
+
+Overwrite overwrite_mode(bool force) {
+  return force ? Overwrite::Force : Overwrite::SameKind;
+}
+
+// The files a pack reads from: it and every pack of its base chain (URLs are skipped by
+// check_output: not local).
+std::vector<std::string> chain_files(const pack::Pack& p) {
+  std::vector<std::string> files;
+  for (const pack::Pack* b = &p; b; b = b->base()) files.push_back(b->uri());
+  return files;
+}
+
+Error interrupted() {
+  return Error{EINTR, "interrupted"};
+}
+
 // --- pack ---------------------------------------------------------------------------
 
 struct PackArgs {
@@ -36,9 +64,26 @@ struct PackArgs {
   int level = pack::kLevelDefault;
   unsigned threads = 0;
   bool quiet = false;
+  bool force = false;
 };
 
+// Before any work: the output is none of the inputs (image, profile, base chain), not a
+// directory, in a writable directory, and a pack if it exists (unless --force).
+int check_pack_output(const PackArgs& a) {
+  std::vector<std::string> inputs{a.image, a.profile};
+  if (!a.base.empty()) {
+    auto b = pack::Pack::open(*Env::posix(), a.base);
+    if (!b) return fail("pack --base " + a.base, b.error());
+    for (std::string& f : chain_files(**b)) inputs.push_back(std::move(f));
+  }
+  auto r = check_output(a.output, inputs, pack::kPackOutput, overwrite_mode(a.force));
+  return r ? kExitOk : refuse("pack " + a.image, r.error());
+}
+
 int run_pack(const PackArgs& a) {
+  if (int rc = check_pack_output(a); rc != kExitOk) return rc;
+  // The first SIGINT stops the work within a chunk and removes OUTPUT.tmp.
+  set_graceful_stop();
   pack::PackWriteOptions o;
   o.image = a.image;
   o.output = a.output;
@@ -123,11 +168,17 @@ int run_diff(const std::string& old_path, const std::string& new_path, bool json
 
 inline constexpr uint64_t kUnpackBatchChunks = 32;
 
-int run_unpack(const std::string& where, const std::string& output, bool quiet) {
+int run_unpack(const std::string& where, const std::string& output, bool quiet, bool force) {
   auto p = pack::Pack::open(*Env::posix(), where);
   if (!p) return fail("unpack", p.error());
+  // Before any work: never over the pack or its chain, never over an existing file
+  // unless --force (raw images have no magic to recognise them by).
+  if (auto r = check_output(output, chain_files(**p), kRawImageOutput, overwrite_mode(force)); !r)
+    return refuse("unpack " + where, r.error());
+  set_graceful_stop();  // the first SIGINT stops within a batch and removes OUTPUT.tmp
   const pack::PackHeader& h = (*p)->header();
   const std::string tmp = output + ".tmp";
+  TempFile tmp_file(tmp);  // removed on every failure and on a forced exit
   auto f = Env::posix()->open(tmp, OpenMode::CreateOrOpen);
   if (!f) return fail("unpack", f.error());
   std::shared_ptr<File> out = std::move(*f);
@@ -148,6 +199,7 @@ int run_unpack(const std::string& where, const std::string& output, bool quiet) 
         // Bounded memory: a few batches per thread at most.
         std::unique_lock lock(mu);
         cv.wait(lock, [&] { return in_flight < 2 * threads; });
+        if (failed && stop_requested()) failed = interrupted();
         if (!failed) break;
         ++in_flight;
       }
@@ -156,7 +208,8 @@ int run_unpack(const std::string& where, const std::string& output, bool quiet) 
         const uint64_t off = first * h.chunk_size;
         const uint64_t bytes = std::min<uint64_t>(count * h.chunk_size, h.image_size - off);
         std::vector<std::byte> buf(bytes);
-        Result<void> r = (*p)->read_chunks(first, count, buf);
+        Result<void> r =
+            stop_requested() ? Result<void>(interrupted()) : (*p)->read_chunks(first, count, buf);
         // Zero chunks stay holes in the output.
         for (uint64_t c = first; r && c < first + count; ++c) {
           if ((*p)->index()[c].kind == pack::ChunkKind::Zero) continue;
@@ -174,10 +227,12 @@ int run_unpack(const std::string& where, const std::string& output, bool quiet) 
     }
   }  // the pool joins here
   progress.finish();
+  if (failed && stop_requested()) failed = interrupted();
   if (!failed) return fail("unpack " + where, failed.error());
   if (auto r = out->sync(); !r) return fail("unpack", r.error());
   out.reset();
   if (auto r = Env::posix()->rename(tmp, output); !r) return fail("unpack", r.error());
+  tmp_file.keep();
   if (!quiet)
     std::printf("%s: %s written from %s\n", output.c_str(), format_size(h.image_size).c_str(),
                 where.c_str());
@@ -187,10 +242,15 @@ int run_unpack(const std::string& where, const std::string& output, bool quiet) 
 // --- verify -------------------------------------------------------------------------
 
 int run_verify(const std::string& where, bool quiet) {
+  set_graceful_stop();  // Pack::verify stops between chunks on the first SIGINT
   auto p = pack::Pack::open(*Env::posix(), where);
   if (!p) return fail("verify", p.error());  // header, index and chain checked on open
   Progress progress("verify", quiet);
-  auto bad = (*p)->verify([&](uint64_t done, uint64_t total) { progress.update(done, total); });
+  const pack::PackHeader& h = (*p)->header();
+  // verify counts chunks; the progress line shows bytes: the image bytes checked so far.
+  auto bad = (*p)->verify([&](uint64_t chunks_done, uint64_t) {
+    progress.update(std::min(chunks_done * h.chunk_size, h.image_size), h.image_size);
+  });
   progress.finish();
   if (!bad) return fail("verify " + where, bad.error());
   for (uint64_t c : *bad) {
@@ -304,6 +364,8 @@ Runner add_pack(CLI::App& app) {
   cmd->add_option("--threads", a->threads, "Compression threads (default: one per core)")
       ->check(CLI::Range(1u, 256u));
   cmd->add_flag("-q,--quiet", a->quiet, "No progress line");
+  cmd->add_flag("--force", a->force,
+                "Replace an existing output file that is not a pack (never an input)");
   CLI::App* diff = cmd->add_subcommand(
       "diff", "What moving a store from OLD to NEW costs: the chunks NEW has that OLD lacks.");
   diff->add_option("OLD", d->old_pack, "The pack a store holds now")->required();
@@ -328,6 +390,7 @@ Runner add_unpack(CLI::App& app) {
   struct Args {
     std::string pack, output;
     bool quiet = false;
+    bool force = false;
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
@@ -335,7 +398,9 @@ Runner add_unpack(CLI::App& app) {
   cmd->add_option("PACK", a->pack, "NAME.pack or an http(s) URL of one")->required();
   cmd->add_option("-o,--output", a->output, "Raw image to write")->required();
   cmd->add_flag("-q,--quiet", a->quiet, "No progress line or summary");
-  return [a] { return run_unpack(a->pack, a->output, a->quiet); };
+  cmd->add_flag("--force", a->force,
+                "Replace an existing non-empty output file (never the pack or its base chain)");
+  return [a] { return run_unpack(a->pack, a->output, a->quiet, a->force); };
 }
 
 Runner add_verify(CLI::App& app) {

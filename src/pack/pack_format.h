@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/result.h"
@@ -14,6 +15,7 @@
 
 namespace imgstream::pack {
 
+inline constexpr std::string_view kPackMagic = "IMGPACK1";  // the first 8 bytes of a pack
 inline constexpr uint32_t kPackVersion = 2;  // 2: the index is one zstd frame
 inline constexpr size_t kPackHeaderBytes = 4096;
 inline constexpr size_t kIndexEntryBytes = 48;

@@ -6,6 +6,7 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/stop.h"
 
 namespace imgstream::pack {
 
@@ -219,6 +220,7 @@ Result<std::vector<uint64_t>> Pack::verify(
   std::vector<std::byte> out(header_.chunk_size), stored;
   const uint64_t n = index_.size();
   for (uint64_t i = 0; i < n; ++i) {
+    if (stop_requested()) return Error{EINTR, "interrupted"};  // SIGINT (base/stop.h)
     const IndexEntry& e = index_[i];
     if (e.stored()) {
       stored.resize(e.length);

@@ -67,7 +67,8 @@ class Pack {
   void block_status(uint64_t offset, uint64_t length, std::vector<Extent>& out) const;
 
   // Checks every chunk stored in this pack file (not the base's) against its hash.
-  // Returns the chunks that failed; `progress(done, total)` is called as it goes.
+  // Returns the chunks that failed; `progress(done, total)` is called as it goes, in
+  // chunks. A stop request (base/stop.h) ends it between chunks: EINTR "interrupted".
   Result<std::vector<uint64_t>> verify(const std::function<void(uint64_t, uint64_t)>& progress) const;
 
   // Decodes stored bytes into out (a chunk's image bytes) and checks the hash.

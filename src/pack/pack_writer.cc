@@ -12,6 +12,8 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/output_check.h"
+#include "base/stop.h"
 #include "base/thread_pool.h"
 #include "pack/pack_reader.h"
 
@@ -65,6 +67,10 @@ std::vector<uint64_t> physical_order(const PackHeader& h,
 
 // Reads, hashes and compresses one chunk (on a pool thread).
 void make_chunk(File& image, const PackHeader& h, int level, const Pack* base, Work& w) {
+  if (stop_requested()) {  // the chunks still queued go at once
+    w.result = Error{EINTR, "interrupted"};
+    return;
+  }
   std::vector<std::byte> raw(h.chunk_bytes(w.chunk));
   w.result = read_exact_at(image, w.chunk * h.chunk_size, raw);
   if (!w.result) return;
@@ -92,9 +98,21 @@ void make_chunk(File& image, const PackHeader& h, int level, const Pack* base, W
   w.entry.length = static_cast<uint32_t>(w.bytes.size());
 }
 
+// The output is checked before any work (issue 12: `pack -o DIR` compressed everything
+// and only then failed at the rename): not a directory, in a writable directory, and not
+// the image, the base or a pack of the base's chain (the caller decides whether an
+// existing file of another kind may be replaced: check_output, cli/pack_cmd.cc).
+Result<void> check_pack_output(Env& env, const PackWriteOptions& o, const Pack* base) {
+  if (&env != Env::posix()) return ok();  // the checks are about the real file system
+  std::vector<std::string> inputs{o.image};
+  for (const Pack* b = base; b; b = b->base()) inputs.push_back(b->uri());
+  return check_output(o.output, inputs, kPackOutput, Overwrite::Force);
+}
+
 }  // namespace
 
 Result<PackWriteReport> write_pack(Env& env, const PackWriteOptions& o) {
+  TRY(check_pack_output(env, o, nullptr));
   std::shared_ptr<File> image = TRY_CTX(env.open(o.image, OpenMode::ReadOnly), o.image);
   PackHeader h;
   h.image_size = TRY_CTX(image->size(), o.image);
@@ -117,9 +135,12 @@ Result<PackWriteReport> write_pack(Env& env, const PackWriteOptions& o) {
     h.flags |= kFlagHasBase;
     h.base_identity = base->header().identity;
     h.base_hint = o.base;
+    TRY(check_pack_output(env, o, base.get()));
   }
 
   const std::string tmp = o.output + ".tmp";
+  // Removed on every failure, and by a second stop signal's forced exit.
+  TempFile tmp_file(tmp);
   auto out = TRY_CTX(env.open(tmp, OpenMode::CreateOrOpen), tmp);
   TRY_CTX(out->truncate(0), tmp);
 
@@ -160,6 +181,7 @@ Result<PackWriteReport> write_pack(Env& env, const PackWriteOptions& o) {
         std::unique_lock lock(mu);
         cv.wait(lock, [&] { return w.done; });
       }
+      if (w.result && stop_requested()) w.result = Error{EINTR, "interrupted"};
       if (!w.result) {
         failed = std::move(w.result);
         break;  // the pool finishes the chunks in flight before `slots` goes
@@ -205,7 +227,9 @@ Result<PackWriteReport> write_pack(Env& env, const PackWriteOptions& o) {
   TRY_CTX(write_all_at(*out, 0, encode_header(h)), tmp);
   TRY_CTX(out->sync(), tmp);
   out.reset();
+  if (stop_requested()) return Error{EINTR, "interrupted"};
   TRY_CTX(env.rename(tmp, o.output), o.output);
+  tmp_file.keep();
   TRY(env.sync_dir(parent_dir(o.output)));
   rep.header = h;
   rep.file_bytes = h.index_offset + idx.size();

@@ -8,7 +8,10 @@
 // base chain has are not written at all. Memory is bounded by the chunks in flight.
 //
 // Crash safety: the pack is written to OUTPUT.tmp, made durable and renamed: OUTPUT is
-// either the old file or the whole new pack.
+// either the old file or the whole new pack. OUTPUT.tmp is removed on every failure, and
+// a stop request (base/stop.h: SIGINT) ends the work within a chunk or so ("interrupted",
+// EINTR). The output is checked before any work: never the image, the base or a pack of
+// its chain, never a directory, always in a writable directory.
 #pragma once
 
 #include <functional>
@@ -17,6 +20,7 @@
 #include <vector>
 
 #include "base/env.h"
+#include "base/output_check.h"
 #include "pack/pack_format.h"
 
 namespace imgstream::pack {
@@ -28,6 +32,8 @@ namespace imgstream::pack {
 // packing speed (still ~280 MB/s on 2 cores); unpacking speed does not depend on it.
 inline constexpr int kLevelDefault = 6;
 inline constexpr unsigned kChunksInFlightPerThread = 4;
+// What `pack` writes, for check_output: an existing pack may be replaced without --force.
+inline constexpr OutputKind kPackOutput{"pack", kPackMagic};
 
 struct PackWriteOptions {
   std::string image;
