@@ -6,12 +6,15 @@
 #include <vector>
 
 #include "base/check.h"
+#include "base/image_lock.h"
 
 namespace imgstream {
 
 Result<std::unique_ptr<FileDevice>> FileDevice::open(Env& env, const std::string& path,
                                                      Access a) {
   auto file = TRY(env.open(path, a == Access::ReadOnly ? OpenMode::ReadOnly : OpenMode::ReadWrite));
+  // QEMU's locks (base/image_lock.h): a writer shares the image with no other writer.
+  TRY(lock_image(*file, a == Access::ReadOnly ? ImageUse::Read : ImageUse::Write));
   uint64_t size = TRY(file->size());
   return std::unique_ptr<FileDevice>(new FileDevice(std::move(file), size, a));
 }

@@ -26,6 +26,10 @@ Result<void> zero_file_range(File& f, uint64_t offset, uint64_t length, bool may
 
 class FileDevice final : public BlockDevice {
  public:
+  // Opens `path` and takes QEMU's image locks on it (base/image_lock.h): shared for
+  // ReadOnly (other readers and writers may come), and for ReadWrite no other writer: a
+  // second writable serve, or a qemu-nbd / qemu-system writing the image, is refused
+  // (EBUSY, naming the holder), as qemu refuses one of ours.
   static Result<std::unique_ptr<FileDevice>> open(Env& env, const std::string& path, Access a);
 
   uint64_t size() const override { return size_; }

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 
+#include "base/image_lock.h"
 #include "base/log.h"
 #include "base/units.h"
 #include "io/control.h"
@@ -301,6 +302,9 @@ Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
     state_path = info.at("track").get<std::string>() + ".migration";
   }
   auto image = TRY_CTX(env.open(image_path, OpenMode::ReadOnly), image_path);
+  // Offline, the disk must not change while it is copied: no writer may hold it (QEMU's
+  // locks, base/image_lock.h). Live, the serving process writes it and tracks the changes.
+  if (!live) TRY(lock_image(*image, ImageUse::ReadStable));
   const uint64_t size = TRY(image->size());
   auto target = TRY(NbdTarget::open(o.target, o.connections, o.connect_timeout));
   if (target->size() < size)

@@ -5,6 +5,7 @@
 
 #include "base/check.h"
 #include "base/endian.h"
+#include "base/image_lock.h"
 #include "base/log.h"
 
 namespace imgstream::store {
@@ -141,6 +142,8 @@ Result<void> LocalStore::load(const StoreOptions& o) {
 Result<void> LocalStore::open_data(bool creating) {
   if (header_.external_device) {
     data_ = TRY(env_.open(header_.device_path, OpenMode::ReadWrite));
+    // The streamer writes the device: nobody else may (base/image_lock.h).
+    TRY(lock_image(*data_, ImageUse::Write));
     const uint64_t size = TRY(data_->size());
     if (size < header_.image_size)
       return Error::invalid("device " + header_.device_path + " is smaller than the image");
