@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/env.h"
+#include "base/output_check.h"
 #include "base/units.h"
 #include "cli/cli.h"
 #include "profile/profile.h"
@@ -24,7 +25,7 @@ std::string trace_path(const std::string& arg) {
 }
 
 int run_merge(const std::vector<std::string>& args, const std::string& out, double min_frequency,
-              const std::string& region_size) {
+              const std::string& region_size, bool force) {
   profile::MergeOptions o{.min_frequency = min_frequency};
   if (!region_size.empty()) {
     const uint64_t rs = parse_size(region_size).value();  // checked by size_validator()
@@ -36,10 +37,17 @@ int run_merge(const std::vector<std::string>& args, const std::string& out, doub
     o.region_size = uint32_t(rs);
   }
   std::vector<std::string> paths;
+  for (const std::string& a : args) paths.push_back(trace_path(a));
+  // Before any work: the output is none of the traces, and a profile if it exists.
+  if (auto r = check_output(out, paths, profile::kProfileOutput,
+                            force ? Overwrite::Force : Overwrite::SameKind);
+      !r) {
+    print_error("profile merge: " + r.error().message);
+    return kExitUsage;
+  }
   std::vector<profile::Trace> traces;
-  for (const std::string& a : args) {
-    paths.push_back(trace_path(a));
-    auto t = profile::read_trace(*Env::posix(), paths.back());
+  for (const std::string& path : paths) {
+    auto t = profile::read_trace(*Env::posix(), path);
     if (!t) {
       print_error("profile merge: " + t.error().message);
       return kExitFailure;
@@ -139,6 +147,7 @@ Runner add_profile(CLI::App& app) {
     std::string out, region_size, show_path;
     double min_frequency = 0.25;
     bool json = false;
+    bool force = false;
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd =
@@ -161,11 +170,14 @@ Runner add_profile(CLI::App& app) {
       ->add_option("--region-size", a->region_size,
                    "Region size of the profile (default: the traces', or 1M for serve traces)")
       ->check(size_validator());
+  merge->add_flag("--force", a->force,
+                  "Replace an existing output file that is not a profile (never a trace)");
   CLI::App* show = cmd->add_subcommand("show", "Show what a boot profile holds.");
   show->add_option("PROFILE", a->show_path, "Profile file")->required();
   show->add_flag("--json", a->json, "One JSON object");
   return [a, merge, show]() -> int {
-    if (merge->parsed()) return run_merge(a->traces, a->out, a->min_frequency, a->region_size);
+    if (merge->parsed())
+      return run_merge(a->traces, a->out, a->min_frequency, a->region_size, a->force);
     if (show->parsed()) return run_show(a->show_path, a->json);
     return kExitUsage;
   };

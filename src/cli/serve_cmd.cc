@@ -2,13 +2,17 @@
 #include <unistd.h>
 
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "base/env.h"
 #include "base/log.h"
+#include "base/output_check.h"
+#include "base/stop.h"
 #include "cli/cli.h"
+#include "cli/listen_args.h"
 #include "cli/run_server.h"
 #include "cli/stop_signals.h"
 #include "device/file_device.h"
@@ -36,6 +40,7 @@ struct ServeArgs {
   std::string track;
   std::string control;
   unsigned threads = nbd::kWorkerThreadsDefault;
+  bool force = false;
 };
 
 Result<std::unique_ptr<BlockDevice>> open_pack_device(const std::string& where) {
@@ -150,22 +155,66 @@ nlohmann::json migration_command(const std::string& line, Migration& m) {
   return j;
 }
 
+// Usage, checked before anything is opened, bound or created (exit 2).
+int check_serve_usage(const ServeArgs& args, bool read_only, std::vector<Address>& listen) {
+  auto usage = [](const std::string& m) {
+    print_error(m);
+    return kExitUsage;
+  };
+  if (!args.track.empty() && read_only)
+    return usage("--track needs a writable export (not --read-only, not a pack)");
+  if (!args.control.empty() && args.track.empty())
+    return usage("--control needs --track (a migration copies what the tracker records)");
+  if (!args.track.empty() && same_file(args.track, args.image))
+    return usage("--track " + args.track + " is the image " + args.image +
+                 " (the same file); not using it");
+  auto l = parse_listen_args(args.listen);
+  if (!l) return usage(l.error().message);
+  listen = std::move(*l);
+  if (!args.trace.empty()) {
+    // Never over the image or the tracking file; over another kind of file only with --force.
+    auto r = check_output(args.trace, {args.image, args.track}, profile::kTraceOutput,
+                          args.force ? Overwrite::Force : Overwrite::SameKind);
+    if (!r) return usage("serve " + args.image + ": --trace: " + r.error().message);
+  }
+  return kExitOk;
+}
+
+// --trace FILE: a file this run creates goes again when the run fails before it serves.
+Result<std::unique_ptr<profile::TraceWriter>> open_serve_trace(const std::string& path,
+                                                               uint64_t image_size,
+                                                               std::optional<TempFile>& made) {
+  if (!TRY(Env::posix()->exists(path))) made.emplace(path);
+  return profile::TraceWriter::create(*Env::posix(), path,
+                                      profile::TraceHeader{.image_size = image_size});
+}
+
 int run_serve(const ServeArgs& args) {
   set_graceful_stop();
   // A pack (docs/pack-format.md) is served read-only: its chunks are immutable.
   const bool pack = pack::is_pack_source(args.image);
+  const bool read_only = args.read_only || pack;
+  nbd::ServerOptions opt;
+  if (int rc = check_serve_usage(args, read_only, opt.listen); rc != kExitOk) return rc;
+  // Bound first: an address in use fails before anything is opened or created.
+  BoundListen bound;
+  if (auto r = bound.bind(std::move(opt.listen), !args.run.empty()); !r) {
+    print_error("serve " + args.image + ": " + r.error().message);
+    return kExitFailure;
+  }
+  opt.listen = bound.addresses;
+  opt.bound = std::move(bound.listeners);
   auto dev = pack ? open_pack_device(args.image) : open_file_device(args.image, args.read_only);
   if (!dev) {
     print_error(dev.error().message);
     return kExitFailure;
   }
-  const bool read_only = args.read_only || pack;
   BlockDevice* exported = dev->get();
+  std::optional<TempFile> new_trace;  // declared before the writer: removed after it closes
   std::unique_ptr<profile::TraceWriter> trace;
   std::unique_ptr<profile::TracingDevice> traced;
   if (!args.trace.empty()) {
-    auto t = profile::TraceWriter::create(*Env::posix(), args.trace,
-                                          profile::TraceHeader{.image_size = (*dev)->size()});
+    auto t = open_serve_trace(args.trace, (*dev)->size(), new_trace);
     if (!t) {
       print_error(t.error().message);
       return kExitFailure;
@@ -179,10 +228,6 @@ int run_serve(const ServeArgs& args) {
   std::unique_ptr<migrate::DirtyTracker> tracker;
   std::unique_ptr<migrate::DirtyTrackingDevice> tracked;
   if (!args.track.empty()) {
-    if (read_only) {
-      print_error("--track needs a writable export (not --read-only, not a pack)");
-      return kExitUsage;
-    }
     auto t = migrate::DirtyTracker::open(*Env::posix(), args.track, (*dev)->size());
     if (!t) {
       print_error(t.error().message);
@@ -198,10 +243,6 @@ int run_serve(const ServeArgs& args) {
   std::unique_ptr<Migration> migration;
   std::unique_ptr<ControlServer> control;
   if (!args.control.empty()) {
-    if (!tracker) {
-      print_error("--control needs --track (a migration copies what the tracker records)");
-      return kExitUsage;
-    }
     // hold -> mirror -> tracking -> disk: held requests wait above the mirror, and every
     // write the mirror sees is tracked.
     mirror = std::make_unique<migrate::MirrorDevice>(*exported, *tracker);
@@ -219,44 +260,19 @@ int run_serve(const ServeArgs& args) {
     }
     control = std::move(*c);
   }
-  nbd::ServerOptions opt;
   opt.worker_threads = args.threads;
   opt.exports.push_back(nbd::Export{args.export_name, args.description, exported, read_only});
-  bool private_addr = false;
-  for (const std::string& l : args.listen) {
-    auto a = parse_address(l);
-    if (!a) {
-      print_error(a.error().message);
-      return kExitUsage;
-    }
-    opt.listen.push_back(*a);
-  }
-  if (opt.listen.empty()) {
-    // Captive mode without --listen gets a private unix socket: nothing to collide with.
-    if (!args.run.empty()) {
-      auto a = private_socket();
-      if (!a) {
-        print_error(a.error().message);
-        return kExitFailure;
-      }
-      opt.listen.push_back(*a);
-      private_addr = true;
-    } else {
-      opt.listen.push_back(*parse_address(kDefaultListen));
-    }
-  }
   auto server = nbd::Server::create(std::move(opt));
   if (!server) {
     print_error("serve " + args.image + ": " + server.error().message);
     return kExitFailure;
   }
+  if (new_trace) new_trace->keep();  // serving: the trace is the user's now
   LOG_INFO("serving {} ({} bytes{})", args.image, (*dev)->size(), read_only ? ", read-only" : "");
-  const Address first = (*server)->addresses().front();
   int status = run_server(**server, args.export_name, args.run);
   server->reset();
   control.reset();
   if (mirror) mirror->deactivate();  // its copier uses the tracker, closed next
-  if (private_addr) remove_private_socket(first);
   if (tracker) {
     // A clean stop: every bit in the bitmap, an empty activity log.
     if (auto r = tracker->close(); !r) {
@@ -307,6 +323,8 @@ Runner add_serve(CLI::App& app) {
                   "Control socket for `imgstream migrate --control PATH` (needs --track)");
   cmd->add_option("--trace", args->trace,
                   "Record every read (time, offset, length) in FILE (docs/trace-format.md)");
+  cmd->add_flag("--force", args->force,
+                "Replace an existing --trace FILE that is not a trace (never the image)");
   return [args] { return run_serve(*args); };
 }
 

@@ -1,16 +1,25 @@
 // imgstream stream SOURCE --store DIR: boot/run from a remote image now; the local store is
 // hydrated on demand and in the background; detached from the source when complete.
+#include <unistd.h>
+
+#include <bit>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/env.h"
 #include "base/log.h"
+#include "base/output_check.h"
+#include "base/stop.h"
 #include "base/units.h"
 #include "cli/cli.h"
+#include "cli/listen_args.h"
 #include "cli/run_server.h"
 #include "cli/stop_signals.h"
 #include "nbd/server.h"
+#include "pack/pack_source.h"
 #include "profile/profile.h"
 #include "profile/tracing_device.h"
 #include "stream/streamer.h"
@@ -39,6 +48,7 @@ struct StreamArgs {
   unsigned in_flight = 4;
   bool no_background = false;
   bool paused = false;
+  bool force = false;
 };
 
 // Whether every region of [offset, offset + length) is present in the store.
@@ -58,8 +68,94 @@ Result<std::unique_ptr<profile::TraceWriter>> open_stream_trace(stream::Streamer
                                                            .flags = profile::kTraceFlagStreaming});
 }
 
-int run_stream(const StreamArgs& a) {
-  set_graceful_stop();
+// What a run made of the store directory (and of its missing parents): when the run
+// fails before it serves, that goes again, and only that: the store's own names that did
+// not exist before the run, then the directories it made, if they are empty (issue 12:
+// `stream --region-size 3K` left a store directory behind).
+class NewStoreGuard {
+ public:
+  explicit NewStoreGuard(std::string dir) : dir_(std::move(dir)) {
+    for (std::string d = dir_; !exists(d); d = parent_dir(d)) {
+      made_dirs_.push_back(d);  // deepest first
+      if (d == parent_dir(d)) break;
+    }
+    for (std::string_view n : names())
+      if (!exists(dir_ + "/" + std::string(n))) new_names_.emplace_back(n);
+  }
+  NewStoreGuard(const NewStoreGuard&) = delete;
+  NewStoreGuard& operator=(const NewStoreGuard&) = delete;
+  ~NewStoreGuard() {
+    if (kept_) return;
+    for (const std::string& n : new_names_) (void)Env::posix()->remove(dir_ + "/" + n);
+    // Env has no rmdir; rmdir(2) removes a directory only when it is empty.
+    for (const std::string& d : made_dirs_) ::rmdir(d.c_str());
+  }
+  void keep() { kept_ = true; }
+
+ private:
+  static bool exists(const std::string& p) { return Env::posix()->exists(p).value_or(true); }
+  static std::vector<std::string_view> names() {
+    std::vector<std::string_view> v(std::begin(store::kStoreNamesBeingMade),
+                                    std::end(store::kStoreNamesBeingMade));
+    v.push_back(store::kStoreMetaName);
+    return v;
+  }
+  std::string dir_;
+  std::vector<std::string> made_dirs_, new_names_;
+  bool kept_ = false;
+};
+
+int usage(const std::string& message) {
+  print_error(message);
+  return kExitUsage;
+}
+
+// Every option, checked before anything is opened, bound or created (exit 2).
+int check_stream_usage(const StreamArgs& a, stream::StreamerOptions& o,
+                       std::vector<Address>& listen) {
+  auto region = parse_size(a.region_size.empty() ? "0" : a.region_size);
+  auto rate = parse_size(a.rate);
+  auto batch = parse_size(a.batch);
+  for (auto* r : {&region, &rate, &batch})
+    if (!*r) return usage(r->error().message);
+  if (*region != 0 && (*region < store::kRegionBytesMin || *region > store::kRegionBytesMax ||
+                       !std::has_single_bit(*region)))
+    return usage("--region-size " + a.region_size + ": must be a power of two from 4K to 1G");
+  if (*batch == 0) return usage("--batch " + a.batch + ": must be at least one byte");
+  o.region_size = static_cast<uint32_t>(*region);
+  o.hydrate.rate_bytes_per_second = *rate;
+  o.hydrate.batch_bytes = *batch;
+  if (!a.seed.empty() && !pack::is_pack_source(a.source))
+    return usage("--seed works with a pack source (NAME.pack or an http URL), not " + a.source);
+  auto l = parse_listen_args(a.listen);
+  if (!l) return usage(l.error().message);
+  listen = std::move(*l);
+  // A directory of someone's files is no store: refused before anything is written there.
+  if (auto r = store::LocalStore::check_dir(*Env::posix(), a.store); !r)
+    return usage("stream " + a.source + ": " + r.error().message);
+  if (!a.trace.empty()) {
+    const std::vector<std::string> inputs{
+        a.source, a.profile,         a.seed,
+        a.device, a.store + "/data", a.store + "/" + std::string(store::kStoreMetaName)};
+    auto r = check_output(a.trace, inputs, profile::kTraceOutput,
+                          a.force ? Overwrite::Force : Overwrite::SameKind);
+    if (!r) return usage("stream " + a.source + ": --trace: " + r.error().message);
+  }
+  return kExitOk;
+}
+
+Result<void> read_stream_profile(const std::string& path, stream::StreamerOptions& o) {
+  if (path.empty()) return ok();
+  auto p = TRY(profile::read_profile(*Env::posix(), path));
+  o.prefetch_image_size = p.image_size;
+  for (const profile::ProfileRun& run : p.runs)
+    o.prefetch_ranges.emplace_back(run.first_region * p.region_size, run.count * p.region_size);
+  LOG_INFO("profile {}: {} runs, {} to prefetch", path, p.runs.size(),
+           format_size(p.boot_set_bytes()));
+  return ok();
+}
+
+stream::StreamerOptions streamer_options(const StreamArgs& a) {
   stream::StreamerOptions o;
   o.source = a.source;
   o.store_dir = a.store;
@@ -70,35 +166,28 @@ int run_stream(const StreamArgs& a) {
   o.request_timeout = std::min(o.io_timeout, std::chrono::milliseconds(10'000));
   o.hydrate.in_flight = a.in_flight;
   o.hydrate.start_paused = a.paused;
-  auto region = parse_size(a.region_size.empty() ? "0" : a.region_size);
-  auto rate = parse_size(a.rate);
-  auto batch = parse_size(a.batch);
-  for (auto* r : {&region, &rate, &batch})
-    if (!*r) {
-      print_error(r->error().message);
-      return kExitUsage;
-    }
-  if (*region > UINT32_MAX) {
-    print_error("--region-size " + a.region_size + " is too large");
-    return kExitUsage;
-  }
-  o.region_size = static_cast<uint32_t>(*region);
-  if (!a.profile.empty()) {
-    auto p = profile::read_profile(*Env::posix(), a.profile);
-    if (!p) {
-      print_error(p.error().message);
-      return kExitFailure;
-    }
-    o.prefetch_image_size = p->image_size;
-    for (const profile::ProfileRun& run : p->runs)
-      o.prefetch_ranges.emplace_back(run.first_region * p->region_size,
-                                     run.count * p->region_size);
-    LOG_INFO("profile {}: {} runs, {} to prefetch", a.profile, p->runs.size(),
-             format_size(p->boot_set_bytes()));
-  }
-  o.hydrate.rate_bytes_per_second = *rate;
-  o.hydrate.batch_bytes = *batch;
+  return o;
+}
 
+int run_stream(const StreamArgs& a) {
+  set_graceful_stop();
+  stream::StreamerOptions o = streamer_options(a);
+  nbd::ServerOptions so;
+  if (int rc = check_stream_usage(a, o, so.listen); rc != kExitOk) return rc;
+  if (auto r = read_stream_profile(a.profile, o); !r) {
+    print_error(r.error().message);
+    return kExitFailure;
+  }
+  // Bound before the store is made: an address in use fails with nothing created.
+  BoundListen bound;
+  if (auto r = bound.bind(std::move(so.listen), !a.run.empty()); !r) {
+    print_error("stream " + a.source + ": " + r.error().message);
+    return kExitFailure;
+  }
+  so.listen = bound.addresses;
+  so.bound = std::move(bound.listeners);
+  NewStoreGuard new_store(a.store);   // declared before the streamer: acts after it closes
+  std::optional<TempFile> new_trace;  // a --trace file this run makes, likewise
   auto streamer = stream::Streamer::open(*Env::posix(), o);
   if (!streamer) {
     print_error("stream " + a.source + " into " + a.store + ": " + streamer.error().message);
@@ -113,6 +202,8 @@ int run_stream(const StreamArgs& a) {
   if (trace_path.empty() && (*streamer)->store().created() && !a.no_boot_trace)
     trace_path = a.store + "/" + kBootTraceName;
   if (!trace_path.empty()) {
+    if (!a.trace.empty() && !Env::posix()->exists(a.trace).value_or(true))
+      new_trace.emplace(a.trace);
     auto t = open_stream_trace(**streamer, trace_path);
     if (!t) {
       print_error(t.error().message);
@@ -125,42 +216,19 @@ int run_stream(const StreamArgs& a) {
         });
     exported = traced.get();
   }
-  nbd::ServerOptions so;
   so.exports.push_back(
       nbd::Export{a.export_name, "imgstream stream of " + a.source, exported, false});
-  for (const std::string& l : a.listen) {
-    auto addr = parse_address(l);
-    if (!addr) {
-      print_error(addr.error().message);
-      return kExitUsage;
-    }
-    so.listen.push_back(*addr);
-  }
-  bool private_addr = false;
-  if (so.listen.empty()) {
-    if (!a.run.empty()) {
-      auto p = private_socket();
-      if (!p) {
-        print_error(p.error().message);
-        return kExitFailure;
-      }
-      so.listen.push_back(*p);
-      private_addr = true;
-    } else {
-      so.listen.push_back(*parse_address(kDefaultListen));
-    }
-  }
   auto server = nbd::Server::create(std::move(so));
   if (!server) {
     print_error(server.error().message);
     return kExitFailure;
   }
-  const Address first = (*server)->addresses().front();
+  new_store.keep();  // serving: the store is whole, and the trace the user's
+  if (new_trace) new_trace->keep();
   (*streamer)->start();
   LOG_INFO("streaming {} into {}", a.source, a.store);
   int status = run_server(**server, a.export_name, a.run, [&] { (*streamer)->interrupt(); });
   server->reset();
-  if (private_addr) remove_private_socket(first);
   auto r = (*streamer)->stop();
   if (!r) {
     print_error("store " + a.store + ": " + r.error().message);
@@ -230,6 +298,8 @@ Runner add_stream(CLI::App& app) {
   cmd->add_option("--trace", a->trace,
                   "Record every read (time, offset, length, served locally or fetched) in FILE "
                   "(docs/trace-format.md)");
+  cmd->add_flag("--force", a->force,
+                "Replace an existing --trace FILE that is not a trace (never an input)");
   cmd->add_option("--run", a->run,
                   "Captive mode: run CMD under sh -c with $uri set, stop when it exits");
   return [a] { return run_stream(*a); };

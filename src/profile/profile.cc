@@ -4,12 +4,14 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string_view>
 #include <unordered_map>
 
 #include "base/check.h"
 #include "base/crc32c.h"
 #include "base/endian.h"
+#include "base/stop.h"
 
 namespace imgstream::profile {
 
@@ -291,6 +293,9 @@ Result<void> write_profile(Env& env, const std::string& path, const Profile& p) 
   IMG_CHECK(p.regions.size() <= kProfileRegionsMax);
   const std::vector<std::byte> bytes = encode_profile(p);
   const std::string tmp = path + ".tmp";
+  // A real file's temporary is removed on every failure (and on a forced exit).
+  std::optional<TempFile> tmp_file;
+  if (&env == Env::posix()) tmp_file.emplace(tmp);
   {
     auto f = TRY_CTX(env.open(tmp, OpenMode::CreateOrOpen), "profile " + tmp);
     TRY_CTX(f->truncate(0), "profile " + tmp);
@@ -298,6 +303,7 @@ Result<void> write_profile(Env& env, const std::string& path, const Profile& p) 
     TRY_CTX(f->sync(), "profile " + tmp);
   }
   TRY_CTX(env.rename(tmp, path), "profile " + path);
+  if (tmp_file) tmp_file->keep();
   TRY_CTX(env.sync_dir(parent_dir(path)), "profile " + path);
   return ok();
 }

@@ -19,6 +19,9 @@
 namespace imgstream::profile {
 
 inline constexpr char kProfileMagic[8] = {'I', 'M', 'G', 'P', 'R', 'O', 'F', 'L'};
+// What `profile merge -o` writes, for check_output: an existing profile may be replaced.
+inline constexpr OutputKind kProfileOutput{"profile",
+                                           std::string_view(kProfileMagic, sizeof kProfileMagic)};
 inline constexpr uint32_t kProfileVersion = 1;
 inline constexpr size_t kProfileHeaderBytes = 64;
 inline constexpr size_t kProfileRecordBytes = 32;
@@ -80,7 +83,8 @@ std::vector<std::byte> encode_profile(const Profile& p);
 // Decodes and validates a whole profile file (runs are derived); `name` names it in errors.
 Result<Profile> parse_profile(std::span<const std::byte> bytes, const std::string& name);
 Result<Profile> read_profile(Env& env, const std::string& path);
-// Writes path.tmp, syncs it, renames it over `path` and syncs the directory.
+// Writes path.tmp, syncs it, renames it over `path` and syncs the directory. path.tmp is
+// removed on failure.
 Result<void> write_profile(Env& env, const std::string& path, const Profile& p);
 
 }  // namespace imgstream::profile

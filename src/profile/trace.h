@@ -24,11 +24,15 @@
 #include <vector>
 
 #include "base/env.h"
+#include "base/output_check.h"
 #include "base/result.h"
 
 namespace imgstream::profile {
 
 inline constexpr char kTraceMagic[8] = {'I', 'M', 'G', 'T', 'R', 'A', 'C', 'E'};
+// What --trace writes, for check_output: an existing trace may be replaced without --force.
+inline constexpr OutputKind kTraceOutput{"trace",
+                                         std::string_view(kTraceMagic, sizeof kTraceMagic)};
 inline constexpr uint32_t kTraceVersion = 1;
 inline constexpr size_t kTraceHeaderBytes = 64;
 inline constexpr size_t kTraceBlockHeaderBytes = 16;
@@ -83,6 +87,8 @@ Result<Trace> read_trace(Env& env, const std::string& path);
 class TraceWriter {
  public:
   // Creates (or truncates) `path` and writes the header; start_time_ns is filled in.
+  // Whether `path` may be replaced is the caller's to check first (check_output with
+  // kTraceOutput: never an input, never a file of another kind unless --force).
   static Result<std::unique_ptr<TraceWriter>> create(Env& env, const std::string& path,
                                                      TraceHeader h);
   ~TraceWriter();

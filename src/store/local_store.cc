@@ -47,9 +47,38 @@ uint64_t LocalStore::region_bytes(uint64_t r) const {
   return std::min<uint64_t>(header_.region_size, header_.image_size - start);
 }
 
+Result<void> make_dirs(Env& env, const std::string& dir) {
+  for (size_t at = dir.find('/', 1);; at = dir.find('/', at + 1)) {
+    const std::string prefix = dir.substr(0, at);
+    if (!prefix.empty() && !TRY(env.exists(prefix))) {
+      TRY(env.mkdir(prefix));
+      // Durable, so that a store made under it survives power loss with its parents.
+      TRY(env.sync_dir(parent_dir(prefix)));
+    }
+    if (at == std::string::npos) return ok();
+  }
+}
+
+Result<void> LocalStore::check_dir(Env& env, const std::string& dir) {
+  if (!TRY(env.exists(dir))) return ok();
+  const std::vector<std::string> names = TRY_CTX(env.list_dir(dir), "store " + dir);
+  for (const std::string& n : names)
+    if (n == kStoreMetaName) return ok();  // a store: load() checks it is one, and whose
+  for (const std::string& n : names) {
+    bool ours = false;
+    for (std::string_view s : kStoreNamesBeingMade) ours |= n == s;
+    if (!ours)
+      return Error{EEXIST, "store " + dir + " is not an imgstream store and not empty (it holds '" +
+                               n + "'); not using it"};
+  }
+  return ok();
+}
+
 Result<std::unique_ptr<LocalStore>> LocalStore::open_or_create(Env& env, const StoreOptions& o) {
   std::unique_ptr<LocalStore> s(new LocalStore(env, o.dir));
-  TRY(env.mkdir(o.dir));
+  // Before anything is written in it (even the lock file): a user's directory stays as is.
+  TRY(check_dir(env, o.dir));
+  TRY_CTX(make_dirs(env, o.dir), "store " + o.dir);
   auto lock = env.lock(o.dir + "/lock");
   if (!lock) {
     if (lock.error().code == EWOULDBLOCK)

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/env.h"
@@ -32,6 +33,18 @@ struct StoreOptions {
   std::string device_path;  // empty: DIR/data
 };
 
+// The names a store directory holds besides `meta` while it is being made: a crash
+// during creation (before `meta` is renamed into place) leaves only these, so a directory
+// holding nothing else is a store being made and may be made into one. Anything else
+// means the directory is someone else's (issue 12: `--store dir-with-my-files` adopted the
+// directory and overwrote its `data`).
+inline constexpr std::string_view kStoreNamesBeingMade[] = {
+    "lock", "data", "meta.tmp", "pack.index", "pack.index.tmp", "boot.trace"};
+inline constexpr std::string_view kStoreMetaName = "meta";
+
+// Makes `dir` and its missing parents (mkdir -p) through `env`.
+Result<void> make_dirs(Env& env, const std::string& dir);
+
 enum class FetchKind { Demand, Background, Prefetch };
 
 // What `imgstream status` reads, whether or not a streamer runs.
@@ -42,10 +55,14 @@ struct StoreStatus {
 
 class LocalStore {
  public:
-  // Opens the store in o.dir, or makes it when the directory holds none. Takes the
-  // store's lock. Refuses (EEXIST... with a message naming the difference) a store made
-  // for another image: other size, region size or fingerprint.
+  // Opens the store in o.dir, or makes it (and its missing parents) when the directory
+  // holds none. Takes the store's lock. Refuses (EEXIST... with a message naming the
+  // difference) a store made for another image: other size, region size or fingerprint;
+  // and, before anything is written in it, a directory that check_dir() refuses.
   static Result<std::unique_ptr<LocalStore>> open_or_create(Env& env, const StoreOptions& o);
+  // Whether `dir` may hold a store: missing, empty, a store (it has `meta`), or a store
+  // being made (kStoreNamesBeingMade only). Otherwise EEXIST, naming a file found there.
+  static Result<void> check_dir(Env& env, const std::string& dir);
   // Reads the header and the newest valid slot without taking the lock.
   static Result<StoreStatus> read_status(Env& env, const std::string& dir);
 

@@ -44,7 +44,10 @@ Result<void> Streamer::open_sources() {
     pack::PackOpenOptions po;
     po.blob.timeout = opt_.io_timeout;
     po.index_cache = opt_.store_dir + "/" + kPackIndexName;  // fetched once, kept here
-    (void)env_.mkdir(opt_.store_dir);  // a new store's directory: made here for the cache
+    // A new store's directory is made here for the cache: after the command checked its
+    // options and bound its addresses, and after check_dir (open()); `imgstream stream`
+    // removes it again when the run fails before the store is made.
+    (void)store::make_dirs(env_, opt_.store_dir);
     demand_src_ = std::make_unique<pack::PackSource>(TRY(pack::Pack::open(env_, opt_.source, po)));
   } else {
     demand_src_ = TRY(source::FileSource::open(env_, opt_.source));
@@ -75,6 +78,8 @@ std::vector<std::pair<uint64_t, uint64_t>> pack_boot_ranges(const pack::Pack& p)
 
 Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions& o) {
   std::unique_ptr<Streamer> s(new Streamer(env, o));
+  // Someone's directory that is no store is refused before anything is written in it.
+  TRY(store::LocalStore::check_dir(env, o.store_dir));
   // A store that is already whole needs no source at all: run from the local disk.
   auto existing = store::LocalStore::read_status(env, o.store_dir);
   const bool whole = existing && existing->slot.count_present() == existing->header.regions();
@@ -110,10 +115,16 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
         s->opt_.prefetch_ranges = pack_boot_ranges(ps->pack());
     }
   }
+  // What can be checked before the store is made is checked before.
+  auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get());
+  if (!o.seed.empty() && !ps)
+    return Error::invalid("--seed works with a pack source (NAME.pack or an http URL)");
+  if (o.prefetch_image_size && o.prefetch_image_size != so.image_size)
+    return Error::invalid("the profile was made for an image of " +
+                          std::to_string(o.prefetch_image_size) + " bytes, this one has " +
+                          std::to_string(so.image_size));
   s->store_ = TRY(store::LocalStore::open_or_create(env, so));
   if (!o.seed.empty()) {
-    auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get());
-    if (!ps) return Error::invalid("--seed works with a pack source (NAME.pack or an http URL)");
     if (s->store_->created()) {
       auto r = TRY(pack::seed_store(env, ps->pack(), *s->store_, o.seed));
       LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", o.seed, r.chunks, r.bytes);
@@ -121,10 +132,6 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
       TRY(s->store_->commit());
     }
   }
-  if (o.prefetch_image_size && o.prefetch_image_size != s->store_->header().image_size)
-    return Error::invalid("the profile was made for an image of " +
-                          std::to_string(o.prefetch_image_size) + " bytes, this one has " +
-                          std::to_string(s->store_->header().image_size));
   const bool prefetching = !whole && !s->opt_.prefetch_ranges.empty();
   s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching);
   if (whole) {
