@@ -204,6 +204,14 @@ int run_serve(const ServeArgs& args) {
   }
   opt.listen = bound.addresses;
   opt.bound = std::move(bound.listeners);
+  if (!args.control.empty()) {
+    // Bound later, once the tracker it drives exists: known to be free before it is made.
+    Address c{.kind = Address::Kind::Unix, .path = args.control};
+    if (auto r = check_listen_path(c); !r) {
+      print_error("serve " + args.image + ": control socket " + r.error().message);
+      return kExitFailure;
+    }
+  }
   auto dev = pack ? open_pack_device(args.image) : open_file_device(args.image, args.read_only);
   if (!dev) {
     print_error(dev.error().message);

@@ -79,12 +79,11 @@ Result<addrinfo*> resolve(const Address& a, bool passive) {
   return res;
 }
 
-// Whether the unix socket path may be bound: missing, or a stale socket (removed here).
-// Never removes anything else: a user's file, or a socket a live server answers on.
-Result<void> take_unix_path(const Address& a) {
-  struct stat st {};
+// What is at a unix socket path: nothing (false), a stale socket (true, its identity in
+// `st`), or an error saying why it must be left alone.
+Result<bool> probe_unix_path(const Address& a, struct stat& st) {
   if (::lstat(a.path.c_str(), &st) != 0) {
-    if (errno == ENOENT) return ok();
+    if (errno == ENOENT) return false;
     return Error::from_errno(errno, a.to_string());
   }
   if (!S_ISSOCK(st.st_mode))
@@ -101,8 +100,18 @@ Result<void> take_unix_path(const Address& a) {
   if (err != ECONNREFUSED)  // e.g. EACCES: whose it is cannot be told; leave it
     return Error{err, a.to_string() + ": exists and cannot be checked (" + std::strerror(err) +
                           "); not replacing it"};
-  // A socket file whose server is gone: safe to replace.
-  if (::unlink(a.path.c_str()) != 0 && errno != ENOENT)
+  return true;
+}
+
+// Whether the unix socket path may be bound: missing, or a stale socket (removed here,
+// while it still is the socket probed). Never removes anything else: a user's file, or a
+// socket a live server answers on.
+Result<void> take_unix_path(const Address& a) {
+  struct stat st {};
+  if (!TRY(probe_unix_path(a, st))) return ok();
+  struct stat now {};
+  if (::lstat(a.path.c_str(), &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino &&
+      ::unlink(a.path.c_str()) != 0 && errno != ENOENT)
     return Error::from_errno(errno, "remove stale socket " + a.path);
   return ok();
 }
@@ -124,6 +133,13 @@ Result<Listener> listen_unix(const Address& a) {
 }
 
 }  // namespace
+
+Result<void> check_listen_path(const Address& a) {
+  if (a.kind != Address::Kind::Unix) return ok();
+  struct stat st {};
+  TRY(probe_unix_path(a, st));
+  return ok();
+}
 
 Listener::Listener(Listener&& o) noexcept
     : fd_(std::move(o.fd_)), path_(std::move(o.path_)), dev_(o.dev_), ino_(o.ino_) {

@@ -66,6 +66,10 @@ class Listener {
 // ("exists and is not a socket; not replacing it"): never removed. For TCP with port 0
 // the chosen port is written back into `addr`.
 Result<Listener> listen_on(Address& addr);
+// Whether listen_on(addr) would take its path, without binding or removing anything: ok
+// for TCP, a missing path or a stale socket; otherwise the error listen_on would give.
+// For a command that must know before it creates anything, and binds later.
+Result<void> check_listen_path(const Address& addr);
 // listen_on for every address, in order (all or none).
 Result<std::vector<Listener>> listen_all(std::vector<Address>& addrs);
 
