@@ -133,7 +133,11 @@ int check_stream_usage(const StreamArgs& a, stream::StreamerOptions& o,
   // A directory of someone's files is no store: refused before anything is written there.
   if (auto r = store::LocalStore::check_dir(*Env::posix(), a.store); !r)
     return usage("stream " + a.source + ": " + r.error().message);
-  if (!a.trace.empty()) {
+  // A --trace in the store directory of a new store: that directory is made later.
+  const bool trace_in_new_store = !a.trace.empty() &&
+                                  parent_dir(a.trace) == parent_dir(a.store + "/x") &&
+                                  !Env::posix()->exists(a.store).value_or(true);
+  if (!a.trace.empty() && !trace_in_new_store) {
     const std::vector<std::string> inputs{
         a.source, a.profile,         a.seed,
         a.device, a.store + "/data", a.store + "/" + std::string(store::kStoreMetaName)};
