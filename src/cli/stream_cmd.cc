@@ -121,7 +121,6 @@ int check_stream_usage(const StreamArgs& a, stream::StreamerOptions& o,
   if (*region != 0 && (*region < store::kRegionBytesMin || *region > store::kRegionBytesMax ||
                        !std::has_single_bit(*region)))
     return usage("--region-size " + a.region_size + ": must be a power of two from 4K to 1G");
-  if (*batch == 0) return usage("--batch " + a.batch + ": must be at least one byte");
   o.region_size = static_cast<uint32_t>(*region);
   o.hydrate.rate_bytes_per_second = *rate;
   o.hydrate.batch_bytes = *batch;
