@@ -77,6 +77,7 @@ Result<json> activate(const Words& w, Migration& m) {
       TRY(number_at(w, 2, "CONNS", kControlConnectionsDefault, kControlConnectionsMax));
   conns = std::max<uint64_t>(2, conns);  // one for the machine's writes, the others copy
   auto target = TRY(m.open_target(std::string(w[1]), unsigned(conns), kConnectTimeoutDefault));
+  if (!target->note().empty()) LOG_WARN("{}", target->note());
   TRY(m.mirror.activate(std::move(target)));
   return json{{"ok", true}};
 }
@@ -89,6 +90,7 @@ Result<json> switch_to(const Words& w, Migration& m) {
   const std::string uri(w[1]);
   auto target =
       TRY(m.open_target(uri, unsigned(std::max<uint64_t>(1, conns)), kSwitchConnectTimeout));
+  if (!target->note().empty()) LOG_WARN("{}", target->note());
   m.mirror.deactivate();  // the disk is no longer the source of anything
   m.switched = std::make_unique<RemoteDevice>(std::move(target), m.tracker.header().image_size);
   m.switched_to = uri;
