@@ -141,10 +141,10 @@ struct State {
 };
 
 Result<void> write_state(Env& env, const std::string& path, const State& s) {
-  const std::string text = nlohmann::json{{"target", s.target},
-                                          {"baseline_next", s.baseline_next},
-                                          {"baseline_done", s.baseline_done}}
-                               .dump() + "\n";
+  const std::string text = dump_json(nlohmann::json{{"target", s.target},
+                                                    {"baseline_next", s.baseline_next},
+                                                    {"baseline_done", s.baseline_done}}) +
+                           "\n";
   const std::string tmp = path + ".tmp";
   auto f = TRY(env.open(tmp, OpenMode::CreateOrOpen));
   TRY(f->truncate(0));
@@ -161,9 +161,12 @@ std::optional<State> read_state(Env& env, const std::string& path) {
   std::string text(*size, '\0');
   if (!read_exact_at(**f, 0, std::as_writable_bytes(std::span(text)))) return std::nullopt;
   auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return std::nullopt;
-  return State{j.value("target", ""), j.value("baseline_next", uint64_t{0}),
-               j.value("baseline_done", false)};
+  // A damaged file (a field of another type) is no state: the migration starts afresh.
+  auto target = get_string(j, "target");
+  auto next = get_u64(j, "baseline_next");
+  auto done = get_bool(j, "baseline_done");
+  if (!target || !next || !done) return std::nullopt;
+  return State{*target, *next, *done};
 }
 
 // Ends a cutover that has held the disk since `held_at`; `done` is how its copy, flush and
@@ -174,7 +177,7 @@ Result<double> end_cutover(Control& ctl, const MigrateOptions& o, Clock::time_po
                            Result<void> done) {
   if (done && o.finish == MigrateOptions::Finish::Hold) {
     auto info = TRY(ctl.call("info"));
-    if (!info.value("held", false))
+    if (!bool_or(info, "held", false))
       return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
     return since(held_at) * 1e3;
   }
@@ -364,7 +367,7 @@ Result<State> begin(Run& m) {
   State st{m.o.target, 0, false};
   if (!m.live) return st;
   auto old = read_state(m.env, m.state_path);
-  if (!old || old->target != m.o.target) {
+  if (!old || old->target != m.o.target || old->baseline_next > m.size) {
     TRY(m.ctl.call("begin fresh"));  // the full copy covers every change made before it
     TRY(write_state(m.env, m.state_path, st));
     return st;
