@@ -165,16 +165,18 @@ Runner add_status(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
-      "status", "Show how far a stream is: state, regions present, bytes fetched on demand,\n"
-                "in the background and by a profile's prefetch; reads served locally (hit\n"
-                "ratio), reads that waited on the source and for how long, and the share of\n"
-                "prefetched bytes read since (precision). Works whether or not the streamer\n"
-                "runs (then as of the last commit).");
+      "status",
+      "Show how far a stream is: state, regions present, bytes fetched on demand,\n"
+      "in the background and by a profile's prefetch; reads served locally (hit\n"
+      "ratio), reads that waited on the source and for how long, and the share of\n"
+      "prefetched bytes read since (precision), rate and ETA. Works whether or not the\n"
+      "streamer runs (then as of the last commit; --json has the same fields, README.md).");
   cmd->add_option("DIR", a->dir, "Store directory")->required();
   cmd->add_flag("--json", a->json, "One JSON object (with --watch: one per line)");
   cmd->add_flag("--watch", a->watch,
-                "A live progress line (percent, MB/s, ETA, demand vs background) until the "
-                "stream is detached or fails");
+                "A live progress line (percent, MB/s, ETA, demand vs background), fitted to "
+                "the terminal, until the stream is detached (exit 0); exit 1 when the "
+                "streamer goes before (\"streamer gone\") or none runs");
   cmd->add_option("--interval", a->interval, "Seconds between --watch updates")
       ->check(CLI::Range(0.1, 3600.0))
       ->capture_default_str();
