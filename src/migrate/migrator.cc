@@ -337,6 +337,8 @@ struct Run {
   }
 };
 
+constexpr uint64_t kOfflineRegionBytes = 4096;
+
 // The server's view of the disk (live), the image, the target.
 Result<void> connect(Run& m) {
   if (m.live) {
@@ -351,6 +353,7 @@ Result<void> connect(Run& m) {
     m.state_path = TRY_CTX(get_string(info, "track"), "reply to 'info'") + ".migration";
     if (m.region_size == 0) return Error::io("reply to 'info': region_size 0");
   }
+  if (!m.live) m.region_size = kOfflineRegionBytes;  // no tracker: segments of whole pages
   m.image = TRY_CTX(m.env.open(m.image_path, OpenMode::ReadOnly), m.image_path);
   m.size = TRY(m.image->size());
   m.target = TRY(NbdTarget::open(m.o.target, m.o.connections, m.o.connect_timeout));
@@ -367,7 +370,8 @@ Result<State> begin(Run& m) {
   State st{m.o.target, 0, false};
   if (!m.live) return st;
   auto old = read_state(m.env, m.state_path);
-  if (!old || old->target != m.o.target || old->baseline_next > m.size) {
+  if (!old || old->target != m.o.target || old->baseline_next > m.size ||
+      (m.region_size && old->baseline_next % m.region_size && old->baseline_next != m.size)) {
     TRY(m.ctl.call("begin fresh"));  // the full copy covers every change made before it
     TRY(write_state(m.env, m.state_path, st));
     return st;
@@ -408,12 +412,16 @@ Result<RoundReport> full_copy(Run& m, Copier& copier, State st) {
   uint64_t segment = kBaselineSegmentBytesMin;
   while (!st.baseline_done) {
     const auto ts = Clock::now();
-    const uint64_t end = std::min(m.size, st.baseline_next + segment);
+    // Whole regions only: a region taken here must be copied whole here, or a write to
+    // its other part made after this copy read it would be cleared with the next take
+    // and never copied.
+    const uint64_t aligned = (st.baseline_next + segment) / m.region_size * m.region_size;
+    const uint64_t end = std::min(m.size, std::max(aligned, st.baseline_next + m.region_size));
     // The segment's changes so far are taken before it is read: this copy carries them.
     // A write from now on sets its bit again (bits are set after the data is written).
     if (m.live)
       TRY(m.ctl.call(fmt::format("take {} {} {}", st.baseline_next / m.region_size,
-                                 segment / m.region_size + 1,
+                                 (end - st.baseline_next) / m.region_size + 1,
                                  (end + m.region_size - 1) / m.region_size)));
     auto pieces = TRY(extents(*m.image, st.baseline_next, end, data));
     r0.bytes += TRY(copier.copy(pieces));
