@@ -1,12 +1,88 @@
 // imgstream migrate: copy a disk in use (live, with `serve --track --control`) or not in
 // use (an image file) to any NBD server (migrate/migrator.h).
-#include <cstdio>
+#include <unistd.h>
 
+#include <cstdio>
+#include <mutex>
+
+#include "base/rate_meter.h"
 #include "base/units.h"
 #include "cli/cli.h"
+#include "cli/progress.h"
+#include "io/control.h"
 #include "migrate/migrator.h"
 
 namespace imgstream::cli {
+
+namespace {
+
+// Where a migration stands, on stderr: on a terminal one line redrawn in place (round,
+// percent, bytes, rate and ETA, fitted to the width), with the events (a round done,
+// the cutover) printed above it; otherwise the events and a progress line every
+// kLogProgressSeconds.
+class MigrateDisplay {
+ public:
+  static constexpr double kLogProgressSeconds = 5;
+  static constexpr double kRedrawSeconds = 0.1;
+
+  MigrateDisplay() : tty_(::isatty(STDERR_FILENO)) {}
+  ~MigrateDisplay() { finish(); }
+
+  void finish() {
+    std::lock_guard lock(mu_);
+    clear();
+  }
+
+  void event(const std::string& s) {
+    std::lock_guard lock(mu_);
+    clear();
+    std::fprintf(stderr, "migrate: %s\n", s.c_str());
+  }
+
+  void progress(const migrate::MigrateProgress& p) {
+    std::lock_guard lock(mu_);
+    if (p.round != round_) meter_ = RateMeter();  // a new count
+    round_ = p.round;
+    const auto now = RateMeter::Clock::now();
+    meter_.sample(p.bytes_done, now);
+    const double since = std::chrono::duration<double>(now - last_).count();
+    if (since < (tty_ ? kRedrawSeconds : kLogProgressSeconds) && p.bytes_done < p.bytes_total)
+      return;
+    last_ = now;
+    std::vector<LineField> f = {{fmt::format("migrate: round {}", p.round), 0}};
+    if (p.bytes_total > 0)
+      f.push_back(
+          {fmt::format("{:5.1f}%", 100.0 * double(p.bytes_done) / double(p.bytes_total)), 0});
+    f.push_back({format_size(p.bytes_done) +
+                     (p.bytes_total ? " / " + format_size(p.bytes_total) : std::string()),
+                 2});
+    if (meter_.rate() > 0) f.push_back({fmt::format("{:.1f} MB/s", meter_.rate() / 1e6), 1});
+    if (p.bytes_total > 0)
+      if (auto eta = meter_.eta_seconds(p.bytes_total - p.bytes_done))
+        f.push_back({"ETA " + format_eta(*eta), 1});
+    if (tty_) {
+      std::fprintf(stderr, "\r%s\033[K", fit_line(f, terminal_columns(STDERR_FILENO)).c_str());
+      shown_ = true;
+    } else {
+      std::fprintf(stderr, "%s\n", fit_line(f, 0).c_str());
+    }
+  }
+
+ private:
+  void clear() {
+    if (shown_) std::fprintf(stderr, "\r\033[K");
+    shown_ = false;
+  }
+
+  const bool tty_;
+  std::mutex mu_;
+  bool shown_ = false;
+  unsigned round_ = 0;
+  RateMeter meter_;
+  RateMeter::Clock::time_point last_{};
+};
+
+}  // namespace
 
 Runner add_migrate(CLI::App& app) {
   struct Args {
@@ -98,14 +174,17 @@ Runner add_migrate(CLI::App& app) {
              : a->finish == "hold"   ? migrate::MigrateOptions::Finish::Hold
                                      : migrate::MigrateOptions::Finish::Switch;
     if (!a->converge.empty()) o.converge_bytes = parse_size(a->converge).value();
-    o.progress = [](const std::string& s) { std::fprintf(stderr, "migrate: %s\n", s.c_str()); };
+    auto display = std::make_shared<MigrateDisplay>();
+    o.progress = [display](const std::string& s) { display->event(s); };
+    o.on_progress = [display](const migrate::MigrateProgress& p) { display->progress(p); };
     auto r = migrate::migrate(*Env::posix(), o);
+    display->finish();  // its line goes before the result or the error is printed
     if (!r) {
       print_error("migrate to " + a->to + ": " + r.error().message);
       return kExitFailure;
     }
     if (a->json) {
-      std::printf("%s\n", r->to_json().dump().c_str());
+      std::printf("%s\n", dump_json(r->to_json()).c_str());
     } else {
       std::printf("migrated to %s: %zu rounds, %s sent for %s allocated (%.2fx), %.1f s, pause %.1f ms\n",
                   a->to.c_str(), r->rounds.size(), format_size(r->bytes_total).c_str(),

@@ -153,7 +153,7 @@ int run_diff(const std::string& old_path, const std::string& new_path, bool json
                      {"new_chunks", changed},         {"new_bytes_stored", changed_bytes},
                      {"new_bytes_image", image_bytes}, {"same_image", (*o)->header().identity ==
                                                                            (*n)->header().identity}};
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("%s -> %s: %llu of %llu distinct chunks are new: %s to fetch (%s of image data); "
                 "%llu shared\n",
@@ -304,7 +304,7 @@ int run_info(const std::string& where, bool json) {
                    {"boot_range", {h.boot_begin, h.boot_end}},
                    {"base_chain", chain}};
   if (json) {
-    std::printf("%s\n", j.dump().c_str());
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return kExitOk;
   }
   std::printf("pack: %s (%s)\nidentity: %s\nimage: %s in %llu chunks of %s\n", where.c_str(),

@@ -106,7 +106,7 @@ void show_json(const profile::Profile& p) {
                       {"runs", runs},
                       {"in_every_trace", s.in_every_trace},
                       {"mean_frequency", s.mean_frequency}};
-  std::printf("%s\n", j.dump().c_str());
+  std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
 }
 
 void show_human(const profile::Profile& p) {

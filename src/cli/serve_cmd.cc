@@ -3,7 +3,6 @@
 
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -19,8 +18,8 @@
 #include "io/control.h"
 #include "migrate/dirty_tracking_device.h"
 #include "migrate/hold_device.h"
+#include "migrate/migration_control.h"
 #include "migrate/mirror_device.h"
-#include "migrate/remote_device.h"
 #include "nbd/server.h"
 #include "pack/pack_source.h"
 #include "profile/tracing_device.h"
@@ -59,101 +58,6 @@ std::string absolute_path(const std::string& p) {
   return ::getcwd(buf, sizeof buf) ? std::string(buf) + "/" + p : p;
 }
 
-// The control commands of a served disk under migration (migrate/migrator.h):
-//   info                  the image, its size, the tracker's geometry and counts, the mirror's
-//   begin fresh|resume    a new migration (every bit cleared: the full copy covers them)
-//                         or one continued (regions a dead migrate had taken: dirty again)
-//   take FROM MAX [END]   up to MAX changed regions in [FROM, END), as runs; they are pending
-//   confirm | release     pending regions copied (dropped) | not copied (dirty again)
-//   active URI [CONNS]    active mode: writes are mirrored to URI, a copier copies the rest
-//   drain MS              (active) wait until the copier has copied every change, flush URI
-//   passive               active mode off
-//   hold MS               new requests wait, those in flight drain; for at most MS ms
-//   resume                requests go on; says whether the hold had expired meanwhile
-//   switch URI            (held) from now on the disk is the NBD export at URI: the
-//                         machine goes on, on the migration's target
-struct Migration {
-  std::string image, track;
-  migrate::DirtyTracker& tracker;
-  migrate::MirrorDevice& mirror;
-  migrate::HoldDevice& hold;
-  std::unique_ptr<migrate::RemoteDevice> switched;  // after a cutover
-};
-
-nlohmann::json migration_command(const std::string& line, Migration& m) {
-  migrate::DirtyTracker& t = m.tracker;
-  std::istringstream in(line);
-  std::string cmd, arg;
-  in >> cmd >> arg;
-  nlohmann::json j{{"ok", true}};
-  if (cmd == "info") {
-    const auto st = m.mirror.stats();
-    j = {{"image", m.image}, {"track", m.track}, {"size", t.header().image_size},
-         {"region_size", t.header().region_size}, {"dirty", t.dirty_count()},
-         {"pending", t.pending_count()}, {"unflushed", t.unflushed_count()}, {"held", m.hold.held()},
-         {"active", m.mirror.active()}, {"mirrored_bytes", st.mirrored_bytes},
-         {"copied_bytes", st.copied_bytes}, {"mirror_failures", st.mirror_failures},
-         {"copy_failures", st.copy_failures}};
-  } else if (cmd == "begin" && (arg == "fresh" || arg == "resume")) {
-    m.mirror.deactivate();  // a dead migrate's active mode: its copier is no one's now
-    t.release();
-    if (arg == "fresh") {
-      while (!t.take(0, SIZE_MAX).empty()) t.confirm();
-    }
-  } else if (cmd == "take") {
-    uint64_t from = 0, max = 0, end = UINT64_MAX;
-    std::istringstream(arg) >> from;
-    in >> max;
-    if (!(in >> end)) end = UINT64_MAX;
-    nlohmann::json runs = nlohmann::json::array();
-    for (uint64_t r : t.take(from, std::min<uint64_t>(max, 1u << 20), end)) {
-      if (!runs.empty() && runs.back()[0].get<uint64_t>() + runs.back()[1].get<uint64_t>() == r)
-        runs.back()[1] = runs.back()[1].get<uint64_t>() + 1;
-      else
-        runs.push_back({r, 1});
-    }
-    j["runs"] = std::move(runs);
-  } else if (cmd == "confirm") {
-    t.confirm();
-    if (auto r = t.flush(); !r) j = {{"error", r.error().message}};
-  } else if (cmd == "release") {
-    t.release();
-  } else if (cmd == "active" && !arg.empty()) {
-    unsigned conns = 4;
-    if (!(in >> conns) || conns == 0 || conns > 64) conns = 4;
-    conns = std::max(2u, conns);  // one for the machine's writes, the others copy
-    auto target = migrate::NbdTarget::open(arg, conns);
-    if (!target) return {{"error", target.error().message}};
-    if (auto r = m.mirror.activate(std::move(*target)); !r) return {{"error", r.error().message}};
-  } else if (cmd == "drain") {
-    uint64_t ms = 10'000;
-    std::istringstream(arg) >> ms;
-    if (auto r = m.mirror.drain(std::chrono::milliseconds(std::min<uint64_t>(ms, 600'000))); !r)
-      return {{"error", r.error().message}};
-  } else if (cmd == "passive") {
-    m.mirror.deactivate();
-  } else if (cmd == "hold") {
-    uint64_t ms = 10'000;
-    std::istringstream(arg) >> ms;
-    m.hold.hold(std::chrono::milliseconds(std::min<uint64_t>(ms, 600'000)));
-  } else if (cmd == "switch" && !arg.empty()) {
-    if (!m.hold.held()) return {{"error", "switch needs the disk held"}};
-    if (m.switched) return {{"error", "already switched"}};
-    // Held: the machine waits while this connects, so a dead target fails fast.
-    auto target = migrate::NbdTarget::open(arg, 4, std::chrono::seconds(5));
-    if (!target) return {{"error", target.error().message}};
-    m.mirror.deactivate();  // the disk is no longer the source of anything
-    m.switched = std::make_unique<migrate::RemoteDevice>(std::move(*target), t.header().image_size);
-    m.hold.switch_to(*m.switched);
-    LOG_INFO("the disk is now {}: requests go there", arg);
-  } else if (cmd == "resume") {
-    j["expired"] = !m.hold.held();
-    m.hold.release();
-  } else {
-    j = {{"error", "unknown command '" + line + "'"}};
-  }
-  return j;
-}
 
 // Usage, checked before anything is opened, bound or created (exit 2).
 int check_serve_usage(const ServeArgs& args, bool read_only, std::vector<Address>& listen) {
@@ -248,7 +152,7 @@ int run_serve(const ServeArgs& args) {
   }
   std::unique_ptr<migrate::MirrorDevice> mirror;
   std::unique_ptr<migrate::HoldDevice> holdable;
-  std::unique_ptr<Migration> migration;
+  std::unique_ptr<migrate::Migration> migration;
   std::unique_ptr<ControlServer> control;
   if (!args.control.empty()) {
     // hold -> mirror -> tracking -> disk: held requests wait above the mirror, and every
@@ -257,10 +161,10 @@ int run_serve(const ServeArgs& args) {
     exported = mirror.get();
     holdable = std::make_unique<migrate::HoldDevice>(*exported);
     exported = holdable.get();
-    migration.reset(new Migration{absolute_path(args.image), args.track, *tracker, *mirror,
-                                  *holdable, nullptr});
+    migration.reset(new migrate::Migration{absolute_path(args.image), args.track, *tracker, *mirror,
+                                           *holdable});
     auto c = ControlServer::start(args.control, [&](const std::string& line) {
-      return migration_command(line, *migration);
+      return migrate::migration_command(line, *migration);
     });
     if (!c) {
       print_error(c.error().message);

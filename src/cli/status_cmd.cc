@@ -3,109 +3,156 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <thread>
 
 #include "base/env.h"
 #include "base/units.h"
 #include "cli/cli.h"
+#include "cli/progress.h"
+#include "io/control.h"
 #include "stream/streamer.h"
 
 namespace imgstream::cli {
 
 namespace {
 
-Result<nlohmann::json> current_status(const std::string& dir) {
-  // A live reply has a state (its "error" field, if any, is the stream's failure reason).
-  auto live = stream::control_request(dir, "status");
-  if (live && live->contains("state")) return live;
-  return stream::stored_status(*Env::posix(), dir);
+// After this many ticks without an answer from a streamer that answered before (busy, or
+// stopped by SIGSTOP), --watch gives up.
+constexpr unsigned kWatchSilentTicksMax = 10;
+
+struct Status {
+  nlohmann::json j;
+  bool live = false;  // from the running streamer (else read from the store)
+};
+
+bool nobody_listens(const Error& e) {
+  return e.code == ECONNREFUSED || e.code == ENOENT;
 }
 
-uint64_t u64(const nlohmann::json& j, const char* k) { return j.value(k, uint64_t{0}); }
+// The running streamer's status, or the store's when none runs. A streamer that exists
+// but does not answer in time is an error (EAGAIN / ETIMEDOUT), not "none runs".
+Result<Status> current_status(const std::string& dir) {
+  auto live = stream::control_request(dir, "status");
+  if (live && live->contains("state")) return Status{std::move(*live), true};
+  if (!live && !nobody_listens(live.error()))
+    return Error{ETIMEDOUT, "the streamer does not answer (" + live.error().message + ")"};
+  return Status{TRY(stream::stored_status(*Env::posix(), dir)), false};
+}
 
-std::string human_line(const nlohmann::json& j, double rate_bps) {
-  const uint64_t total = u64(j, "regions_total"), present = u64(j, "regions_present");
-  const double pct = total ? 100.0 * double(present) / double(total) : 100.0;
-  std::string line = fmt::format("{:>9} {:5.1f}%  {}/{} regions  demand {}  background {}",
-                                 j.value("state", "?"), pct, present, total,
-                                 format_size(u64(j, "bytes_fetched_demand")),
-                                 format_size(u64(j, "bytes_fetched_background")));
+uint64_t u64(const nlohmann::json& j, const char* k) {
+  return u64_or(j, k, 0);
+}
+
+// The progress line, in fields that give way to the terminal's width (the least useful
+// first: the region counts, the prefetch, then demand and background).
+std::vector<LineField> progress_fields(const nlohmann::json& j) {
+  std::vector<LineField> f;
+  f.push_back({fmt::format("{:>9}", string_or(j, "state", "?")), 0});
+  f.push_back({fmt::format("{:5.1f}%", double_or(j, "percent", 0)), 0});
+  f.push_back(
+      {fmt::format("{}/{} regions", u64(j, "regions_present"), u64(j, "regions_total")), 6});
+  f.push_back({"demand " + format_size(u64(j, "bytes_fetched_demand")), 4});
+  f.push_back({"background " + format_size(u64(j, "bytes_fetched_background")), 4});
   if (u64(j, "bytes_prefetched") > 0)
-    line += fmt::format("  prefetch {} ({:.0f}% read)", format_size(u64(j, "bytes_prefetched")),
-                        100.0 * j.value("prefetch_precision", 0.0));
-  if (rate_bps > 0) {
-    const double left = double(total - present) * double(u64(j, "region_size"));
-    line += fmt::format("  {:.1f} MB/s  ETA {:.0f} s", rate_bps / 1e6, left / rate_bps);
-  }
-  if (j.contains("error")) line += "  error: " + j["error"].get<std::string>();
-  return line;
+    f.push_back({fmt::format("prefetch {} ({:.0f}% read)", format_size(u64(j, "bytes_prefetched")),
+                             100.0 * double_or(j, "prefetch_precision", 0.0)),
+                 5});
+  if (const double rate = double_or(j, "rate_bytes_per_s", 0); rate > 0)
+    f.push_back({fmt::format("{:.1f} MB/s", rate / 1e6), 1});
+  if (auto eta = get_double(j, "eta_s"); eta && *eta > 0)
+    f.push_back({"ETA " + format_eta(*eta), 1});
+  if (auto e = get_string(j, "error")) f.push_back({"error: " + *e, 3});
+  if (auto retry = get_double(j, "retry_in_s"))
+    f.push_back({fmt::format("retry in {:.0f} s", std::ceil(*retry)), 2});
+  return f;
 }
 
 // Reads: how many were served locally, and what the others cost in waiting.
 std::string reads_line(const nlohmann::json& j) {
   const uint64_t total = u64(j, "reads_total"), waited = u64(j, "reads_waited");
-  std::string line = fmt::format("reads: {} total, {:.1f}% local, {} waited on the source",
-                                 total, 100.0 * j.value("hit_ratio", 1.0), waited);
+  std::string line = fmt::format("reads: {} total, {:.1f}% local, {} waited on the source", total,
+                                 100.0 * double_or(j, "hit_ratio", 1.0), waited);
   if (waited > 0) {
-    const double s = j.value("wait_seconds", 0.0);
+    const double s = double_or(j, "wait_seconds", 0.0);
     line += fmt::format(" ({:.3f} s in all, {:.1f} ms each)", s, 1e3 * s / double(waited));
   }
+  if (const uint64_t failed = u64(j, "reads_failed"); failed > 0)
+    line += fmt::format(", {} failed", failed);
   if (u64(j, "bytes_prefetched") > 0)
     line += fmt::format("; prefetched {}, {:.1f}% of it read since",
                         format_size(u64(j, "bytes_prefetched")),
-                        100.0 * j.value("prefetch_precision", 0.0));
+                        100.0 * double_or(j, "prefetch_precision", 0.0));
   return line;
 }
 
-int run_status(const std::string& dir, bool json, bool watch, double interval_s) {
-  auto j = current_status(dir);
-  if (!j) {
-    print_error("status " + dir + ": " + j.error().message);
-    return kExitFailure;
+void print_once(const Status& s, bool json) {
+  if (json) {
+    std::printf("%s\n", dump_json(s.j).c_str());
+    return;
   }
-  if (!watch) {
-    if (json) {
-      std::printf("%s\n", j->dump().c_str());
-    } else {
-      std::printf("%s\n%s\nsource: %s\nstore: %s (%s)\n", human_line(*j, 0).c_str(),
-                  reads_line(*j).c_str(), j->value("source", "").c_str(), dir.c_str(),
-                  j->value("daemon_running", false) ? "streamer running" : "no streamer running");
-    }
-    return kExitOk;
-  }
-  // --watch: a live line until the stream ends (detached or error) or Ctrl-C.
-  const bool tty = ::isatty(STDOUT_FILENO);
-  auto fetched = [](const nlohmann::json& s) {
-    return u64(s, "bytes_fetched_demand") + u64(s, "bytes_fetched_background") +
-           u64(s, "bytes_prefetched");
-  };
-  auto last = std::chrono::steady_clock::now();
-  uint64_t last_bytes = fetched(*j);
+  std::printf("%s\n%s\nsource: %s\nstore: %s (%s)\n", fit_line(progress_fields(s.j), 0).c_str(),
+              reads_line(s.j).c_str(), string_or(s.j, "source", "").c_str(),
+              string_or(s.j, "store", "").c_str(),
+              s.live ? "streamer running" : "no streamer running");
+  if (auto hint = get_string(s.j, "hint")) std::printf("hint: %s\n", hint->c_str());
+}
+
+// --watch: a live line until the stream is detached, or the streamer goes (exit 1).
+int watch(const std::string& dir, bool json, double interval_s, Status s) {
+  const bool tty = !json && ::isatty(STDOUT_FILENO);
+  bool was_live = s.live;
+  unsigned silent = 0;
   for (;;) {
-    std::this_thread::sleep_for(std::chrono::duration<double>(interval_s));
-    auto now_j = current_status(dir);
-    if (!now_j) {
-      print_error("status " + dir + ": " + now_j.error().message);
+    if (silent == 0) {  // a fresh status: redrawn (a terminal) or one more line
+      const size_t width = tty ? terminal_columns(STDOUT_FILENO) : 0;
+      const std::string line = json ? dump_json(s.j) : fit_line(progress_fields(s.j), width);
+      std::printf(tty ? "\r%s\033[K" : "%s\n", line.c_str());
+      std::fflush(stdout);
+    }
+    const std::string state = string_or(s.j, "state", "");
+    if (state == "detached" || state == "complete") {
+      if (tty) std::printf("\n");
+      return kExitOk;
+    }
+    if (!s.live) {
+      if (tty) std::printf("\n");
+      print_error("status " + dir + ": " +
+                  (was_live ? "streamer gone (it stopped or was killed) before the stream was "
+                              "complete; state '" +
+                                  state + "' as of its last commit"
+                            : "no streamer runs on this store; state '" + state +
+                                  "' as of its last commit"));
       return kExitFailure;
     }
-    const auto now = std::chrono::steady_clock::now();
-    const double dt = std::chrono::duration<double>(now - last).count();
-    const uint64_t bytes = fetched(*now_j);
-    const double rate = dt > 0 ? double(bytes - std::min(bytes, last_bytes)) / dt : 0;
-    last = now;
-    last_bytes = bytes;
-    std::string line = json ? now_j->dump() : human_line(*now_j, rate);
-    std::printf(tty && !json ? "\r%s\033[K" : "%s\n", line.c_str());
-    std::fflush(stdout);
-    const std::string state = now_j->value("state", "");
-    if (state == "detached" || state == "complete" || state == "error" ||
-        !now_j->value("daemon_running", false)) {
-      if (tty && !json) std::printf("\n");
-      return state == "error" ? kExitFailure : kExitOk;
+    std::this_thread::sleep_for(std::chrono::duration<double>(interval_s));
+    auto next = current_status(dir);
+    if (!next && next.error().code == ETIMEDOUT && ++silent < kWatchSilentTicksMax) continue;
+    silent = 0;
+    if (!next) {
+      if (tty) std::printf("\n");
+      print_error("status " + dir + ": " + next.error().message);
+      return kExitFailure;
     }
+    was_live = was_live || next->live;
+    s = std::move(*next);
   }
+}
+
+int run_status(const std::string& dir, bool json, bool watching, double interval_s) {
+  auto s = current_status(dir);
+  if (!s) {
+    print_error("status " + dir + ": " + s.error().message);
+    return kExitFailure;
+  }
+  if (!watching) {
+    print_once(*s, json);
+    return kExitOk;
+  }
+  return watch(dir, json, interval_s, std::move(*s));
 }
 
 }  // namespace
@@ -118,16 +165,18 @@ Runner add_status(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   CLI::App* cmd = app.add_subcommand(
-      "status", "Show how far a stream is: state, regions present, bytes fetched on demand,\n"
-                "in the background and by a profile's prefetch; reads served locally (hit\n"
-                "ratio), reads that waited on the source and for how long, and the share of\n"
-                "prefetched bytes read since (precision). Works whether or not the streamer\n"
-                "runs (then as of the last commit).");
+      "status",
+      "Show how far a stream is: state, regions present, bytes fetched on demand,\n"
+      "in the background and by a profile's prefetch; reads served locally (hit\n"
+      "ratio), reads that waited on the source and for how long, and the share of\n"
+      "prefetched bytes read since (precision), rate and ETA. Works whether or not the\n"
+      "streamer runs (then as of the last commit; --json has the same fields, README.md).");
   cmd->add_option("DIR", a->dir, "Store directory")->required();
   cmd->add_flag("--json", a->json, "One JSON object (with --watch: one per line)");
   cmd->add_flag("--watch", a->watch,
-                "A live progress line (percent, MB/s, ETA, demand vs background) until the "
-                "stream is detached or fails");
+                "A live progress line (percent, MB/s, ETA, demand vs background), fitted to "
+                "the terminal, until the stream is detached (exit 0); exit 1 when the "
+                "streamer goes before (\"streamer gone\") or none runs");
   cmd->add_option("--interval", a->interval, "Seconds between --watch updates")
       ->check(CLI::Range(0.1, 3600.0))
       ->capture_default_str();
@@ -154,6 +203,11 @@ Runner add_ctl(CLI::App& app) {
       print_error("ctl rate needs a RATE, e.g. 'imgstream ctl DIR rate 50M'");
       return kExitUsage;
     }
+    if (a->action != "rate" && !a->rate.empty()) {
+      print_error("ctl " + a->action + " takes no argument (got '" + a->rate +
+                  "'); a rate is set with 'imgstream ctl DIR rate RATE'");
+      return kExitUsage;
+    }
     const std::string command = a->action == "rate" ? "rate " + a->rate : a->action;
     auto r = stream::control_request(a->dir, command);
     if (!r) {
@@ -161,7 +215,7 @@ Runner add_ctl(CLI::App& app) {
       return kExitFailure;
     }
     if (r->contains("error")) {
-      print_error("ctl " + a->dir + ": " + (*r)["error"].get<std::string>());
+      print_error("ctl " + a->dir + ": " + string_or(*r, "error", dump_json((*r)["error"])));
       return kExitFailure;
     }
     return kExitOk;

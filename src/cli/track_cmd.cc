@@ -1,11 +1,14 @@
 // imgstream track show FILE: which regions a tracking file names as changed
-// (docs/track-format.md). Opening it recovers it as a restarting server would.
+// (docs/track-format.md), read without changing the file: the regions of the extents in
+// its activity log count as changed, as a recovery would count them. Works while its
+// server runs (then: its last durable state).
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include <cstdio>
-
+#include "base/log.h"
 #include "base/units.h"
 #include "cli/cli.h"
+#include "io/control.h"
 #include "migrate/dirty_tracker.h"
 
 namespace imgstream::cli {
@@ -15,33 +18,30 @@ namespace {
 inline constexpr size_t kShowRunsMax = 64;
 
 int run_show(const std::string& path, bool json) {
-  auto size = [&]() -> Result<uint64_t> {
-    auto f = TRY(Env::posix()->open(path, OpenMode::ReadOnly));
-    std::vector<std::byte> head(migrate::kTrackHeaderBytes);
-    TRY(read_exact_at(*f, 0, head));
-    return TRY(migrate::decode_track_header(head)).image_size;
-  }();
-  if (!size) {
-    print_error("track show " + path + ": " + size.error().message);
+  // Read only: a server may have the file open, and `show` must not recover it under it.
+  auto snap = migrate::DirtyTracker::read_snapshot(*Env::posix(), path);
+  if (!snap) {
+    print_error("track show " + path + ": " + snap.error().message);
     return kExitFailure;
   }
-  auto t = migrate::DirtyTracker::open(*Env::posix(), path, *size);
-  if (!t) {
-    print_error("track show: " + t.error().message);
-    return kExitFailure;
-  }
-  const migrate::TrackHeader& h = (*t)->header();
-  std::vector<std::pair<uint64_t, uint64_t>> runs;  // first region, count
-  for (uint64_t r : (*t)->dirty_regions()) {
-    if (!runs.empty() && runs.back().first + runs.back().second == r) ++runs.back().second;
-    else runs.emplace_back(r, 1);
-  }
-  const uint64_t dirty = (*t)->dirty_count();
+  const migrate::TrackHeader& h = snap->header;
+  const auto runs = snap->dirty_runs();
+  const uint64_t dirty = snap->dirty_count();
+  if (snap->in_use)
+    LOG_WARN(
+        "{} is in use by a running server: showing its last durable state (the {} extents "
+        "of its activity log count as changed)",
+        path, snap->al_extents);
   if (json) {
-    nlohmann::json j{{"image_size", h.image_size}, {"region_size", h.region_size},
-                     {"regions", h.regions()},     {"dirty_regions", dirty},
-                     {"dirty_bytes", dirty * h.region_size}, {"runs", runs}};
-    std::printf("%s\n", j.dump().c_str());
+    nlohmann::json j{{"image_size", h.image_size},
+                     {"region_size", h.region_size},
+                     {"regions", h.regions()},
+                     {"dirty_regions", dirty},
+                     {"dirty_bytes", dirty * h.region_size},
+                     {"runs", runs},
+                     {"in_use", snap->in_use},
+                     {"log_extents", snap->al_extents}};
+    std::printf("%s\n", dump_json(j).c_str());
     return kExitOk;
   }
   std::printf("%s: %llu of %llu regions of %s changed (%s)\n", path.c_str(),
@@ -66,8 +66,10 @@ Runner add_track(CLI::App& app) {
       "track", "Tracking files (serve --track): which regions of a disk changed.");
   cmd->require_subcommand(1);
   CLI::App* show = cmd->add_subcommand(
-      "show", "List the regions a tracking file names as changed (recovering it first, as a\n"
-              "restarting server would, if its server stopped without closing it).");
+      "show",
+      "List the regions a tracking file names as changed, without changing the file\n"
+      "(the extents in its activity log count as changed, as a restarting server would\n"
+      "count them). Works while its server runs: then its last durable state.");
   show->add_option("FILE", a->path, "Tracking file")->required();
   show->add_flag("--json", a->json, "One JSON object; runs as [first region, count]");
   return [a] { return run_show(a->path, a->json); };

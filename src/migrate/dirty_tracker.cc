@@ -27,6 +27,64 @@ Result<std::unique_ptr<DirtyTracker>> DirtyTracker::open(Env& env, const std::st
 
 DirtyTracker::~DirtyTracker() = default;
 
+Result<TrackSnapshot> DirtyTracker::read_snapshot(Env& env, const std::string& path) {
+  TrackSnapshot snap;
+  // In use when its lock is held. (Taken and let go at once when free; a lock file that
+  // does not exist means no server ever ran on it, and is not made.)
+  const std::string lock_path = path + ".lock";
+  if (TRY(env.exists(lock_path))) {
+    auto lock = env.lock(lock_path);
+    snap.in_use = !lock && (lock.error().code == EWOULDBLOCK || lock.error().code == EAGAIN);
+  }
+  auto f = TRY(env.open(path, OpenMode::ReadOnly));
+  std::vector<std::byte> head(kTrackHeaderBytes);
+  TRY(read_exact_at(*f, 0, head));
+  const TrackHeader h = TRY(decode_track_header(head));
+  if (TRY(f->size()) < h.file_bytes()) return Error::invalid("tracking file is truncated");
+  snap.header = h;
+  snap.dirty.resize(h.bitmap_bytes());
+  TRY(read_exact_at(*f, h.bitmap_offset(), std::as_writable_bytes(std::span(snap.dirty))));
+  AlTransaction newest;
+  std::vector<std::byte> slot(kAlSlotBytes);
+  for (uint32_t i = 0; i < kAlSlots; ++i) {
+    TRY(read_exact_at(*f, h.al_offset() + uint64_t(i) * kAlSlotBytes, slot));
+    auto t = decode_al(h, slot);
+    if (t && t->seq > newest.seq) newest = std::move(*t);
+  }
+  if (newest.seq == 0) return Error::invalid("no valid activity-log slot");
+  snap.al_extents = newest.extents.size();
+  for (uint64_t e : newest.extents) {
+    const uint64_t first = e * h.extent_regions;
+    const uint64_t end = std::min(h.regions(), first + h.extent_regions);
+    for (uint64_t r = first; r < end; ++r) snap.dirty[r / 8] |= uint8_t(1u << (r % 8));
+  }
+  // Bits past the last region mean nothing (the file's padding).
+  if (h.regions() % 8) snap.dirty.back() &= uint8_t((1u << (h.regions() % 8)) - 1);
+  return snap;
+}
+
+uint64_t TrackSnapshot::dirty_count() const {
+  uint64_t n = 0;
+  for (uint8_t b : dirty) n += static_cast<uint64_t>(std::popcount(b));
+  return n;
+}
+
+std::vector<std::pair<uint64_t, uint64_t>> TrackSnapshot::dirty_runs() const {
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  for (uint64_t r = 0; r < header.regions(); ++r) {
+    if (r % 8 == 0 && dirty[r / 8] == 0) {  // a clean byte at once
+      r += 7;
+      continue;
+    }
+    if (!(dirty[r / 8] >> (r % 8) & 1)) continue;
+    if (!runs.empty() && runs.back().first + runs.back().second == r)
+      ++runs.back().second;
+    else
+      runs.emplace_back(r, 1);
+  }
+  return runs;
+}
+
 void DirtyTracker::alloc_side_bitmaps() {
   for (auto* side : {&pending_, &unflushed_[0], &unflushed_[1]}) {
     *side = std::make_unique<std::atomic<uint64_t>[]>(words_);

@@ -46,8 +46,27 @@ struct TrackOptions {
   uint32_t al_extents = kAlExtentsMax;
 };
 
+// What a tracking file names, read without changing it (`track show`): the regions its
+// bitmap names, plus every region of the extents of its newest activity-log transaction
+// (as a recovery would count them, in memory only).
+struct TrackSnapshot {
+  TrackHeader header;
+  std::vector<uint8_t> dirty;  // bit (i mod 8) of byte (i / 8) is region i
+  uint64_t al_extents = 0;     // extents in the newest log transaction
+  // A running server holds the file: this is its last durable state (it may have
+  // changed regions since, and its log extents are counted as changed).
+  bool in_use = false;
+
+  uint64_t dirty_count() const;
+  std::vector<std::pair<uint64_t, uint64_t>> dirty_runs() const;  // (first region, count)
+};
+
 class DirtyTracker {
  public:
+  // Reads the file at `path` without recovering it, writing anything or creating
+  // anything; works while a server has it open.
+  static Result<TrackSnapshot> read_snapshot(Env& env, const std::string& path);
+
   // Opens the tracking file at `path` for an image of `image_size` bytes, or makes it
   // (all clean). An existing file for another size is refused. Recovery: the regions of
   // the newest valid AL transaction are added to the bitmap, which is then made durable.

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <random>
 #include <set>
 
@@ -213,6 +214,51 @@ TEST(DirtyTracker, WritesToHotExtentsNeedNoSync) {
   EXPECT_TRUE((*t)->try_begin_write(kRegion, 10));
   (*t)->end_write(kRegion, 10, false);
   EXPECT_FALSE((*t)->try_begin_write(100 * kRegion, 10));
+}
+
+// track show reads a file a server has open without changing a byte of it: the bitmap
+// and the log's extents (counted as changed, as a recovery would) are what it names.
+TEST(DirtyTracker, SnapshotReadsAFileInUseWithoutChangingIt) {
+  char tmpl[] = "/tmp/imgstream-track-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl, path = dir + "/t.track";
+  Env& env = *Env::posix();
+  auto file_bytes = [&] {
+    auto f = env.open(path, OpenMode::ReadOnly);
+    EXPECT_TRUE(f);
+    std::vector<std::byte> b(*(*f)->size());
+    EXPECT_TRUE(read_exact_at(**f, 0, b));
+    return b;
+  };
+  {
+    auto t = DirtyTracker::open(env, path, kSize, small());
+    ASSERT_TRUE(t) << t.error().message;
+    nbd::testing::MemoryDevice disk(kSize);
+    DirtyTrackingDevice d(disk, **t);
+    std::vector<std::byte> b(kRegion, std::byte{1});
+    ASSERT_TRUE(d.write(5 * kRegion, b, Durability::Buffered));  // extent 1, in the log
+    ASSERT_TRUE((*t)->flush());                                  // region 5 in the bitmap
+    const auto before = file_bytes();
+    auto snap = DirtyTracker::read_snapshot(env, path);
+    ASSERT_TRUE(snap) << snap.error().message;
+    EXPECT_TRUE(snap->in_use);
+    EXPECT_EQ(snap->al_extents, 1u);
+    // Region 5, and the other regions of its extent (4 to 7) as a recovery counts them.
+    EXPECT_EQ(snap->dirty_count(), 4u);
+    EXPECT_EQ(snap->dirty_runs(), (std::vector<std::pair<uint64_t, uint64_t>>{{4, 4}}));
+    EXPECT_EQ(file_bytes(), before);
+    ASSERT_TRUE((*t)->close());
+  }
+  auto snap = DirtyTracker::read_snapshot(env, path);
+  ASSERT_TRUE(snap);
+  EXPECT_FALSE(snap->in_use);
+  EXPECT_EQ(snap->al_extents, 0u);
+  EXPECT_EQ(snap->dirty_runs(), (std::vector<std::pair<uint64_t, uint64_t>>{{5, 1}}));
+  // A file no server ever ran on: no lock file is made for it.
+  ASSERT_TRUE(env.rename(path, dir + "/copy.track"));
+  ASSERT_TRUE(DirtyTracker::read_snapshot(env, dir + "/copy.track"));
+  EXPECT_FALSE(*env.exists(dir + "/copy.track.lock"));
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

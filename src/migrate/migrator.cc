@@ -36,8 +36,14 @@ class Control {
                    "no imgstream serve --control answers at " + path_ + " (" + r.error().message +
                        "); a migration stopped with its server continues when both run again"};
     auto j = TRY_CTX(std::move(r), "control socket " + path_);
-    if (j.contains("error")) return Error::io(path_ + ": " + cmd + ": " + j["error"].get<std::string>());
+    if (j.contains("error"))
+      return Error::io(path_ + ": " + cmd + ": " + string_or(j, "error", dump_json(j["error"])));
     return j;
+  }
+  // A field of a reply: an error naming the command and the field when it is missing or
+  // of another type (a malformed reply must fail the migration, never abort it).
+  static Result<uint64_t> u64(const nlohmann::json& j, const char* cmd, const char* key) {
+    return TRY_CTX(get_u64(j, key), std::string("reply to '") + cmd + "'");
   }
 
  private:
@@ -116,6 +122,19 @@ Result<std::vector<Piece>> extents(File& f, uint64_t from, uint64_t to, uint64_t
   return out;
 }
 
+// Bytes of data (not holes) in [from, to) of the image file.
+Result<uint64_t> allocated_bytes(File& f, uint64_t from, uint64_t to) {
+  uint64_t bytes = 0;
+  for (uint64_t pos = from; pos < to;) {
+    const uint64_t data = std::min(TRY(f.seek_data(pos)), to);
+    if (data >= to) break;
+    const uint64_t hole = std::min(TRY(f.seek_hole(data)), to);
+    bytes += hole - data;
+    pos = hole;
+  }
+  return bytes;
+}
+
 struct State {
   std::string target;
   uint64_t baseline_next = 0;
@@ -123,10 +142,10 @@ struct State {
 };
 
 Result<void> write_state(Env& env, const std::string& path, const State& s) {
-  const std::string text = nlohmann::json{{"target", s.target},
-                                          {"baseline_next", s.baseline_next},
-                                          {"baseline_done", s.baseline_done}}
-                               .dump() + "\n";
+  const std::string text = dump_json(nlohmann::json{{"target", s.target},
+                                                    {"baseline_next", s.baseline_next},
+                                                    {"baseline_done", s.baseline_done}}) +
+                           "\n";
   const std::string tmp = path + ".tmp";
   auto f = TRY(env.open(tmp, OpenMode::CreateOrOpen));
   TRY(f->truncate(0));
@@ -143,15 +162,12 @@ std::optional<State> read_state(Env& env, const std::string& path) {
   std::string text(*size, '\0');
   if (!read_exact_at(**f, 0, std::as_writable_bytes(std::span(text)))) return std::nullopt;
   auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return std::nullopt;
-  return State{j.value("target", ""), j.value("baseline_next", uint64_t{0}),
-               j.value("baseline_done", false)};
-}
-
-std::vector<std::pair<uint64_t, uint64_t>> runs_of(const nlohmann::json& j) {
-  std::vector<std::pair<uint64_t, uint64_t>> runs;
-  for (const auto& r : j.at("runs")) runs.emplace_back(r.at(0).get<uint64_t>(), r.at(1).get<uint64_t>());
-  return runs;
+  // A damaged file (a field of another type) is no state: the migration starts afresh.
+  auto target = get_string(j, "target");
+  auto next = get_u64(j, "baseline_next");
+  auto done = get_bool(j, "baseline_done");
+  if (!target || !next || !done) return std::nullopt;
+  return State{*target, *next, *done};
 }
 
 // Ends a cutover that has held the disk since `held_at`; `done` is how its copy, flush and
@@ -162,7 +178,7 @@ Result<double> end_cutover(Control& ctl, const MigrateOptions& o, Clock::time_po
                            Result<void> done) {
   if (done && o.finish == MigrateOptions::Finish::Hold) {
     auto info = TRY(ctl.call("info"));
-    if (!info.value("held", false))
+    if (!bool_or(info, "held", false))
       return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
     return since(held_at) * 1e3;
   }
@@ -177,6 +193,21 @@ Result<double> end_cutover(Control& ctl, const MigrateOptions& o, Clock::time_po
   return pause_ms;
 }
 
+// The counts of an "info" reply that active mode watches.
+struct MirrorInfo {
+  uint64_t dirty = 0, copied = 0, mirrored = 0, copy_failures = 0;
+};
+
+Result<MirrorInfo> mirror_info(Control& ctl) {
+  const auto j = TRY(ctl.call("info"));
+  MirrorInfo i;
+  i.dirty = TRY(Control::u64(j, "info", "dirty"));
+  i.copied = TRY(Control::u64(j, "info", "copied_bytes"));
+  i.mirrored = TRY(Control::u64(j, "info", "mirrored_bytes"));
+  i.copy_failures = u64_or(j, "copy_failures", 0);
+  return i;
+}
+
 void total_up(MigrateReport& rep, Clock::time_point t_start) {
   rep.bytes_total = rep.cutover_bytes;
   for (const RoundReport& r : rep.rounds) rep.bytes_total += r.bytes;
@@ -185,11 +216,13 @@ void total_up(MigrateReport& rep, Clock::time_point t_start) {
 
 // After round 0, in active mode: the server mirrors and copies; this waits until the
 // changes left are few, then holds the disk while the server's copier finishes them.
+// `connections`: what the target took when migrate connected (the server asks for no more).
 Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint64_t region_size,
-                                     Clock::time_point t_start, MigrateReport rep,
+                                     unsigned connections, Clock::time_point t_start,
+                                     MigrateReport rep,
                                      const std::function<void(const std::string&)>& say) {
   rep.active = true;
-  TRY(ctl.call(fmt::format("active {} {}", o.target, o.connections), 60));
+  TRY(ctl.call(fmt::format("active {} {}", o.target, connections), 60));
   // New writes are mirrored, so the changed set only shrinks: wait until what is left
   // copies in about 50 ms at the copier's pace (or --converge), then cut over.
   RoundReport ra;
@@ -197,12 +230,11 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
   auto last_progress = t, last_say = t, last_sample = t;
   uint64_t last_moved = 0, last_dirty = UINT64_MAX, sample_copied = 0;
   double copy_rate = 0;  // bytes/s of the server's copier, smoothed
-  nlohmann::json info;
+  MirrorInfo info;
   for (;;) {
-    info = TRY(ctl.call("info"));
-    const uint64_t dirty = info.at("dirty").get<uint64_t>();
-    const uint64_t copied = info.at("copied_bytes").get<uint64_t>();
-    const uint64_t moved = copied + info.at("mirrored_bytes").get<uint64_t>();
+    info = TRY(mirror_info(ctl));
+    const uint64_t dirty = info.dirty, copied = info.copied;
+    const uint64_t moved = copied + info.mirrored;
     if (const double dt = since(last_sample); dt >= 0.5) {
       const double r = double(copied - std::min(copied, sample_copied)) / dt;
       copy_rate = copy_rate == 0 ? r : 0.5 * copy_rate + 0.5 * r;
@@ -218,21 +250,19 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
       (void)ctl.call("passive");
       return Error{ETIMEDOUT, fmt::format("active mode: nothing reached the target for {} s ({} "
                                           "copies failed); run migrate again",
-                                          o.stall_limit.count() / 1000,
-                                          info.value("copy_failures", uint64_t{0}))};
+                                          o.stall_limit.count() / 1000, info.copy_failures)};
     }
     last_moved = moved;
     last_dirty = dirty;
     if (Clock::now() - last_say > std::chrono::seconds(1)) {
       last_say = Clock::now();
       say(fmt::format("active: {} changed regions left; {} mirrored, {} copied", dirty,
-                      format_size(info.at("mirrored_bytes").get<uint64_t>()),
-                      format_size(info.at("copied_bytes").get<uint64_t>())));
+                      format_size(info.mirrored), format_size(info.copied)));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   ra.seconds = since(t);
-  const uint64_t copied_before = info.at("copied_bytes").get<uint64_t>();
+  const uint64_t copied_before = info.copied;
 
   // Cutover: held, the copier finishes, the server flushes the target.
   const auto tp = Clock::now();
@@ -243,7 +273,7 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
   const double drained_ms = since(tp) * 1e3;  // copied, and the target flushed
   Result<nlohmann::json> finished = nlohmann::json::object();
   if (drained && o.finish == MigrateOptions::Finish::Switch)
-    finished = ctl.call("switch " + o.target);
+    finished = ctl.call(fmt::format("switch {} {}", o.target, connections));
   else
     finished = ctl.call("passive");
   say(fmt::format("cutover: held after {:.1f} ms, drained after {:.1f} ms, {} after {:.1f} ms",
@@ -254,10 +284,10 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
   if (!drained) done = std::move(drained).error();
   else if (!finished) done = std::move(finished).error();
   rep.pause_ms = TRY(end_cutover(ctl, o, tp, std::move(done)));
-  auto after = ctl.call("info");  // the counters; the migration is done either way
-  const nlohmann::json& end = after ? *after : info;
-  rep.mirrored_bytes = end.at("mirrored_bytes").get<uint64_t>();
-  const uint64_t copied = end.at("copied_bytes").get<uint64_t>();
+  auto after = mirror_info(ctl);  // the counters; the migration is done either way
+  const MirrorInfo& end = after ? *after : info;
+  rep.mirrored_bytes = end.mirrored;
+  const uint64_t copied = end.copied;
   rep.cutover_bytes = copied - std::min(copied, copied_before);
   ra.bytes = rep.mirrored_bytes + copied_before;
   rep.rounds.push_back(ra);
@@ -286,167 +316,248 @@ nlohmann::json MigrateReport::to_json() const {
           {"resumed", resumed}};
 }
 
-Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
-  const auto t_start = Clock::now();
-  auto say = [&](const std::string& s) {
-    if (o.progress) o.progress(s);
-  };
-  const bool live = !o.control.empty();
-  Control ctl(o.control);
+namespace {
+
+// One migration under way: what migrate() works with, phase after phase.
+struct Run {
+  Env& env;
+  const MigrateOptions& o;
+  std::function<void(const std::string&)> say;
+  Control ctl{o.control};
+  bool live = !o.control.empty();
   std::string image_path = o.image, state_path;
-  uint64_t region_size = 0;
-  if (live) {
-    auto info = TRY(ctl.call("info"));
-    image_path = info.at("image").get<std::string>();
-    region_size = info.at("region_size").get<uint64_t>();
-    state_path = info.at("track").get<std::string>() + ".migration";
+  uint64_t region_size = 0, size = 0;
+  std::unique_ptr<File> image;
+  std::unique_ptr<NbdTarget> target;
+  unsigned connections = 0;  // what the target took
+  MigrateReport rep;
+  Clock::time_point t_start = Clock::now();
+
+  void progress(unsigned round, uint64_t done, uint64_t total) const {
+    if (o.on_progress) o.on_progress(MigrateProgress{round, done, total});
   }
-  auto image = TRY_CTX(env.open(image_path, OpenMode::ReadOnly), image_path);
+};
+
+constexpr uint64_t kOfflineRegionBytes = 4096;
+
+// The server's view of the disk (live), the image, the target.
+Result<void> connect(Run& m) {
+  if (m.live) {
+    auto info = TRY(m.ctl.call("info"));
+    // A disk already switched runs on its target: another copy would be of nothing.
+    if (bool_or(info, "switched", false))
+      return Error{EALREADY, "the disk served at " + m.o.control + " was switched to " +
+                                 string_or(info, "switched_to", "?") +
+                                 " by a completed migration and runs there: nothing to migrate"};
+    m.image_path = TRY_CTX(get_string(info, "image"), "reply to 'info'");
+    m.region_size = TRY(Control::u64(info, "info", "region_size"));
+    m.state_path = TRY_CTX(get_string(info, "track"), "reply to 'info'") + ".migration";
+    if (m.region_size == 0) return Error::io("reply to 'info': region_size 0");
+  }
+  if (!m.live) m.region_size = kOfflineRegionBytes;  // no tracker: segments of whole pages
+  m.image = TRY_CTX(m.env.open(m.image_path, OpenMode::ReadOnly), m.image_path);
   // Offline, the disk must not change while it is copied: no writer may hold it (QEMU's
   // locks, base/image_lock.h). Live, the serving process writes it and tracks the changes.
-  if (!live) TRY(lock_image(*image, ImageUse::ReadStable));
-  const uint64_t size = TRY(image->size());
-  auto target = TRY(NbdTarget::open(o.target, o.connections, o.connect_timeout));
-  if (target->size() < size)
-    return Error::invalid(o.target + " has " + std::to_string(target->size()) +
-                          " bytes, the disk has " + std::to_string(size));
-  Copier copier(*image, *target);
-  MigrateReport rep;
+  if (!m.live) TRY(lock_image(*m.image, ImageUse::ReadStable));
+  m.size = TRY(m.image->size());
+  m.target = TRY(NbdTarget::open(m.o.target, m.o.connections, m.o.connect_timeout));
+  m.connections = m.target->connections();
+  if (!m.target->note().empty()) m.say(m.target->note());
+  if (m.target->size() < m.size)
+    return Error::invalid(m.o.target + " has " + std::to_string(m.target->size()) +
+                          " bytes, the disk has " + std::to_string(m.size));
+  return ok();
+}
 
-  // Round 0, or what is left of it.
-  State st{o.target, 0, false};
-  if (live) {
-    auto old = read_state(env, state_path);
-    if (old && old->target == o.target) {
-      st = *old;
-      rep.resumed = true;
-      TRY(ctl.call("begin resume"));  // a dead migrate's taken regions: dirty again
-      say(fmt::format("continuing the migration to {} (full copy {})", o.target,
-                      st.baseline_done ? "done" : "at " + format_size(st.baseline_next)));
-      // The stopped run's last writes may still be queued at the target, on connections
-      // the target has not yet noticed are gone. One landing after this run's copy of
-      // the same region would put old bytes there, so this run copies nothing before
-      // they are done: at most connections x 4 MiB in flight, seconds even on a slow link.
-      say(fmt::format("waiting {} s for the stopped run's writes still queued at the target",
-                      kResumeGrace.count()));
-      std::this_thread::sleep_for(kResumeGrace);
-    } else {
-      TRY(ctl.call("begin fresh"));  // the full copy covers every change made before it
-      TRY(write_state(env, state_path, st));
-    }
+// Where round 0 starts: a migration to the same target stopped before continues there.
+Result<State> begin(Run& m) {
+  State st{m.o.target, 0, false};
+  if (!m.live) return st;
+  auto old = read_state(m.env, m.state_path);
+  if (!old || old->target != m.o.target || old->baseline_next > m.size ||
+      (m.region_size && old->baseline_next % m.region_size && old->baseline_next != m.size)) {
+    TRY(m.ctl.call("begin fresh"));  // the full copy covers every change made before it
+    TRY(write_state(m.env, m.state_path, st));
+    return st;
   }
+  m.rep.resumed = true;
+  TRY(m.ctl.call("begin resume"));  // a dead migrate's taken regions: dirty again
+  m.say(fmt::format("continuing the migration to {} (full copy {})", m.o.target,
+                    old->baseline_done ? "done" : "at " + format_size(old->baseline_next)));
+  // The stopped run's last writes may still be queued at the target, on connections
+  // the target has not yet noticed are gone. One landing after this run's copy of
+  // the same region would put old bytes there, so this run copies nothing before
+  // they are done: at most connections x 4 MiB in flight, seconds even on a slow link.
+  m.say(fmt::format("waiting {} s for the stopped run's writes still queued at the target",
+                    kResumeGrace.count()));
+  std::this_thread::sleep_for(kResumeGrace);
+  return *old;
+}
+
+// The next segment's size: about kBaselineSegmentSeconds of copying at the pace of the
+// last one (image bytes passed per second, holes included), at most twice the last (a
+// run of holes is no promise about the data after it).
+uint64_t next_segment_bytes(uint64_t last_bytes, double last_seconds) {
+  const double pace = last_seconds > 0 ? double(last_bytes) / last_seconds : 0;
+  const double want = pace > 0 ? pace * kBaselineSegmentSeconds : double(kBaselineSegmentBytesMax);
+  const uint64_t cap = std::min(kBaselineSegmentBytesMax, 2 * last_bytes);
+  return std::clamp<uint64_t>(uint64_t(want), kBaselineSegmentBytesMin,
+                              std::max(cap, kBaselineSegmentBytesMin));
+}
+
+// Round 0: every allocated region, in segments; a checkpoint every checkpoint_seconds.
+Result<RoundReport> full_copy(Run& m, Copier& copier, State st) {
   RoundReport r0;
-  auto t0 = Clock::now();
-  {
-    uint64_t data = 0;
-    (void)TRY(extents(*image, 0, st.baseline_next, data));  // allocated before the cursor
-    auto last_checkpoint = Clock::now();
-    while (!st.baseline_done) {
-      const uint64_t end = std::min(size, st.baseline_next + kBaselineSegmentBytes);
-      // The segment's changes so far are taken before it is read: this copy carries them.
-      // A write from now on sets its bit again (bits are set after the data is written).
-      if (live)
-        TRY(ctl.call(fmt::format("take {} {} {}", st.baseline_next / region_size,
-                                 kBaselineSegmentBytes / region_size + 1,
-                                 (end + region_size - 1) / region_size)));
-      auto pieces = TRY(extents(*image, st.baseline_next, end, data));
-      r0.bytes += TRY(copier.copy(pieces));
-      st.baseline_next = end;
-      st.baseline_done = end == size;
-      // A checkpoint every few seconds, not every segment: each costs syncs on both
-      // sides (the target's flush, the tracking file, the state file). A migrate killed
-      // between two continues from the last; what it had taken since is dirty again.
-      if (st.baseline_done || since(last_checkpoint) >= o.checkpoint_seconds) {
-        TRY(target->flush());
-        if (live) {
-          TRY(ctl.call("confirm"));
-          TRY(write_state(env, state_path, st));
-        }
-        last_checkpoint = Clock::now();
+  const auto t0 = Clock::now();
+  uint64_t data = 0, total_data = 0;
+  (void)TRY(extents(*m.image, 0, st.baseline_next, data));  // allocated before the cursor
+  total_data = data + TRY(allocated_bytes(*m.image, st.baseline_next, m.size));
+  auto last_checkpoint = Clock::now();
+  uint64_t segment = kBaselineSegmentBytesMin;
+  while (!st.baseline_done) {
+    const auto ts = Clock::now();
+    // Whole regions only: a region taken here must be copied whole here, or a write to
+    // its other part made after this copy read it would be cleared with the next take
+    // and never copied.
+    const uint64_t aligned = (st.baseline_next + segment) / m.region_size * m.region_size;
+    const uint64_t end = std::min(m.size, std::max(aligned, st.baseline_next + m.region_size));
+    // The segment's changes so far are taken before it is read: this copy carries them.
+    // A write from now on sets its bit again (bits are set after the data is written).
+    if (m.live)
+      TRY(m.ctl.call(fmt::format("take {} {} {}", st.baseline_next / m.region_size,
+                                 (end - st.baseline_next) / m.region_size + 1,
+                                 (end + m.region_size - 1) / m.region_size)));
+    auto pieces = TRY(extents(*m.image, st.baseline_next, end, data));
+    r0.bytes += TRY(copier.copy(pieces));
+    segment = next_segment_bytes(end - st.baseline_next, since(ts));
+    st.baseline_next = end;
+    st.baseline_done = end == m.size;
+    // A checkpoint every few seconds, not every segment: each costs syncs on both
+    // sides (the target's flush, the tracking file, the state file). A migrate killed
+    // between two continues from the last; what it had taken since is dirty again.
+    if (st.baseline_done || since(last_checkpoint) >= m.o.checkpoint_seconds) {
+      TRY(m.target->flush());
+      if (m.live) {
+        TRY(m.ctl.call("confirm"));
+        TRY(write_state(m.env, m.state_path, st));
       }
-      say(fmt::format("round 0: {} of {} ({} copied)", format_size(end), format_size(size),
-                      format_size(r0.bytes)));
+      last_checkpoint = Clock::now();
     }
-    rep.allocated_bytes = data;
+    m.progress(0, data, std::max(total_data, data));
   }
+  m.rep.allocated_bytes = data;
   r0.seconds = since(t0);
-  if (!live) {
-    rep.rounds.push_back(r0);
-    rep.bytes_total = r0.bytes;
-    rep.seconds = since(t_start);
-    return rep;
-  }
+  return r0;
+}
 
-  // Takes everything changed, copies it, makes it durable on the target, confirms.
-  auto copy_changes = [&]() -> Result<uint64_t> {
-    uint64_t bytes = 0;
-    for (uint64_t from = 0;;) {
-      auto j = TRY(ctl.call(fmt::format("take {} {}", from, kTakeRegionsMax)));
-      auto runs = runs_of(j);
-      if (runs.empty()) break;
-      bytes += TRY(copier.copy(pieces_of(runs, region_size, size)));
-      TRY(target->flush());
-      TRY(ctl.call("confirm"));
-      from = runs.back().first + runs.back().second;
-    }
-    return bytes;
-  };
-  auto dirty = [&]() -> Result<uint64_t> { return TRY(ctl.call("info")).at("dirty").get<uint64_t>(); };
-
-  r0.dirty_after = TRY(dirty());
-  rep.rounds.push_back(r0);
-  say(fmt::format("round 0: {} in {:.1f} s; {} regions changed meanwhile", format_size(r0.bytes),
-                  r0.seconds, r0.dirty_after));
-  if (o.active) {
-    target.reset();  // the server opens its own connections to the target
-    auto r = migrate_active(ctl, o, region_size, t_start, std::move(rep), say);
-    if (r) (void)env.remove(state_path);
-    return r;
+// Takes everything changed, copies it, makes it durable on the target, confirms.
+// `round` and `total` are for the progress line.
+Result<uint64_t> copy_changes(Run& m, Copier& copier, unsigned round, uint64_t total) {
+  uint64_t bytes = 0;
+  for (uint64_t from = 0;;) {
+    auto j = TRY(m.ctl.call(fmt::format("take {} {}", from, kTakeRegionsMax)));
+    auto runs = TRY_CTX(get_u64_pairs(j, "runs"), "reply to 'take'");
+    if (runs.empty()) break;
+    for (auto [first, count] : runs)
+      if (count == 0 || first < from || first > UINT64_MAX / m.region_size - count)
+        return Error::io(
+            fmt::format("reply to 'take': run [{}, +{}) is not after {}", first, count, from));
+    bytes += TRY(copier.copy(pieces_of(runs, m.region_size, m.size)));
+    TRY(m.target->flush());
+    TRY(m.ctl.call("confirm"));
+    from = runs.back().first + runs.back().second;
+    m.progress(round, bytes, std::max(total, bytes));
   }
+  return bytes;
+}
+
+Result<uint64_t> dirty_regions(Run& m) {
+  return Control::u64(TRY(m.ctl.call("info")), "info", "dirty");
+}
+
+// Rounds of changes until they are few (converge), stop shrinking, or max_rounds.
+Result<void> rounds(Run& m, Copier& copier) {
   // The pace that decides the cutover is that of copying changed regions, scattered 4 KiB
   // pieces at a few hundred per megabyte, not round 0's sequential one (several times
   // faster): so until a round has measured it, only a tiny changed set cuts over.
   double rate = 0;
-  uint64_t prev = r0.dirty_after;
-  for (unsigned round = 1; round <= o.max_rounds; ++round) {
-    const uint64_t converge = o.converge_bytes
-                                  ? o.converge_bytes
+  uint64_t prev = m.rep.rounds.back().dirty_after;
+  for (unsigned round = 1; round <= m.o.max_rounds; ++round) {
+    const uint64_t converge = m.o.converge_bytes
+                                  ? m.o.converge_bytes
                                   : std::max<uint64_t>(kConvergeMinBytes, uint64_t(rate * 0.1));
-    if (prev * region_size <= converge) break;
+    if (prev * m.region_size <= converge) break;
     RoundReport rr;
     auto t = Clock::now();
-    rr.bytes = TRY(copy_changes());
+    rr.bytes = TRY(copy_changes(m, copier, round, prev * m.region_size));
     rr.seconds = since(t);
-    rr.dirty_after = TRY(dirty());
+    rr.dirty_after = TRY(dirty_regions(m));
     if (rr.seconds > 0 && rr.bytes > 0) rate = double(rr.bytes) / rr.seconds;
-    rep.rounds.push_back(rr);
-    say(fmt::format("round {}: {} in {:.2f} s; {} regions changed meanwhile", round,
-                    format_size(rr.bytes), rr.seconds, rr.dirty_after));
+    m.rep.rounds.push_back(rr);
+    m.say(fmt::format("round {}: {} in {:.2f} s; {} regions changed meanwhile", round,
+                      format_size(rr.bytes), rr.seconds, rr.dirty_after));
     if (rr.dirty_after >= prev) break;  // not converging: stop and hold
     prev = rr.dirty_after;
   }
+  return ok();
+}
 
-  // Cutover.
+// Holds the disk, copies the last changes, flushes the target, switches (or not).
+Result<void> cutover(Run& m, Copier& copier) {
   const auto tp = Clock::now();
-  TRY(ctl.call(fmt::format("hold {}", o.hold_limit.count()), int(o.hold_limit.count() / 1000) + 5));
-  auto last = copy_changes();
-  Result<void> flushed = last ? target->flush() : ok();
+  TRY(m.ctl.call(fmt::format("hold {}", m.o.hold_limit.count()),
+                 int(m.o.hold_limit.count() / 1000) + 5));
+  auto last = copy_changes(m, copier, unsigned(m.rep.rounds.size()), 0);
   Result<void> done = ok();
   if (!last) {
     done = std::move(last).error();
-  } else if (auto flushed = target->flush(); !flushed) {
+  } else if (auto flushed = m.target->flush(); !flushed) {
     done = std::move(flushed);
-  } else if (o.finish == MigrateOptions::Finish::Switch) {
-    target.reset();  // our connections go; the server opens its own
-    if (auto switched = ctl.call("switch " + o.target); !switched) done = std::move(switched).error();
+  } else if (m.o.finish == MigrateOptions::Finish::Switch) {
+    m.target.reset();  // our connections go; the server opens its own
+    if (auto switched = m.ctl.call(fmt::format("switch {} {}", m.o.target, m.connections));
+        !switched)
+      done = std::move(switched).error();
   }
-  rep.pause_ms = TRY(end_cutover(ctl, o, tp, std::move(done)));
-  rep.cutover_bytes = *last;
-  total_up(rep, t_start);
-  (void)env.remove(state_path);
-  say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms", format_size(*last),
-                  rep.pause_ms));
-  return rep;
+  m.rep.pause_ms = TRY(end_cutover(m.ctl, m.o, tp, std::move(done)));
+  m.rep.cutover_bytes = *last;
+  total_up(m.rep, m.t_start);
+  (void)m.env.remove(m.state_path);
+  m.say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms", format_size(*last),
+                    m.rep.pause_ms));
+  return ok();
+}
+
+}  // namespace
+
+Result<MigrateReport> migrate(Env& env, const MigrateOptions& o) {
+  Run m{env, o, [&o](const std::string& s) {
+          if (o.progress) o.progress(s);
+        }};
+  TRY(connect(m));
+  Copier copier(*m.image, *m.target);
+  const State st = TRY(begin(m));
+  RoundReport r0 = TRY(full_copy(m, copier, st));
+  if (!m.live) {
+    m.rep.rounds.push_back(r0);
+    m.rep.bytes_total = r0.bytes;
+    m.rep.seconds = since(m.t_start);
+    return m.rep;
+  }
+  r0.dirty_after = TRY(dirty_regions(m));
+  m.rep.rounds.push_back(r0);
+  m.say(fmt::format("round 0: {} in {:.1f} s; {} regions changed meanwhile", format_size(r0.bytes),
+                    r0.seconds, r0.dirty_after));
+  if (o.active) {
+    m.target.reset();  // the server opens its own connections to the target
+    auto r =
+        migrate_active(m.ctl, o, m.region_size, m.connections, m.t_start, std::move(m.rep), m.say);
+    if (r) (void)env.remove(m.state_path);
+    return r;
+  }
+  TRY(rounds(m, copier));
+  TRY(cutover(m, copier));
+  return m.rep;
 }
 
 }  // namespace imgstream::migrate

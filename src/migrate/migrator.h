@@ -3,11 +3,12 @@
 // in rounds, then holds the machine's I/O for the last ones (the cutover).
 //
 //   round 0    every allocated region of the image (holes are zeroed on the target),
-//              in segments; before a segment is read, the changes the tracker names
-//              inside it are taken (the copy carries them: a region written ahead of the
-//              copy is copied once, not again in round 1); every couple of seconds the
-//              target is flushed and the progress written to TRACK.migration, so a
-//              migrate killed here continues there
+//              in segments of about half a second's copying each (4 to 256 MiB); before
+//              a segment is read, the changes the tracker names inside it are taken (the
+//              copy carries them: a region written ahead of the copy is copied once, not
+//              again in round 1); every checkpoint_seconds the target is flushed and the
+//              progress written to TRACK.migration, so a migrate killed here continues
+//              there
 //   round n    the regions changed since: taken from the tracker (two-phase: they stay
 //              named in the tracking file until the target has them, flushed)
 //   cutover    when the changed set is small (converge_bytes), stops shrinking, or
@@ -41,11 +42,24 @@ namespace imgstream::migrate {
 // of bench/migrate.sh took 6-9 s under load, with 1 MiB pieces 3.2-3.4 s.
 inline constexpr uint64_t kCopyPieceBytes = 1u << 20;
 inline constexpr uint64_t kConvergeMinBytes = 4u << 20;  // always small enough to cut over
-inline constexpr uint64_t kBaselineSegmentBytes = 256u << 20;
+// Round 0's segments: sized to take about kBaselineSegmentSeconds at the pace measured, so
+// that a checkpoint (taken between segments) comes on time on a slow link as on a fast one.
+inline constexpr uint64_t kBaselineSegmentBytesMin = 4u << 20;
+inline constexpr uint64_t kBaselineSegmentBytesMax = 256u << 20;
+inline constexpr double kBaselineSegmentSeconds = 0.5;
 inline constexpr double kCheckpointSecondsDefault = 2.0;  // round 0 makes its progress durable
 inline constexpr size_t kTakeRegionsMax = 4096;
 // A continued migration waits this long before it copies (see migrate()).
 inline constexpr std::chrono::seconds kResumeGrace{3};
+
+// Where a round stands, for a progress line: round 0 counts the image's allocated bytes
+// (an estimate on a disk in use: the machine may allocate more meanwhile), a later round
+// the changed bytes it started with.
+struct MigrateProgress {
+  unsigned round = 0;
+  uint64_t bytes_done = 0;
+  uint64_t bytes_total = 0;  // >= bytes_done; 0 when unknown (the cutover's last changes)
+};
 
 struct MigrateOptions {
   std::string control;  // the server's control socket (live), or empty
@@ -67,6 +81,8 @@ struct MigrateOptions {
   enum class Finish { Switch, Resume, Hold } finish = Finish::Switch;
   // Progress lines (one per event); may be null.
   std::function<void(const std::string&)> progress;
+  // Called after each segment of round 0 and each batch of a later round; may be null.
+  std::function<void(const MigrateProgress&)> on_progress;
 };
 
 struct RoundReport {

@@ -1,8 +1,12 @@
 #include "migrate/nbd_target.h"
 
+#include <fmt/format.h>
 #include <libnbd.h>
+#include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "base/check.h"
 
@@ -20,35 +24,147 @@ Error nbd_err(const std::string& uri, const std::string& what) {
 
 }  // namespace
 
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int kDialPollMs = 100;
+
+std::string ms_text(std::chrono::milliseconds t) {
+  return t.count() % 1000 == 0 ? std::to_string(t.count() / 1000) + " s"
+                               : std::to_string(t.count()) + " ms";
+}
+
+// One connection being made with libnbd's aio calls, so that a host that does not answer
+// fails at a deadline and a server that accepts the connection but says nothing is told
+// apart from one that is not there.
+struct Dial {
+  nbd_handle* h = nullptr;
+  std::optional<Clock::time_point> accepted;  // the socket is connected
+  std::optional<Error> error;
+  bool ready = false;
+  bool done() const { return ready || error.has_value(); }
+};
+
+bool socket_connected(nbd_handle* h) {
+  const int fd = nbd_aio_get_fd(h);
+  sockaddr_storage a{};
+  socklen_t n = sizeof a;
+  return fd >= 0 && ::getpeername(fd, reinterpret_cast<sockaddr*>(&a), &n) == 0;
+}
+
+// Whether the dial has finished, one way or the other, at `now`.
+bool settle(Dial& d, const std::string& uri, Clock::time_point now, Clock::time_point deadline,
+            std::chrono::milliseconds timeout, std::chrono::milliseconds handshake) {
+  if (d.done()) return true;
+  if (nbd_aio_is_ready(d.h) == 1) return d.ready = true;
+  if (nbd_aio_is_connecting(d.h) != 1)
+    d.error = nbd_err(uri, "connect");
+  else if (!d.accepted && socket_connected(d.h))
+    d.accepted = now;
+  if (!d.error && d.accepted && now - *d.accepted >= handshake)
+    d.error = Error{ETIMEDOUT, uri +
+                                   ": the server accepted the connection but sent no NBD "
+                                   "greeting within " +
+                                   ms_text(handshake) +
+                                   ": it may allow fewer clients (qemu-nbd allows 1 by default: "
+                                   "-e/--shared)"};
+  if (!d.error && !d.accepted && now >= deadline)
+    d.error = Error{ETIMEDOUT, uri + ": no NBD handshake within " + ms_text(timeout) +
+                                   " (the server did not accept the connection)"};
+  return d.done();
+}
+
+// Drives the dials (nbd_aio_connect_uri called) until each is ready or has failed.
+void drive(std::vector<Dial>& dials, const std::string& uri, Clock::time_point deadline,
+           std::chrono::milliseconds timeout, std::chrono::milliseconds handshake) {
+  for (;;) {
+    std::vector<pollfd> fds;
+    std::vector<Dial*> who;
+    const auto now = Clock::now();
+    for (Dial& d : dials) {
+      if (settle(d, uri, now, deadline, timeout, handshake)) continue;
+      const unsigned dir = nbd_aio_get_direction(d.h);
+      short events = 0;
+      if (dir & LIBNBD_AIO_DIRECTION_READ) events |= POLLIN;
+      if (dir & LIBNBD_AIO_DIRECTION_WRITE) events |= POLLOUT;
+      fds.push_back(pollfd{nbd_aio_get_fd(d.h), events, 0});
+      who.push_back(&d);
+    }
+    if (fds.empty()) return;
+    if (::poll(fds.data(), fds.size(), kDialPollMs) < 0 && errno != EINTR) {
+      const Error e = Error::from_errno(errno, uri + ": poll");
+      for (Dial* d : who) d->error = e;
+      return;
+    }
+    for (size_t i = 0; i < fds.size(); ++i) {
+      const short re = fds[i].revents;
+      if (!re) continue;
+      // A connect in progress is finished (or failed) by notify_write; data by notify_read.
+      const bool reading = nbd_aio_get_direction(who[i]->h) & LIBNBD_AIO_DIRECTION_READ;
+      const int r = (re & POLLOUT) || !reading ? nbd_aio_notify_write(who[i]->h)
+                                               : nbd_aio_notify_read(who[i]->h);
+      if (r == -1) who[i]->error = nbd_err(uri, "connect");
+    }
+  }
+}
+
+Result<void> start_dial(Dial& d, const std::string& uri) {
+  d.h = nbd_create();
+  if (!d.h) return nbd_err(uri, "nbd_create");
+  if (nbd_aio_connect_uri(d.h, uri.c_str()) == -1) return nbd_err(uri, "connect");
+  return ok();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<NbdTarget>> NbdTarget::open(const std::string& uri, unsigned connections,
-                                                   std::chrono::milliseconds timeout) {
+                                                   std::chrono::milliseconds timeout,
+                                                   std::chrono::milliseconds handshake_timeout) {
   std::unique_ptr<NbdTarget> t(new NbdTarget());
   t->uri_ = uri;
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (unsigned i = 0; i < std::max(1u, connections); ++i) {
-    nbd_handle* h = nbd_create();
-    if (!h) return nbd_err(uri, "nbd_create");
-    t->handles_.push_back(h);
-    // Connected and negotiated by polling, so that a host that does not answer (or a
-    // server that accepts and says nothing) fails in `timeout`, not in TCP's minutes.
-    if (nbd_aio_connect_uri(h, uri.c_str()) == -1) return nbd_err(uri, "connect");
-    while (nbd_aio_is_connecting(h) == 1) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0)
-        return Error{ETIMEDOUT, uri + ": no NBD handshake within " +
-                                    std::to_string(timeout.count()) + " ms"};
-      if (nbd_poll(h, static_cast<int>(std::min<int64_t>(left.count(), 1000))) == -1)
-        return nbd_err(uri, "connect");
+  handshake_timeout = std::min(handshake_timeout, timeout);
+  // The first connection alone: it says whether the target is there at all.
+  std::vector<Dial> first(1);
+  auto started = start_dial(first[0], uri);
+  if (first[0].h) t->handles_.push_back(first[0].h);
+  TRY(started);
+  drive(first, uri, Clock::now() + timeout, timeout, handshake_timeout);
+  if (first[0].error) return std::move(*first[0].error);
+  TRY(t->check_first());
+  // The others at once, each given the handshake's time: a target that accepts fewer
+  // clients leaves the rest waiting (qemu-nbd) or closes them; we go on with those it took.
+  std::vector<Dial> more(std::max(1u, connections) - 1);
+  for (Dial& d : more) {
+    if (auto r = start_dial(d, uri); !r) d.error = std::move(r).error();
+  }
+  drive(more, uri, Clock::now() + handshake_timeout, handshake_timeout, handshake_timeout);
+  const Error* why = nullptr;
+  for (Dial& d : more) {
+    if (d.ready) {
+      t->handles_.push_back(d.h);
+      continue;
     }
-    if (nbd_aio_is_ready(h) != 1) return nbd_err(uri, "connect");
-    if (nbd_is_read_only(h) == 1) return Error{EROFS, uri + ": the target is read-only"};
-    const int64_t size = nbd_get_size(h);
-    if (size < 0) return nbd_err(uri, "size");
-    t->size_ = static_cast<uint64_t>(size);
-    t->can_zero_ = nbd_can_zero(h) == 1;
+    if (!why) why = &*d.error;
+    if (d.h) nbd_close(d.h);  // a connection the server never took: nothing to shut down
+  }
+  if (why) {
+    std::string_view reason = why->message;
+    if (reason.starts_with(uri + ": ")) reason.remove_prefix(uri.size() + 2);
+    t->note_ =
+        fmt::format("{} took {} of the {} connections asked for ({}); going on with {}", uri,
+                    t->handles_.size(), std::max(1u, connections), reason, t->handles_.size());
   }
   return t;
+}
+
+Result<void> NbdTarget::check_first() {
+  nbd_handle* h = handles_.front();
+  if (nbd_is_read_only(h) == 1) return Error{EROFS, uri_ + ": the target is read-only"};
+  const int64_t size = nbd_get_size(h);
+  if (size < 0) return nbd_err(uri_, "size");
+  size_ = static_cast<uint64_t>(size);
+  can_zero_ = nbd_can_zero(h) == 1;
+  return ok();
 }
 
 NbdTarget::~NbdTarget() {

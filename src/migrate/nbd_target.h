@@ -19,18 +19,28 @@ struct nbd_handle;
 namespace imgstream::migrate {
 
 inline constexpr std::chrono::milliseconds kConnectTimeoutDefault{30'000};
+// Once a connection is accepted, the server's greeting and the rest of the handshake take
+// a few round trips: a server that says nothing for this long is not going to (qemu-nbd
+// leaves a client beyond its -e/--shared limit, default 1, waiting in its listen backlog).
+inline constexpr std::chrono::milliseconds kHandshakeTimeoutDefault{5'000};
 
 class NbdTarget {
  public:
-  // Every connection made and negotiated within `timeout`, or ETIMEDOUT.
+  // The first connection is made within `timeout` and its handshake done within
+  // `handshake_timeout` of the server accepting it, or ETIMEDOUT naming the likely cause.
+  // Then up to `connections` - 1 more, at once, each within `handshake_timeout`: a target
+  // that takes fewer is used with those it took, and note() says so.
   static Result<std::unique_ptr<NbdTarget>> open(
       const std::string& uri, unsigned connections,
-      std::chrono::milliseconds timeout = kConnectTimeoutDefault);
+      std::chrono::milliseconds timeout = kConnectTimeoutDefault,
+      std::chrono::milliseconds handshake_timeout = kHandshakeTimeoutDefault);
   ~NbdTarget();
 
   uint64_t size() const { return size_; }
   const std::string& uri() const { return uri_; }
   unsigned connections() const { return static_cast<unsigned>(handles_.size()); }
+  // Empty, or why the target has fewer connections than were asked for (for stderr).
+  const std::string& note() const { return note_; }
   // `conn` < connections(): the caller's own connection (one per worker thread).
   Result<void> write(unsigned conn, uint64_t offset, std::span<const std::byte> data);
   // Makes [offset, offset + length) read as zeros (NBD WRITE_ZEROES, or written zeros).
@@ -84,7 +94,9 @@ class NbdTarget {
 
  private:
   NbdTarget() = default;
+  Result<void> check_first();
   std::string uri_;
+  std::string note_;
   uint64_t size_ = 0;
   bool can_zero_ = false;
   std::vector<nbd_handle*> handles_;

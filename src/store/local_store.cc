@@ -212,6 +212,7 @@ void LocalStore::adopt_slot(const Slot& s) {
   reads_waited_ = c.reads_waited;
   wait_ns_ = c.wait_ns;
   seeded_ = c.bytes_seeded;
+  reads_failed_ = c.reads_failed;
   committed_counters_ = c;
   state_ = s.state;
   error_message_ = s.error_message;
@@ -284,6 +285,7 @@ Counters LocalStore::counters() const {
   c.reads_waited = reads_waited_.load(std::memory_order_relaxed);
   c.wait_ns = wait_ns_.load(std::memory_order_relaxed);
   c.bytes_seeded = seeded_.load();
+  c.reads_failed = reads_failed_.load(std::memory_order_relaxed);
   return c;
 }
 

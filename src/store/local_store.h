@@ -98,6 +98,7 @@ class LocalStore {
     reads_waited_.fetch_add(1, std::memory_order_relaxed);
   }
   void add_prefetch_read(uint64_t bytes) { prefetch_read_.fetch_add(bytes); }
+  void add_read_failed() { reads_failed_.fetch_add(1, std::memory_order_relaxed); }
   void add_seeded(uint64_t bytes) {
     seeded_.fetch_add(bytes);
     changes_.fetch_add(1, std::memory_order_release);
@@ -138,6 +139,7 @@ class LocalStore {
   std::atomic<uint64_t> fetched_demand_{0}, fetched_background_{0}, fetched_prefetch_{0};
   std::atomic<uint64_t> prefetch_read_{0}, reads_local_{0}, reads_waited_{0}, wait_ns_{0};
   std::atomic<uint64_t> seeded_{0};
+  std::atomic<uint64_t> reads_failed_{0};
   Counters committed_counters_;  // under commit_mu_
   std::atomic<uint64_t> changes_{0};  // bumped by every change a commit should record
 

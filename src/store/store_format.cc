@@ -126,6 +126,7 @@ std::vector<std::byte> encode_slot(const StoreHeader& h, const Slot& s) {
   le::put64(p + 344, c.reads_waited);
   le::put64(p + 352, c.wait_ns);
   le::put64(p + 360, c.bytes_seeded);
+  le::put64(p + 368, c.reads_failed);
   le::put32(p + kSlotCrcAt, crc32c(std::span(b).first(kSlotCrcAt)));
   put_bytes(p + kSlotHeaderBytes, s.bitmap.data(), s.bitmap.size());
   return b;
@@ -150,6 +151,7 @@ Result<Slot> decode_slot(const StoreHeader& h, std::span<const std::byte> b) {
   c.reads_waited = le::get64(p + 344);
   c.wait_ns = le::get64(p + 352);
   c.bytes_seeded = le::get64(p + 360);
+  c.reads_failed = le::get64(p + 368);
   // Format 1 stores written before these counters existed hold zeros there.
   if (c.prefetch_bytes_read > c.bytes_fetched_prefetch)
     return Error::invalid("slot counts more prefetched bytes read than prefetched");

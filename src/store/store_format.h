@@ -60,6 +60,7 @@ struct Counters {
   uint64_t reads_waited = 0;              // reads that waited on the source
   uint64_t wait_ns = 0;                   // total time those reads waited
   uint64_t bytes_seeded = 0;              // copied from a local seed instead of fetched
+  uint64_t reads_failed = 0;              // reads answered with an error (the source failed)
 
   uint64_t reads_total() const { return reads_local + reads_waited; }
   uint64_t bytes_fetched() const {

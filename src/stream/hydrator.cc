@@ -45,6 +45,7 @@ void Hydrator::stop() {
 void Hydrator::pause() {
   std::lock_guard lock(mu_);
   paused_ = true;
+  failed_ = false;  // the user's pause holds: no retry by itself
   if (store_.state() == store::StoreState::Streaming) store_.set_state(store::StoreState::Paused);
 }
 
@@ -52,6 +53,9 @@ void Hydrator::resume() {
   {
     std::lock_guard lock(mu_);
     paused_ = false;
+    failed_ = false;
+    retrying_ = false;
+    next_backoff_ = kRetryBackoffFirst;
     const auto s = store_.state();
     if (s == store::StoreState::Paused || s == store::StoreState::Error)
       store_.set_state(store::StoreState::Streaming);
@@ -77,10 +81,42 @@ uint64_t Hydrator::rate() const {
   return opt_.rate_bytes_per_second;
 }
 
+std::optional<double> Hydrator::retry_in_seconds() const {
+  std::lock_guard lock(mu_);
+  if (!paused_ || !failed_ || stopping_) return std::nullopt;
+  const auto left = retry_at_ - std::chrono::steady_clock::now();
+  return std::max(0.0, std::chrono::duration<double>(left).count());
+}
+
+void Hydrator::fail_locked(const Error& e) {
+  paused_ = failed_ = true;
+  retrying_ = false;
+  retry_at_ = std::chrono::steady_clock::now() + next_backoff_;
+  LOG_WARN("hydration paused: {}; trying again in {} s", e.message,
+           std::chrono::duration_cast<std::chrono::seconds>(next_backoff_).count());
+  next_backoff_ = std::min(2 * next_backoff_, kRetryBackoffMax);
+  store_.set_state(store::StoreState::Error, e.message);
+}
+
+void Hydrator::retry_if_due_locked() {
+  if (!paused_ || !failed_ || std::chrono::steady_clock::now() < retry_at_) return;
+  LOG_INFO("hydration: trying the source again");
+  paused_ = failed_ = false;
+  retrying_ = true;
+}
+
+uint64_t Hydrator::batch_regions_locked() const {
+  uint64_t bytes = opt_.batch_bytes;
+  if (const uint64_t rate = opt_.rate_bytes_per_second; rate > 0)
+    bytes = std::min(bytes, std::max<uint64_t>(store_.region_size(), rate / kRateBatchesPerSecond));
+  return std::max<uint64_t>(1, bytes / store_.region_size());
+}
+
 // Waits until another batch may start. False when stopping.
 bool Hydrator::wait_turn(std::unique_lock<std::mutex>& lock) {
   for (;;) {
     if (stopping_) return false;
+    retry_if_due_locked();
     // Demand reads waiting on the source: one batch at a time, so their requests are not
     // queued behind ours, but never zero, so hydration always progresses.
     const unsigned limit = dev_.demand_waiting() > 0 ? 1 : opt_.in_flight;
@@ -96,7 +132,9 @@ void Hydrator::throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock) {
     const auto now = std::chrono::steady_clock::now();
     const double elapsed = std::chrono::duration<double>(now - last_refill_).count();
     last_refill_ = now;
-    const double cap = static_cast<double>(std::max<uint64_t>(bytes, opt_.batch_bytes));
+    // A burst after an idle spell is at most one batch of the rate's size.
+    const double cap = static_cast<double>(
+        std::max(bytes, std::min(opt_.batch_bytes, rate / kRateBatchesPerSecond)));
     tokens_ = std::min(cap, tokens_ + elapsed * static_cast<double>(rate));
     if (tokens_ >= static_cast<double>(bytes)) {
       tokens_ -= static_cast<double>(bytes);
@@ -147,9 +185,13 @@ void Hydrator::on_batch_done(Result<void> r) {
     std::lock_guard lock(mu_);
     --in_flight_;
     if (!r && !paused_ && !stopping_) {
-      LOG_WARN("hydration paused: {}", r.error().message);
-      paused_ = true;
-      store_.set_state(store::StoreState::Error, r.error().message);
+      fail_locked(r.error());
+    } else if (r && retrying_) {  // the source is back
+      LOG_INFO("hydration: the source answers again");
+      retrying_ = false;
+      next_backoff_ = kRetryBackoffFirst;
+      if (store_.state() == store::StoreState::Error)
+        store_.set_state(paused_ ? store::StoreState::Paused : store::StoreState::Streaming);
     }
   }
   cv_.notify_all();
@@ -186,15 +228,11 @@ bool Hydrator::next_batch(uint64_t cursor, uint64_t batch_regions, uint64_t& fir
 }
 
 void Hydrator::loop() {
-  const uint64_t batch_regions = std::max<uint64_t>(1, opt_.batch_bytes / store_.region_size());
   uint64_t cursor = 0;
   std::unique_lock lock(mu_);
-  auto fail = [&](const Error& e) {  // with mu_ held
-    LOG_WARN("hydration paused: {}", e.message);
-    paused_ = true;
-    store_.set_state(store::StoreState::Error, e.message);
-  };
+  auto fail = [&](const Error& e) { fail_locked(e); };  // with mu_ held
   while (wait_turn(lock)) {
+    const uint64_t batch_regions = batch_regions_locked();
     if (store_.complete()) {
       cv_.wait(lock, [&] { return in_flight_ == 0; });
       lock.unlock();

@@ -13,8 +13,14 @@
 //   set_rate() work while it runs.
 // - prefetch_only: the prefetch list and nothing more; the store completes on demand.
 // - A batch that fails (the source gave up after its I/O timeout) puts the store in the
-//   error state with the reason and pauses hydration: visible in status, no silent
-//   endless retry. resume() tries again.
+//   error state with the reason and pauses hydration, visible in status; hydration tries
+//   again by itself after a backoff (1 s, doubling to kRetryBackoffMax), so a source that
+//   comes back is used again without anyone running `ctl resume`. The state stays
+//   `error` until a batch succeeds. resume() tries again at once; pause() stops the
+//   retries until resume().
+// - Under a rate limit batches are smaller (about a quarter second's worth each), so the
+//   rate is kept smoothly rather than in bursts of batch_bytes, and the fetched counters
+//   (status, its rate and ETA) move in small steps.
 #pragma once
 
 #include <chrono>
@@ -22,6 +28,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -49,6 +56,9 @@ struct HydratorOptions {
 };
 
 inline constexpr unsigned kHydratorInFlightMax = 64;
+inline constexpr std::chrono::milliseconds kRetryBackoffFirst{1'000};
+inline constexpr std::chrono::milliseconds kRetryBackoffMax{60'000};
+inline constexpr unsigned kRateBatchesPerSecond = 4;
 inline constexpr uint64_t kHoleWindowBytes = 1ULL << 30;  // block status asked per GiB
 
 class Hydrator {
@@ -68,6 +78,9 @@ class Hydrator {
   void set_rate(uint64_t bytes_per_second);
   bool paused() const;
   uint64_t rate() const;
+  // Seconds until hydration tries again by itself after a failure; none when it is not
+  // waiting to (running, paused by the user, or stopping).
+  std::optional<double> retry_in_seconds() const;
 
  private:
   void loop();
@@ -77,6 +90,12 @@ class Hydrator {
   Result<std::pair<uint64_t, bool>> classify(uint64_t first, uint64_t count);
   void throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock);
   void on_batch_done(Result<void> r);
+  // With mu_ held: the source failed; pause and schedule a retry.
+  void fail_locked(const Error& e);
+  // With mu_ held: the retry is due; go on (the state stays error until a batch succeeds).
+  void retry_if_due_locked();
+  // Regions per batch now (smaller under a rate limit).
+  uint64_t batch_regions_locked() const;
   // The next batch: from the prefetch list while it lasts (from_profile), else at the
   // cursor. False when nothing is missing.
   bool next_batch(uint64_t cursor, uint64_t batch_regions, uint64_t& first, uint64_t& count,
@@ -92,6 +111,11 @@ class Hydrator {
   std::condition_variable cv_;
   bool stopping_ = false;
   bool paused_ = false;
+  // Paused by a failure, not by the user: retried at retry_at_ (then next_backoff_ doubles).
+  bool failed_ = false;
+  bool retrying_ = false;  // a retry is under way: a success ends the error state
+  std::chrono::steady_clock::time_point retry_at_;
+  std::chrono::milliseconds next_backoff_ = kRetryBackoffFirst;
   unsigned in_flight_ = 0;
   // Token bucket.
   double tokens_ = 0;

@@ -1,10 +1,14 @@
 #include "stream/streamer.h"
 
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <optional>
 
 #include "base/check.h"
 #include "base/log.h"
@@ -125,12 +129,14 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
                           std::to_string(so.image_size));
   s->store_ = TRY(store::LocalStore::open_or_create(env, so));
   if (!o.seed.empty()) {
-    if (s->store_->created()) {
-      auto r = TRY(pack::seed_store(env, ps->pack(), *s->store_, o.seed));
-      LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", o.seed, r.chunks, r.bytes);
-      s->store_->add_seeded(r.bytes);
-      TRY(s->store_->commit());
-    }
+    // A seed fills a store before anything is fetched; one being resumed has its regions.
+    if (!s->store_->created())
+      return Error{EEXIST, "--seed needs a new store: " + o.store_dir +
+                               " holds one already (run without --seed to resume it)"};
+    auto r = TRY(pack::seed_store(env, ps->pack(), *s->store_, o.seed));
+    LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", o.seed, r.chunks, r.bytes);
+    s->store_->add_seeded(r.bytes);
+    TRY(s->store_->commit());
   }
   const bool prefetching = !whole && !s->opt_.prefetch_ranges.empty();
   s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching);
@@ -264,6 +270,7 @@ void Streamer::commit_loop() {
     // Without background hydration, demand reads alone may complete the store.
     if (!opt_.background && store_->complete() && store_->state() != StoreState::Detached)
       on_complete();
+    sample_rate();
     auto r = store_->commit(tick % kCountersCommitTicks == 0);
     if (!r) LOG_WARN("periodic commit failed: {}", r.error().message);
     lock.lock();
@@ -282,68 +289,124 @@ void Streamer::set_rate(uint64_t bps) {
 
 namespace {
 
+// An absolute path (the store as the user named it, from wherever they ran the command).
+std::string absolute(const std::string& dir) {
+  std::error_code ec;
+  auto p = std::filesystem::absolute(dir, ec);
+  return ec ? dir : p.lexically_normal().string();
+}
+
+// What the user can do about the state, or null when there is nothing to say.
+nlohmann::json status_hint(StoreState state, bool running, const std::string& dir,
+                           const std::string& source, std::optional<double> retry_in_s) {
+  if (state == StoreState::Detached)
+    return running ? nullptr : nlohmann::json("complete: the store holds the whole image");
+  if (!running)
+    return "no streamer runs on this store: figures as of its last commit; `imgstream stream " +
+           (source.empty() ? std::string("SOURCE") : source) + " --store " + dir + "` goes on";
+  if (state == StoreState::Error && retry_in_s)
+    return fmt::format(
+        "the source failed: hydration tries again by itself in {:.0f} s "
+        "(`imgstream ctl {} resume`: now)",
+        std::ceil(*retry_in_s), dir);
+  if (state == StoreState::Error)
+    return "the source failed: `imgstream ctl " + dir + " resume` tries again";
+  if (state == StoreState::Paused) return "paused: `imgstream ctl " + dir + " resume` goes on";
+  return nullptr;
+}
+
 // The fields of DESIGN.md's status object, from a store's header and numbers; shared by
-// the live status and the status read from disk so that the two never differ in shape.
+// the live status and the status read from disk so that the two never differ in shape
+// (a value that is not known is null, never left out; README.md's status section).
 nlohmann::json status_json(const store::StoreHeader& h, StoreState state, uint64_t present,
                            const store::Counters& c, const std::string& error,
                            const std::string& dir, bool running) {
   nlohmann::json j;
   j["state"] = store::state_name(state);
+  j["daemon_running"] = running;
   j["image_size"] = h.image_size;
   j["region_size"] = h.region_size;
   j["regions_total"] = h.regions();
   j["regions_present"] = present;
+  j["percent"] = h.regions() ? 100.0 * double(present) / double(h.regions()) : 100.0;
   j["bytes_fetched_demand"] = c.bytes_fetched_demand;
   j["bytes_fetched_background"] = c.bytes_fetched_background;
   j["bytes_prefetched"] = c.bytes_fetched_prefetch;
   j["prefetch_bytes_read"] = c.prefetch_bytes_read;
   j["bytes_seeded"] = c.bytes_seeded;
-  if (c.bytes_fetched_prefetch > 0)
-    j["prefetch_precision"] =
-        double(c.prefetch_bytes_read) / double(c.bytes_fetched_prefetch);
+  j["prefetch_precision"] =
+      c.bytes_fetched_prefetch > 0
+          ? nlohmann::json(double(c.prefetch_bytes_read) / double(c.bytes_fetched_prefetch))
+          : nlohmann::json(nullptr);
   j["reads_total"] = c.reads_total();
   j["reads_local"] = c.reads_local;
   j["reads_waited"] = c.reads_waited;
+  j["reads_failed"] = c.reads_failed;
   j["wait_seconds"] = double(c.wait_ns) / 1e9;
-  if (c.reads_total() > 0) j["hit_ratio"] = double(c.reads_local) / double(c.reads_total());
+  j["hit_ratio"] = c.reads_total() > 0
+                       ? nlohmann::json(double(c.reads_local) / double(c.reads_total()))
+                       : nlohmann::json(nullptr);
   j["source"] = h.source_uri;
-  j["store"] = dir;
-  j["daemon_running"] = running;
-  if (!error.empty()) j["error"] = error;
+  j["store"] = absolute(dir);
+  j["error"] = error.empty() ? nlohmann::json(nullptr) : nlohmann::json(error);
+  // Live values; what a store on disk says when nothing runs.
+  j["rate_limit"] = nullptr;
+  j["rate_bytes_per_s"] = 0.0;
+  j["eta_s"] = present == h.regions() ? nlohmann::json(0.0) : nlohmann::json(nullptr);
+  j["retry_in_s"] = nullptr;
+  j["hint"] = status_hint(state, running, absolute(dir), h.source_uri, std::nullopt);
   return j;
 }
 
 }  // namespace
 
 nlohmann::json Streamer::status() const {
-  nlohmann::json j = status_json(store_->header(), store_->state(), store_->regions_present(),
-                                 store_->counters(), store_->error_message(), opt_.store_dir,
-                                 true);
+  const StoreState state = store_->state();
+  const uint64_t present = store_->regions_present();
+  nlohmann::json j = status_json(store_->header(), state, present, store_->counters(),
+                                 store_->error_message(), opt_.store_dir, true);
   j["rate_limit"] = hydrator_ ? hydrator_->rate() : 0;
+  const uint64_t left_bytes = (store_->regions() - present) * store_->region_size();
+  {
+    std::lock_guard lock(rate_mu_);
+    j["rate_bytes_per_s"] = rate_.rate();
+    if (auto eta = rate_.eta_seconds(present == store_->regions() ? 0 : left_bytes))
+      j["eta_s"] = *eta;
+  }
+  std::optional<double> retry_in;
+  if (hydrator_) retry_in = hydrator_->retry_in_seconds();
+  if (retry_in) j["retry_in_s"] = *retry_in;
+  j["hint"] =
+      status_hint(state, true, absolute(opt_.store_dir), store_->header().source_uri, retry_in);
   return j;
 }
 
+void Streamer::sample_rate() {
+  const uint64_t fetched = store_->counters().bytes_fetched();
+  std::lock_guard lock(rate_mu_);
+  rate_.sample(fetched);
+}
+
 // One command per line, one JSON line back: "status", "pause", "resume", "rate BYTES".
+// Anything else, or a word too many, is an error reply (the control socket has checked
+// that the line is UTF-8 without control characters).
 nlohmann::json Streamer::handle_command(const std::string& line) {
-  nlohmann::json reply;
-  if (line == "status") return status();
-  if (line == "pause") {
-    pause();
-  } else if (line == "resume") {
-    resume();
-  } else if (line.starts_with("rate ")) {
-    auto r = parse_size(line.substr(5));
-    if (!r) {
-      reply["error"] = r.error().message;
-      return reply;
-    }
+  const auto w = command_words(line);
+  auto error = [](std::string message) { return nlohmann::json{{"error", std::move(message)}}; };
+  const std::string_view cmd = w.empty() ? std::string_view() : w[0];
+  if (cmd == "status" && w.size() == 1) return status();
+  if ((cmd == "pause" || cmd == "resume") && w.size() == 1) {
+    cmd == "pause" ? pause() : resume();
+  } else if (cmd == "rate" && w.size() == 2) {
+    auto r = parse_size(w[1]);
+    if (!r) return error(r.error().message);
     set_rate(*r);
+  } else if (cmd == "status" || cmd == "pause" || cmd == "resume" || cmd == "rate") {
+    return error("usage: status | pause | resume | rate BYTES_PER_S");
   } else {
-    reply["error"] = "unknown command '" + line + "'";
-    return reply;
+    return error("unknown command '" + std::string(cmd) + "'");
   }
-  reply["ok"] = true;
-  return reply;
+  return nlohmann::json{{"ok", true}};
 }
 
 Result<nlohmann::json> control_request(const std::string& dir, const std::string& command) {

@@ -13,12 +13,12 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 
-#include <nlohmann/json.hpp>
-
 #include "base/env.h"
+#include "base/rate_meter.h"
 #include "base/unique_fd.h"
 #include "io/control.h"
 #include "source/source.h"
@@ -80,6 +80,9 @@ class Streamer {
 
   // The status object of DESIGN.md (live values).
   nlohmann::json status() const;
+  // Answers one line of the control socket (status, pause, resume, rate BYTES); public
+  // for fuzz/control_fuzz.cc. Never throws.
+  nlohmann::json handle_command(const std::string& line);
 
  private:
   Streamer(Env& env, StreamerOptions o) : env_(env), opt_(std::move(o)) {}
@@ -87,7 +90,7 @@ class Streamer {
   Result<void> check_whole_store_source(const store::StoreHeader& h);
   void on_complete();
   void commit_loop();
-  nlohmann::json handle_command(const std::string& line);
+  void sample_rate();  // the fetch rate, once per commit tick
 
   Env& env_;
   StreamerOptions opt_;
@@ -104,6 +107,8 @@ class Streamer {
   std::thread commit_thread_;
   std::unique_ptr<ControlServer> control_;
   std::atomic<bool> completed_{false};  // on_complete() ran
+  mutable std::mutex rate_mu_;
+  RateMeter rate_;  // bytes fetched per second, smoothed
 };
 
 // Sends one command to the streamer running on store `dir` and returns its JSON reply.

@@ -290,7 +290,12 @@ Result<void> StreamingDevice::read(uint64_t offset, std::span<std::byte> buf) {
   uint64_t wait_ns = 0;
   if (!all_present(first, last)) {
     const auto t0 = std::chrono::steady_clock::now();
-    waited = TRY(ensure_present(first, last));
+    auto present = ensure_present(first, last);
+    if (!present) {
+      store_.add_read_failed();  // counted in status: reads_failed
+      return std::move(present).error();
+    }
+    waited = *present;
     wait_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                         std::chrono::steady_clock::now() - t0)
                                         .count());

@@ -259,8 +259,74 @@ TEST_F(StreamingTest, SourceFailureIsAnErrorNotAHang) {
   auto r = dev_->read(0, b);
   ASSERT_FALSE(r);
   EXPECT_FALSE(store_->present(0));
+  EXPECT_EQ(store_->counters().reads_failed, 1u);
   src_->fail_ = false;
   EXPECT_EQ(read(0, 4096), slice(0, 4096));
+  // Failed reads are a counter of the store (status: reads_failed), kept across restarts.
+  ASSERT_TRUE(store_->commit(/*with_counters=*/true));
+  reopen();
+  EXPECT_EQ(store_->counters().reads_failed, 1u);
+}
+
+// A source that comes back after a failure: hydration tries again by itself (with
+// backoff) and completes, without a resume; the store is in state error meanwhile.
+TEST_F(StreamingTest, HydrationRetriesBySelfWhenTheSourceComesBack) {
+  open();
+  src_->fail_ = true;
+  std::atomic<bool> complete{false};
+  HydratorOptions ho;
+  ho.batch_bytes = 16 * kRegion;
+  Hydrator h(*dev_, *store_, *src_, ho, [&] { complete = true; });
+  h.start();
+  for (int i = 0; i < 400 && store_->state() != store::StoreState::Error; ++i) ::usleep(5000);
+  ASSERT_EQ(store_->state(), store::StoreState::Error);
+  EXPECT_FALSE(store_->error_message().empty());
+  auto retry = h.retry_in_seconds();
+  ASSERT_TRUE(retry);
+  EXPECT_LE(*retry, 1.0);
+  EXPECT_TRUE(h.paused());
+  src_->fail_ = false;
+  for (int i = 0; i < 1000 && !complete; ++i) ::usleep(5000);  // the first retry is after 1 s
+  ASSERT_TRUE(complete) << "hydration did not try the source again by itself";
+  h.stop();
+  EXPECT_EQ(read(0, kSize), image_);
+}
+
+// A pause by the user stops the retries until resume().
+TEST_F(StreamingTest, APauseStopsTheRetries) {
+  open();
+  src_->fail_ = true;
+  HydratorOptions ho;
+  Hydrator h(*dev_, *store_, *src_, ho, [] {});
+  h.start();
+  for (int i = 0; i < 400 && store_->state() != store::StoreState::Error; ++i) ::usleep(5000);
+  ASSERT_EQ(store_->state(), store::StoreState::Error);
+  h.pause();
+  EXPECT_FALSE(h.retry_in_seconds());
+  src_->fail_ = false;
+  const int reads = src_->reads_;
+  ::usleep(1'500'000);
+  EXPECT_EQ(src_->reads_, reads);
+  h.resume();
+  for (int i = 0; i < 1000 && !store_->complete(); ++i) ::usleep(5000);
+  EXPECT_TRUE(store_->complete());
+  h.stop();
+}
+
+// Under a rate limit a batch is about a quarter second's worth, so that the rate (and
+// the counters status reads) move smoothly, not in steps of batch_bytes.
+TEST_F(StreamingTest, RateLimitedBatchesAreSmall) {
+  open();
+  HydratorOptions ho;
+  ho.batch_bytes = 64 * kRegion;
+  ho.rate_bytes_per_second = 16 * kRegion;  // 4 regions per quarter second
+  ho.in_flight = 1;
+  Hydrator h(*dev_, *store_, *src_, ho, [] {});
+  h.start();
+  for (int i = 0; i < 400 && src_->reads_ < 3; ++i) ::usleep(5000);
+  h.stop();
+  ASSERT_GE(src_->reads_, 3);
+  EXPECT_LE(src_->bytes_.load(), uint64_t(src_->reads_) * 4 * kRegion);
 }
 
 TEST_F(StreamingTest, BlockStatusShowsPresenceAndSourceHoles) {
