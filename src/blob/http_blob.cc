@@ -21,6 +21,23 @@
 // Transient failures are retried until BlobOptions::timeout has passed since the read
 // began. At open, "connection refused" and "host not found" are permanent too: they are
 // far more often a wrong URL than a server restarting.
+//
+// libcurl's errors, sorted:
+//
+//   error                                   | kind
+//   ----------------------------------------+---------------------------------------------
+//   timeouts, cut or reset connections,     | transient
+//   partial bodies, HTTP/2 stream errors    |
+//   TLS: certificate not trusted or wrong,  | permanent: no retry makes the certificate
+//   no common cipher, bad CA file, ...      | good (CURLE_SSL_*, PEER_FAILED_VERIFICATION)
+//   TLS handshake failure (SSL_CONNECT)     | permanent at open (`https://` to a plain
+//                                           | HTTP server, a TLS-less port); transient
+//                                           | later, when the server proved it speaks TLS
+//   unsupported protocol, malformed URL     | permanent
+//
+// A stop request of the process (base/stop.h) ends a read within a second, with EINTR
+// "interrupted": the transfer is aborted from libcurl's progress callback, and the waits
+// between attempts are cut short.
 #include <curl/curl.h>
 #include <fmt/format.h>
 
@@ -42,6 +59,7 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/stop.h"
 #include "blob/blob.h"
 
 namespace imgstream::blob {
@@ -248,6 +266,38 @@ Failure transient(int code, std::string what) {
 Failure permanent(int code, std::string what) {
   return {FailKind::Permanent, {code, std::move(what)}};
 }
+Failure interrupted() {
+  return permanent(EINTR, "interrupted");
+}
+
+// libcurl's progress callback: a non-zero return aborts the transfer
+// (CURLE_ABORTED_BY_CALLBACK). libcurl calls it at least about once a second, also while
+// nothing arrives.
+int on_progress(void*, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return stop_requested() ? 1 : 0;
+}
+
+// Errors of the TLS layer that no retry mends (a certificate, a CA file, a cipher).
+bool is_tls_config_error(CURLcode rc) {
+  switch (rc) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_USE_SSL_FAILED:
+      return true;
+    default:
+      return false;
+  }
+}
 
 class Backoff {
  public:
@@ -372,6 +422,8 @@ Result<void> HttpBlob::setup(Connection& c) const {
   set(curl_easy_setopt(h, CURLOPT_USERAGENT, "imgstream/" IMGSTREAM_VERSION));
   set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &HttpBlob::on_header));
   set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &HttpBlob::on_body));
+  set(curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &on_progress));
+  set(curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
   if (rc != CURLE_OK)
     return Error::io(fmt::format("{}: curl_easy_setopt: {}", url_, curl_easy_strerror(rc)));
   // h2 over TLS where the server offers it, HTTP/1.1 over plain http. Best effort: a
@@ -394,6 +446,7 @@ Result<void> HttpBlob::fetch(uint64_t offset, std::span<std::byte> buf, Phase ph
   Backoff backoff;
   size_t filled = 0;
   for (unsigned attempts = 1;; ++attempts) {
+    if (stop_requested()) return std::move(interrupted().error).context(where());
     Transfer t{
         .blob = this, .phase = phase, .offset = offset + filled, .dest = buf.subspan(filled)};
     std::optional<Failure> failure = attempt(**lease, t, deadline);
@@ -413,7 +466,7 @@ Result<void> HttpBlob::fetch(uint64_t offset, std::span<std::byte> buf, Phase ph
     const milliseconds wait = std::min(
         backoff.next(), std::chrono::duration_cast<milliseconds>(deadline - now - kAttemptTimeMin));
     LOG_DEBUG("{}: {}; retrying in {} ms", where(), failure->error.message, wait.count());
-    std::this_thread::sleep_for(wait);
+    if (!sleep_unless_stopped(wait)) return std::move(interrupted().error).context(where());
     retries_.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -454,6 +507,7 @@ std::optional<Failure> HttpBlob::attempt(Connection& c, Transfer& t, Clock::time
 
 // What a finished attempt amounts to, when no callback found a failure.
 std::optional<Failure> HttpBlob::judge(CURLcode rc, const Connection& c, const Transfer& t) const {
+  if (rc == CURLE_ABORTED_BY_CALLBACK) return interrupted();  // only on_progress aborts
   const long s = t.resp.status;
   if (s == 200 || s == 206) {
     if (t.cut_on_purpose) return std::nullopt;  // the CURLE_WRITE_ERROR we caused
@@ -482,15 +536,19 @@ std::optional<Failure> HttpBlob::judge(CURLcode rc, const Connection& c, const T
       return transient(ECONNREFUSED, what);
     case CURLE_OPERATION_TIMEDOUT:
       return transient(ETIMEDOUT, what);
+    case CURLE_SSL_CONNECT_ERROR:
+      // At open: `https://` to a server that speaks no TLS there (or none we accept).
+      // Later the server has spoken TLS with us: a failed handshake is a reset or a
+      // restart, worth another try.
+      if (t.phase == Phase::Open) return permanent(EPROTO, what);
+      return transient(EIO, what);
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
     case CURLE_NOT_BUILT_IN:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CACERT_BADFILE:
     case CURLE_OUT_OF_MEMORY:
       return permanent(EIO, what);
-    default:  // cut connections, partial bodies, TLS and HTTP/2 stream errors, ...
+    default:  // cut connections, partial bodies, HTTP/2 stream errors, ...
+      if (is_tls_config_error(rc)) return permanent(EACCES, what);
       return transient(EIO, what);
   }
 }

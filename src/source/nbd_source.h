@@ -23,6 +23,10 @@
 // or libnbd rejects as invalid, and a server that comes back with a different size (a
 // different image: the source then fails every request; see fatal_error()).
 //
+// Stops. A stop request of the process (base/stop.h: Ctrl-C, SIGTERM) ends the source at
+// once, as a fatal error would: open() returns, every request waiting or on the wire
+// fails with EINTR "interrupted", and no connection is tried again.
+//
 // Thread safety: every method may be called from any thread, concurrently.
 #pragma once
 
@@ -40,6 +44,7 @@
 #include <vector>
 
 #include "base/result.h"
+#include "base/stop.h"
 #include "source/source.h"
 
 namespace imgstream::source {
@@ -134,6 +139,8 @@ class NbdSource final : public Source {
   // `failed` for the caller to finish.
   Result<void> on_connected(const ImageInfo& info, std::vector<RequestPtr>& failed);
   void on_first_connect_failed(Error e);
+  // The process is stopping (StopCallback): fail everything now, connect no more.
+  void interrupt();
 
   // Queueing, shared by callers and I/O threads. The *_locked functions need mu_ held;
   // requests that end are moved to `finished` and completed by the caller after
@@ -180,6 +187,9 @@ class NbdSource final : public Source {
   std::atomic<uint64_t> reconnects_{0};
   std::atomic<uint64_t> retries_{0};
   std::atomic<unsigned> ready_{0};
+
+  // Made once the connections exist; destroyed first (it may be running interrupt()).
+  std::unique_ptr<StopCallback> stop_callback_;
 };
 
 }  // namespace imgstream::source

@@ -6,12 +6,17 @@
 #include "base/check.h"
 #include "base/endian.h"
 #include "base/sha256.h"
+#include "base/stop.h"
 
 namespace imgstream::stream {
 
 namespace {
 
 constexpr uint64_t kSector = 512;
+
+Error interrupted(const source::Source& src) {
+  return Error{EINTR, "fingerprint of " + src.uri() + ": interrupted"};
+}
 
 // The GPT behind a protective MBR: header at LBA 1, entries where it says (only those
 // within `head` are read).
@@ -56,6 +61,9 @@ std::vector<uint64_t> partition_starts(std::span<const std::byte> head, uint64_t
 }
 
 Result<store::Fingerprint> fingerprint(source::Source& src, store::FingerprintKind kind) {
+  // The reads themselves end early on a stop (the sources fail them); these checks keep
+  // a stop that came between them from starting the next.
+  if (stop_requested()) return interrupted(src);
   const uint64_t size = src.size();
   const uint64_t edge = std::min(kFingerprintEdgeBytes, size);
   std::vector<std::byte> buf(8 + 2 * edge);
@@ -64,6 +72,7 @@ Result<store::Fingerprint> fingerprint(source::Source& src, store::FingerprintKi
                                             {size - edge, std::span(buf).subspan(8 + edge, edge)}};
   TRY_CTX(src.read_all(pieces), "fingerprint of " + src.uri());
   if (kind == store::FingerprintKind::Ends) return sha256(buf);
+  if (stop_requested()) return interrupted(src);
 
   // The partitions' starts (from the head just read), then evenly spread blocks.
   std::vector<std::pair<uint64_t, uint64_t>> more;  // offset, length
