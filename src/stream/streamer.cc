@@ -35,14 +35,6 @@ Result<void> check_source_scheme(const std::string& s) {
                         "' (expected nbd://, nbd+unix://, http(s)://, or a local path)");
 }
 
-namespace {
-
-Error interrupted() {
-  return Error{EINTR, "interrupted"};
-}
-
-}  // namespace
-
 Result<void> Streamer::open_sources() {
   TRY(check_source_scheme(opt_.source));
   if (is_nbd_uri(opt_.source)) {
@@ -71,7 +63,7 @@ Result<void> Streamer::open_sources() {
   }
   // A stop that came while the sources opened (they fail by themselves when it came
   // during a wait) ends open() here rather than in the fingerprint.
-  if (stop_requested()) return interrupted();
+  if (stop_requested()) return Error{EINTR, "interrupted"};
   return ok();
 }
 
