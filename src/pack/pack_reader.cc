@@ -68,7 +68,7 @@ Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
   std::unique_ptr<Pack> p(new Pack());
   p->blob_ = TRY(blob::open_blob(env, where, o.blob));
   TRY(p->read_header(where));
-  TRY(p->join_chain(where, chain, child));
+  TRY(p->join_chain(chain, child));
   // The bases first: every header of the chain is checked before any index is decoded,
   // and each base's index is let go before the next one up is decoded.
   if (p->header_.has_base()) TRY(p->load_base(env, o, chain));
@@ -92,27 +92,28 @@ Result<void> Pack::read_header(const std::string& where) {
   return ok();
 }
 
-// Checks this pack's place in the chain being opened before anything more is read.
-Result<void> Pack::join_chain(const std::string& where, Chain& chain, const Pack* child) const {
+// Checks this pack's place in the chain being opened before anything more is read. (Only
+// a base can fail: the caller names it.)
+Result<void> Pack::join_chain(Chain& chain, const Pack* child) const {
   const PackHeader& h = header_;
   if (child) {
     if (h.identity != child->header_.base_identity)
-      return Error::invalid(where + " is not its base (identity " + to_hex(h.identity, 8) +
-                            ", expected " + to_hex(child->header_.base_identity, 8) + ")");
+      return Error::invalid("not its base (identity " + to_hex(h.identity, 8) + ", expected " +
+                            to_hex(child->header_.base_identity, 8) + ")");
     if (h.chunk_size != child->header_.chunk_size)
-      return Error::invalid(where + " has another chunk size than the pack it is the base of");
+      return Error::invalid("another chunk size than the pack it is the base of");
   }
   // A pack seen before (same image, same index) means the chain goes round in a loop.
   const std::pair<Digest, Digest> me{h.identity, h.index_hash};
   if (std::find(chain.seen.begin(), chain.seen.end(), me) != chain.seen.end())
-    return Error::invalid(where + ": the base chain loops (this pack, identity " +
-                          to_hex(h.identity, 8) + ", is in it already)");
+    return Error::invalid("the base chain loops (this pack, identity " + to_hex(h.identity, 8) +
+                          ", is in it already)");
   if (chain.seen.size() > kChainDepthMax)
-    return Error::invalid(where + ": base chain longer than " + std::to_string(kChainDepthMax));
+    return Error::invalid("base chain longer than " + std::to_string(kChainDepthMax));
   chain.chunks += h.chunk_count();
   if (chain.chunks > kChainChunksMax)
-    return Error::invalid(where + ": the base chain has more than " +
-                          std::to_string(kChainChunksMax) + " chunks in all");
+    return Error::invalid("the base chain has more than " + std::to_string(kChainChunksMax) +
+                          " chunks in all");
   chain.seen.push_back(me);
   return ok();
 }
@@ -125,7 +126,10 @@ Result<void> Pack::load_base(Env& env, const PackOpenOptions& o, Chain& chain) {
   PackOpenOptions bo = o;
   bo.base.clear();  // the override names the first base only
   auto base = open_at(env, where, bo, chain, this);
-  if (!base) return std::move(base).error().context(uri() + ": its base pack " + where);
+  // "a.pack: its base pack b.pack: its base pack c.pack: what went wrong"
+  if (!base)
+    return std::move(base).error().context((first_base ? uri() + ": " : "") + "its base pack " +
+                                           where);
   base_ = std::move(*base);
   by_hash_ = std::move(base_->by_hash_);  // the chain's chunks; ours join in map_chunks()
   base_->by_hash_.clear();

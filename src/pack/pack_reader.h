@@ -100,7 +100,7 @@ class Pack {
                                                const PackOpenOptions& o, Chain& chain,
                                                const Pack* child);
   Result<void> read_header(const std::string& where);
-  Result<void> join_chain(const std::string& where, Chain& chain, const Pack* child) const;
+  Result<void> join_chain(Chain& chain, const Pack* child) const;
   Result<void> load_base(Env& env, const PackOpenOptions& o, Chain& chain);
   Result<void> map_chunks();
   Result<std::vector<std::byte>> fetch_index(Env& env, const std::string& cache);
