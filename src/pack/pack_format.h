@@ -28,7 +28,8 @@ inline constexpr uint32_t kChunkBytesDefault = 128u << 10;
 // holds the whole index in memory, and a stored index 24 KiB long may claim this many
 // (zero entries compress to nothing). A reader keeps 4 bytes per chunk and one entry per
 // non-zero entry unlike the one before it (ChunkIndex), so this bounds what a hostile
-// pack can make it hold: 64 MiB for zero chunks, 832 MiB at the very worst.
+// pack can make it hold: 64 MiB for zero chunks, 52 bytes a chunk (832 MiB) at the very
+// worst, besides the map of the chain's stored chunks by hash (Pack).
 inline constexpr uint64_t kChunksMax = 1ULL << 24;
 inline constexpr size_t kBaseHintBytesMax = 1024;
 inline constexpr size_t kChainDepthMax = 16;  // a pack, its base, its base's base...
