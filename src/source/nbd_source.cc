@@ -15,6 +15,7 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/stop.h"
 #include "base/unique_fd.h"
 
 namespace imgstream::source {
@@ -549,7 +550,6 @@ NbdSource::NbdSource(std::string uri, const NbdSourceOptions& options)
     : uri_(std::move(uri)), options_(options) {}
 
 NbdSource::~NbdSource() {
-  stop_callback_.reset();  // waits for an interrupt() running on another thread
   close();
 }
 
@@ -571,9 +571,10 @@ Result<std::unique_ptr<NbdSource>> NbdSource::open(const std::string& uri,
     TRY_CTX(c->init(), "nbd source " + uri);
     src->connections_.push_back(std::move(c));
   }
-  // After the connections exist (interrupt() wakes them); runs at once when a stop was
-  // asked for already.
-  src->stop_callback_ = std::make_unique<StopCallback>([p = src.get()] { p->interrupt(); });
+  // Only while open() waits (see the header), once the connections exist: interrupt()
+  // wakes them. Runs at once when a stop was asked for already. Destroyed before `src`
+  // (declared after it), waiting for a callback running on another thread.
+  StopCallback on_stop([p = src.get()] { p->interrupt(); });
   src->connections_[0]->start();
   Result<void> first;
   {
@@ -586,6 +587,8 @@ Result<std::unique_ptr<NbdSource>> NbdSource::open(const std::string& uri,
     first = answered ? *src->first_connect_
                      : Result<void>(Error{ETIMEDOUT, "nbd source " + uri + ": connect: timed out"});
   }
+  // A stop that came after the handshake (fatal_ is set) fails open() all the same.
+  if (auto fatal = src->fatal_error(); first && fatal && fatal->code == EINTR) first = *fatal;
   if (!first) {
     src->close();
     return std::move(first).error();

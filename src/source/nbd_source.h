@@ -23,9 +23,11 @@
 // or libnbd rejects as invalid, and a server that comes back with a different size (a
 // different image: the source then fails every request; see fatal_error()).
 //
-// Stops. A stop request of the process (base/stop.h: Ctrl-C, SIGTERM) ends the source at
-// once, as a fatal error would: open() returns, every request waiting or on the wire
-// fails with EINTR "interrupted", and no connection is tried again.
+// Stops. A stop request of the process (base/stop.h: Ctrl-C, SIGTERM) while open() waits
+// for the first handshake ends the source at once, as a fatal error would: open()
+// returns EINTR "interrupted" and no connection is tried again. Once open, the source is
+// its owner's to stop: close() ends every wait at once (the streamer closes its sources
+// on a stop, after it has stopped hydrating; the fingerprint closes the source it reads).
 //
 // Thread safety: every method may be called from any thread, concurrently.
 #pragma once
@@ -44,7 +46,6 @@
 #include <vector>
 
 #include "base/result.h"
-#include "base/stop.h"
 #include "source/source.h"
 
 namespace imgstream::source {
@@ -139,7 +140,7 @@ class NbdSource final : public Source {
   // `failed` for the caller to finish.
   Result<void> on_connected(const ImageInfo& info, std::vector<RequestPtr>& failed);
   void on_first_connect_failed(Error e);
-  // The process is stopping (StopCallback): fail everything now, connect no more.
+  // The process is stopping while open() waits (StopCallback): connect no more.
   void interrupt();
 
   // Queueing, shared by callers and I/O threads. The *_locked functions need mu_ held;
@@ -188,8 +189,6 @@ class NbdSource final : public Source {
   std::atomic<uint64_t> retries_{0};
   std::atomic<unsigned> ready_{0};
 
-  // Made once the connections exist; destroyed first (it may be running interrupt()).
-  std::unique_ptr<StopCallback> stop_callback_;
 };
 
 }  // namespace imgstream::source

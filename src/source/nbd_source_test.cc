@@ -368,33 +368,6 @@ TEST_F(NbdSourceTest, CloseFailsPendingReadsWithEshutdown) {
   EXPECT_EQ(r.error().code, ESHUTDOWN);
 }
 
-// A stop request of the process (Ctrl-C) ends reads waiting on a slow server at once,
-// with EINTR, and later requests fail without being sent.
-TEST_F(NbdSourceTest, StopRequestFailsReadsOnTheWireAtOnce) {
-  serve("image", {"--filter=delay"}, {"rdelay=10"});
-  auto src = open();
-  ASSERT_TRUE(src);
-  Reads reads;
-  start_reads(*src, reads, 8, 4096, 29);
-  std::this_thread::sleep_for(200ms);  // on the wire, in the delay
-  const auto start = Clock::now();
-  request_process_stop();
-  const bool done = reads.done.wait(5s);
-  const auto took = Clock::now() - start;
-  std::vector<std::byte> buf(4096);
-  auto later = src->read(0, buf);
-  reset_stop_for_testing();
-  ASSERT_TRUE(done);
-  EXPECT_LT(took, 1s);
-  for (size_t i = 0; i < 8; ++i) {
-    ASSERT_FALSE(reads.done.result(i));
-    EXPECT_EQ(reads.done.result(i).error().code, EINTR);
-    EXPECT_NE(reads.done.result(i).error().message.find("interrupted"), std::string::npos);
-  }
-  ASSERT_FALSE(later);
-  EXPECT_EQ(later.error().code, EINTR);
-}
-
 // open() waiting for a handshake that does not come returns at once on a stop request.
 TEST_F(NbdSourceTest, StopRequestEndsAnOpenWaitingForAHandshake) {
   // A unix socket that accepts (the kernel's backlog) and never speaks.
