@@ -44,6 +44,10 @@ class BlobReader {
   // Reads exactly [offset, offset + buf.size()). A range past the end is EINVAL.
   virtual Result<void> read(uint64_t offset, std::span<std::byte> buf) = 0;
   virtual BlobStats stats() const = 0;
+  // The process is stopping: reads in flight fail within a second, and every later one
+  // at once, with EINTR "interrupted" (the waits of an HTTP reader between attempts
+  // included). Irrevocable. Local files do nothing: their reads do not wait.
+  virtual void interrupt() {}
 };
 
 // Whether `s` is an http:// or https:// URL (else a local path).

@@ -67,6 +67,9 @@ Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
                                             const Pack* child) {
   std::unique_ptr<Pack> p(new Pack());
   p->blob_ = TRY(blob::open_blob(env, where, o.blob));
+  // While this pack opens, nobody else ends its waits on a stop request (a pack that is
+  // open is its owner's to interrupt). Destroyed before `p`.
+  StopCallback on_stop([b = p->blob_.get()] { b->interrupt(); });
   TRY(p->read_header(where));
   TRY(p->join_chain(chain, child));
   // The bases first: every header of the chain is checked before any index is decoded,
@@ -191,6 +194,10 @@ void Pack::keep_index(Env& env, const PackOpenOptions& o, std::span<const std::b
   }();
   if (!r)
     LOG_WARN("could not keep the index of {} in {}: {}", uri(), o.index_cache, r.error().message);
+}
+
+void Pack::interrupt() const {
+  for (const Pack* p = this; p; p = p->base_.get()) p->blob_->interrupt();
 }
 
 Pack::Location Pack::locate(uint64_t chunk) const {

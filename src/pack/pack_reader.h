@@ -79,6 +79,10 @@ class Pack {
   // base:allocation extents for [offset, offset + length): Zero chunks are holes.
   void block_status(uint64_t offset, uint64_t length, std::vector<Extent>& out) const;
 
+  // The process is stopping: reads of this pack and its chain in flight fail within a
+  // second, later ones at once, with EINTR (blob::BlobReader::interrupt). Irrevocable.
+  void interrupt() const;
+
   // Checks every chunk stored in this pack file (not the base's) against its hash.
   // Returns the chunks that failed; `progress(done, total)` is called as it goes.
   Result<std::vector<uint64_t>> verify(const std::function<void(uint64_t, uint64_t)>& progress) const;

@@ -17,9 +17,10 @@ needs (with ranges, over TLS, or not at all: a server that stalls).
   hostile.py store-regions META REGIONS
       Rewrites the header to claim REGIONS regions of 4 KiB (CRC fixed) and cuts the
       file to 12 KiB.
-  hostile.py serve MODE PORTFILE [DIR [CERT KEY]]
+  hostile.py serve MODE PORTFILE [DIR [CERT KEY]] [--stall-after N]
       files: DIR over HTTP with Range; tls: the same over HTTPS (CERT, KEY); stall:
-      accepts, reads the request and never answers. Writes its port to PORTFILE.
+      accepts, reads the request and never answers. Writes its port to PORTFILE. With
+      --stall-after, files answers N requests, then none.
 """
 import argparse
 import hashlib
@@ -163,6 +164,8 @@ def serve(a):
             threading.Thread(target=lambda c=c: (c.recv(65536), time.sleep(3600)), daemon=True).start()
 
     root = a.dir
+    answered = [0]
+    lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -171,6 +174,11 @@ def serve(a):
             pass
 
         def do_GET(self):
+            with lock:
+                answered[0] += 1
+                stall = a.stall_after is not None and answered[0] > a.stall_after
+            if stall:
+                time.sleep(3600)
             path = os.path.join(root, self.path.lstrip("/").split("?")[0])
             if not os.path.isfile(path):
                 self.send_error(404)
@@ -225,6 +233,7 @@ def main():
     s.add_argument("dir", nargs="?")
     s.add_argument("cert", nargs="?")
     s.add_argument("key", nargs="?")
+    s.add_argument("--stall-after", type=int)
     a = p.parse_args()
     {"zero-pack": zero_pack, "store-generation": store_generation, "store-regions": store_regions,
      "serve": serve}[a.cmd](a)

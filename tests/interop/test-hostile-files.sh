@@ -5,8 +5,9 @@
 #
 #   1. SIGINT / SIGTERM while `stream` opens a slow source (nbdkit's delay filter with
 #      5 s per read: the fingerprint; a TCP server that never answers the NBD
-#      handshake; an HTTP server that never answers): exit 1 within a second, the error
-#      says "interrupted", no store directory is made.
+#      handshake; an HTTP server that never answers, or stops answering after the
+#      pack's header): exit 1 within a second, the error says "interrupted", no store
+#      directory is made.
 #   2. ftp:// and s3:// sources: "unsupported source scheme", not a missing file.
 #   3. https:// to a plain HTTP server, and to one with a certificate nobody trusts:
 #      curl's message at once, not 30 s of retries.
@@ -106,6 +107,8 @@ interrupt_stream() {
 
 # ---- 1. Stops while `stream` opens a slow source -------------------------------------
 
+mkdir "$T/www"
+python3 "$HOSTILE" zero-pack "$T/www/small.pack" --chunks 64
 rm -f "$T/delay.sock"
 nbdkit -f --unix "$T/delay.sock" --filter=delay memory 64M rdelay=5 >"$T/nbdkit.log" 2>&1 &
 register_pid $!
@@ -118,6 +121,9 @@ interrupt_stream delay-term TERM "nbd+unix:///?socket=$T/delay.sock"
 start_py stall stall
 interrupt_stream handshake-int INT "nbd://127.0.0.1:$PY_PORT"
 interrupt_stream http-int INT "http://127.0.0.1:$PY_PORT/disk.pack"
+# A server that answers the first two requests (the size, the header), not the index's.
+start_py stall2 files "$T/www" --stall-after 2
+interrupt_stream http-index-int INT "http://127.0.0.1:$PY_PORT/small.pack"
 pass "SIGINT/SIGTERM end a stream opening a slow NBD or HTTP source within a second, no store made"
 
 # ---- 2. Unknown schemes ---------------------------------------------------------------
@@ -133,7 +139,6 @@ pass "ftp:// and s3:// are reported as unsupported schemes"
 
 # ---- 4. Hostile packs (made first: 3 serves them) ------------------------------------
 
-mkdir "$T/www"
 N=$((1 << 24))
 S=$((N * 4096))
 # a.pack and b.pack: images of different sizes (so different identities), each naming
