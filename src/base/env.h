@@ -66,6 +66,10 @@ Result<void> read_exact_at(File& f, uint64_t offset, std::span<std::byte> buf);
 // Loops write_at until the whole buffer is written.
 Result<void> write_all_at(File& f, uint64_t offset, std::span<const std::byte> buf);
 
+class Env;
+// Makes `dir` and its missing parents (mkdir -p), each made durable in its parent.
+Result<void> make_dirs(Env& env, const std::string& dir);
+
 // An exclusive lock on a file, released when the object goes.
 class FileLock {
  public:

@@ -23,6 +23,18 @@ Result<std::unique_ptr<FileLock>> Env::lock(const std::string&) {
   return std::make_unique<FileLock>();
 }
 
+Result<void> make_dirs(Env& env, const std::string& dir) {
+  for (size_t at = dir.find('/', 1);; at = dir.find('/', at + 1)) {
+    const std::string prefix = dir.substr(0, at);
+    if (!prefix.empty() && !TRY(env.exists(prefix))) {
+      TRY(env.mkdir(prefix));
+      // Durable, so that a store made under it survives power loss with its parents.
+      TRY(env.sync_dir(parent_dir(prefix)));
+    }
+    if (at == std::string::npos) return ok();
+  }
+}
+
 std::string parent_dir(const std::string& path) {
   std::string d = path;
   while (d.size() > 1 && d.back() == '/') d.pop_back();

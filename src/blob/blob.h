@@ -44,16 +44,37 @@ class BlobReader {
   // Reads exactly [offset, offset + buf.size()). A range past the end is EINVAL.
   virtual Result<void> read(uint64_t offset, std::span<std::byte> buf) = 0;
   virtual BlobStats stats() const = 0;
+  // The process is stopping: reads in flight fail within a second, and every later one
+  // at once, with EINTR "interrupted" (the waits of an HTTP reader between attempts
+  // included). Irrevocable. Local files do nothing: their reads do not wait.
+  virtual void interrupt() {}
 };
 
 // Whether `s` is an http:// or https:// URL (else a local path).
 bool is_http_url(const std::string& s);
+// The scheme of a string that looks like a URL ("ftp" for "ftp://host/x": letters, digits,
+// '+', '-', '.' before "://"), or empty for anything else (a local path).
+std::string url_scheme(const std::string& s);
 
-// Opens a local file through `env`, or an HTTP(S) URL.
+// What a local input may be. Anything else is refused before it is opened for real: a
+// FIFO would block open() until a writer comes (or feed whatever that writer sends), a
+// character device may do anything at all.
+enum class InputKind {
+  RegularFile,           // packs, index caches, seeds
+  RegularOrBlockDevice,  // disk images
+};
+
+// Opens a local input read-only through `env`: on the real file system, first without
+// blocking (O_NONBLOCK) to check its kind with fstat, then through `env`, checking that
+// it is still the same file. Errors name the path.
+Result<std::unique_ptr<File>> open_input(Env& env, const std::string& path, InputKind kind);
+
+// Opens a local file through `env`, or an HTTP(S) URL. Any other URL scheme is refused
+// ("unsupported scheme 'ftp'"), not taken for a path.
 Result<std::unique_ptr<BlobReader>> open_blob(Env& env, const std::string& path_or_url,
                                               const BlobOptions& o = {});
 
-// A BlobReader over a local file (through an Env).
+// A BlobReader over a local regular file (through an Env).
 Result<std::unique_ptr<BlobReader>> open_file_blob(Env& env, const std::string& path);
 
 // A BlobReader over HTTP(S) range requests (src/blob/http_blob.cc, libcurl).

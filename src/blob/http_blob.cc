@@ -21,8 +21,28 @@
 // Transient failures are retried until BlobOptions::timeout has passed since the read
 // began. At open, "connection refused" and "host not found" are permanent too: they are
 // far more often a wrong URL than a server restarting.
+//
+// libcurl's errors, sorted:
+//
+//   error                                   | kind
+//   ----------------------------------------+---------------------------------------------
+//   timeouts, cut or reset connections,     | transient
+//   partial bodies, HTTP/2 stream errors    |
+//   TLS: certificate not trusted or wrong,  | permanent: no retry makes the certificate
+//   no common cipher, bad CA file, ...      | good (CURLE_SSL_*, PEER_FAILED_VERIFICATION)
+//   TLS handshake failure (SSL_CONNECT)     | permanent at open (`https://` to a plain
+//                                           | HTTP server, a TLS-less port); transient
+//                                           | later, when the server proved it speaks TLS
+//   unsupported protocol, malformed URL     | permanent
+//
+// interrupt() (the process is stopping) ends a read within a second, with EINTR
+// "interrupted": the transfer is aborted from libcurl's progress callback, and the waits
+// between attempts are cut short. A stop request interrupts open() by itself; later the
+// reader's owner interrupts it (Pack, PackSource::close, PackDevice), in its own order.
 #include <curl/curl.h>
 #include <fmt/format.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -35,6 +55,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -42,6 +63,7 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/stop.h"
 #include "blob/blob.h"
 
 namespace imgstream::blob {
@@ -248,6 +270,31 @@ Failure transient(int code, std::string what) {
 Failure permanent(int code, std::string what) {
   return {FailKind::Permanent, {code, std::move(what)}};
 }
+Failure interrupted() {
+  return permanent(EINTR, "interrupted");
+}
+
+// Errors of the TLS layer that no retry mends (a certificate, a CA file, a cipher).
+bool is_tls_config_error(CURLcode rc) {
+  switch (rc) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_USE_SSL_FAILED:
+      return true;
+    default:
+      return false;
+  }
+}
 
 class Backoff {
  public:
@@ -270,7 +317,11 @@ class HttpBlob final : public BlobReader {
   static Result<std::unique_ptr<BlobReader>> open(const std::string& url, const BlobOptions& o) {
     TRY_CTX(init_curl_once(), url);
     std::unique_ptr<HttpBlob> b(new HttpBlob(url, o));
-    TRY(b->probe());
+    {
+      // The reader has no owner yet to interrupt it on a stop request: open() does.
+      StopCallback on_stop([p = b.get()] { p->interrupt(); });
+      TRY(b->probe());
+    }
     return std::unique_ptr<BlobReader>(std::move(b));
   }
 
@@ -289,6 +340,18 @@ class HttpBlob final : public BlobReader {
     return BlobStats{.requests = requests_.load(),
                      .bytes_received = bytes_received_.load(),
                      .retries = retries_.load()};
+  }
+
+  void interrupt() override {
+    {
+      std::lock_guard lock(interrupt_mu_);
+      interrupted_ = true;
+    }
+    interrupt_cv_.notify_all();
+    // Under the lock on_close_socket takes: no descriptor is closed (and its number
+    // reused) while this shuts it down.
+    std::lock_guard lock(sockets_mu_);
+    for (curl_socket_t fd : sockets_) ::shutdown(fd, SHUT_RDWR);
   }
 
  private:
@@ -335,22 +398,36 @@ class HttpBlob final : public BlobReader {
   std::optional<Failure> check_identity(Transfer& t, uint64_t total);
   std::optional<Failure> judge(CURLcode rc, const Connection& c, const Transfer& t) const;
   Failure status_failure(const Transfer& t) const;
-  Result<void> setup(Connection& c) const;
+  Result<void> setup(Connection& c);
   static size_t on_header(char* data, size_t size, size_t count, void* user);
   static size_t on_body(char* data, size_t size, size_t count, void* user);
+  static int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t);
+  static curl_socket_t on_open_socket(void* user, curlsocktype, curl_sockaddr* a);
+  static int on_close_socket(void* user, curl_socket_t fd);
+  // Waits `d`, or less when interrupted; false when interrupted.
+  bool wait_unless_interrupted(milliseconds d);
 
   const std::string url_;
   const BlobOptions options_;
   // Learned by probe() before the reader is handed out; constant afterwards.
   uint64_t size_ = 0;
   std::string etag_, last_modified_;
+  // The sockets libcurl has open for this reader (its callbacks open and close them), so
+  // that interrupt() can shut them down: a transfer waiting on a silent server then ends
+  // at once rather than at libcurl's next progress call. Before pool_: its handles close
+  // their sockets when it goes.
+  std::mutex sockets_mu_;
+  std::set<curl_socket_t> sockets_;
   ConnectionPool pool_;
   std::atomic<uint64_t> requests_{0}, bytes_received_{0}, retries_{0};
   std::atomic<bool> warned_ranges_ignored_{false};
+  std::atomic<bool> interrupted_{false};  // set under interrupt_mu_, read without it
+  std::mutex interrupt_mu_;
+  std::condition_variable interrupt_cv_;
 };
 
 // The options every request shares, set once per handle.
-Result<void> HttpBlob::setup(Connection& c) const {
+Result<void> HttpBlob::setup(Connection& c) {
   CURL* h = c.easy.get();
   CURLcode rc = CURLE_OK;
   auto set = [&](CURLcode r) {
@@ -372,6 +449,12 @@ Result<void> HttpBlob::setup(Connection& c) const {
   set(curl_easy_setopt(h, CURLOPT_USERAGENT, "imgstream/" IMGSTREAM_VERSION));
   set(curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &HttpBlob::on_header));
   set(curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &HttpBlob::on_body));
+  set(curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &HttpBlob::on_progress));
+  set(curl_easy_setopt(h, CURLOPT_OPENSOCKETFUNCTION, &HttpBlob::on_open_socket));
+  set(curl_easy_setopt(h, CURLOPT_OPENSOCKETDATA, this));
+  set(curl_easy_setopt(h, CURLOPT_CLOSESOCKETFUNCTION, &HttpBlob::on_close_socket));
+  set(curl_easy_setopt(h, CURLOPT_CLOSESOCKETDATA, this));
+  set(curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L));
   if (rc != CURLE_OK)
     return Error::io(fmt::format("{}: curl_easy_setopt: {}", url_, curl_easy_strerror(rc)));
   // h2 over TLS where the server offers it, HTTP/1.1 over plain http. Best effort: a
@@ -394,11 +477,14 @@ Result<void> HttpBlob::fetch(uint64_t offset, std::span<std::byte> buf, Phase ph
   Backoff backoff;
   size_t filled = 0;
   for (unsigned attempts = 1;; ++attempts) {
+    if (interrupted_) return std::move(interrupted().error).context(where());
     Transfer t{
         .blob = this, .phase = phase, .offset = offset + filled, .dest = buf.subspan(filled)};
     std::optional<Failure> failure = attempt(**lease, t, deadline);
     filled += t.filled;
     if (!failure) return ok();
+    // Whatever the transfer died of (its socket shut down), it was the interruption.
+    if (interrupted_) return std::move(interrupted().error).context(where());
     if (failure->kind == FailKind::Permanent) return std::move(failure->error).context(where());
     if (t.filled > 0) backoff.reset();  // progress: the server works, retry soon
     // The last wait is cut short so that one more attempt fits before the deadline.
@@ -413,7 +499,7 @@ Result<void> HttpBlob::fetch(uint64_t offset, std::span<std::byte> buf, Phase ph
     const milliseconds wait = std::min(
         backoff.next(), std::chrono::duration_cast<milliseconds>(deadline - now - kAttemptTimeMin));
     LOG_DEBUG("{}: {}; retrying in {} ms", where(), failure->error.message, wait.count());
-    std::this_thread::sleep_for(wait);
+    if (!wait_unless_interrupted(wait)) return std::move(interrupted().error).context(where());
     retries_.fetch_add(1, std::memory_order_relaxed);
   }
 }
@@ -431,6 +517,7 @@ std::optional<Failure> HttpBlob::attempt(Connection& c, Transfer& t, Clock::time
   if (rc == CURLE_OK) rc = curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
   if (rc == CURLE_OK) rc = curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
   if (rc == CURLE_OK) rc = curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
+  if (rc == CURLE_OK) rc = curl_easy_setopt(h, CURLOPT_XFERINFODATA, &t);
   if (rc != CURLE_OK)
     return permanent(EIO, std::string("curl_easy_setopt: ") + curl_easy_strerror(rc));
   c.error[0] = '\0';
@@ -439,6 +526,7 @@ std::optional<Failure> HttpBlob::attempt(Connection& c, Transfer& t, Clock::time
   // The handle outlives this Transfer: leave it no pointer to it.
   curl_easy_setopt(h, CURLOPT_HEADERDATA, nullptr);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, nullptr);
+  curl_easy_setopt(h, CURLOPT_XFERINFODATA, nullptr);
   // A 200 or 206 with an empty body never reached on_body: check its headers here.
   if (!t.failure && !t.body_checked && (t.resp.status == 200 || t.resp.status == 206)) {
     t.body_checked = true;
@@ -454,6 +542,7 @@ std::optional<Failure> HttpBlob::attempt(Connection& c, Transfer& t, Clock::time
 
 // What a finished attempt amounts to, when no callback found a failure.
 std::optional<Failure> HttpBlob::judge(CURLcode rc, const Connection& c, const Transfer& t) const {
+  if (rc == CURLE_ABORTED_BY_CALLBACK) return interrupted();  // only on_progress aborts
   const long s = t.resp.status;
   if (s == 200 || s == 206) {
     if (t.cut_on_purpose) return std::nullopt;  // the CURLE_WRITE_ERROR we caused
@@ -482,15 +571,19 @@ std::optional<Failure> HttpBlob::judge(CURLcode rc, const Connection& c, const T
       return transient(ECONNREFUSED, what);
     case CURLE_OPERATION_TIMEDOUT:
       return transient(ETIMEDOUT, what);
+    case CURLE_SSL_CONNECT_ERROR:
+      // At open: `https://` to a server that speaks no TLS there (or none we accept).
+      // Later the server has spoken TLS with us: a failed handshake is a reset or a
+      // restart, worth another try.
+      if (t.phase == Phase::Open) return permanent(EPROTO, what);
+      return transient(EIO, what);
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_URL_MALFORMAT:
     case CURLE_NOT_BUILT_IN:
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CACERT_BADFILE:
     case CURLE_OUT_OF_MEMORY:
       return permanent(EIO, what);
-    default:  // cut connections, partial bodies, TLS and HTTP/2 stream errors, ...
+    default:  // cut connections, partial bodies, HTTP/2 stream errors, ...
+      if (is_tls_config_error(rc)) return permanent(EACCES, what);
       return transient(EIO, what);
   }
 }
@@ -602,6 +695,34 @@ size_t HttpBlob::on_header(char* data, size_t size, size_t count, void* user) {
   else if (iequals(name, "content-encoding"))
     t.resp.content_encoding = keep(value);
   return n;
+}
+
+// libcurl's progress callback: a non-zero return aborts the transfer
+// (CURLE_ABORTED_BY_CALLBACK). libcurl calls it at least about once a second, also while
+// nothing arrives.
+int HttpBlob::on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return user && static_cast<Transfer*>(user)->blob->interrupted_ ? 1 : 0;
+}
+
+curl_socket_t HttpBlob::on_open_socket(void* user, curlsocktype, curl_sockaddr* a) {
+  auto* b = static_cast<HttpBlob*>(user);
+  std::lock_guard lock(b->sockets_mu_);
+  if (b->interrupted_) return CURL_SOCKET_BAD;
+  const curl_socket_t fd = ::socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+  if (fd != CURL_SOCKET_BAD) b->sockets_.insert(fd);
+  return fd;
+}
+
+int HttpBlob::on_close_socket(void* user, curl_socket_t fd) {
+  auto* b = static_cast<HttpBlob*>(user);
+  std::lock_guard lock(b->sockets_mu_);
+  b->sockets_.erase(fd);
+  return ::close(fd);
+}
+
+bool HttpBlob::wait_unless_interrupted(milliseconds d) {
+  std::unique_lock lock(interrupt_mu_);
+  return !interrupt_cv_.wait_for(lock, d, [&] { return interrupted_.load(); });
 }
 
 // Copies the wanted part of the body into t.dest. Returning less than `n` makes libcurl

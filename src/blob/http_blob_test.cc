@@ -285,6 +285,36 @@ TEST(HttpBlob, TimeoutIsBounded) {
   EXPECT_NE(res.error().message.find("bytes 5-104"), std::string::npos) << res.error().message;
 }
 
+// interrupt() (the process is stopping) ends a read waiting on a server that does not
+// answer within a second, and one between retries at once, with EINTR; later reads fail
+// at once.
+TEST(HttpBlob, InterruptEndsAStalledRead) {
+  auto s = serve(64 * 1024, 13);
+  BlobOptions o = quick_options();
+  o.timeout = 20s;
+  Bytes buf(100);
+  for (const bool hang : {true, false}) {
+    ASSERT_OPEN(r, s.server->url(), o);
+    s.server->set_hang(hang);
+    if (!hang) s.server->fail_next(1'000'000, 503);
+    std::thread stopper([&r] {
+      std::this_thread::sleep_for(300ms);
+      r->interrupt();
+    });
+    const auto start = std::chrono::steady_clock::now();
+    auto res = r->read(0, buf);
+    const auto took = std::chrono::steady_clock::now() - start;
+    stopper.join();
+    ASSERT_FALSE(res) << hang;
+    EXPECT_EQ(res.error().code, EINTR) << res.error().message;
+    EXPECT_NE(res.error().message.find("interrupted"), std::string::npos) << res.error().message;
+    EXPECT_LT(took, 300ms + 1500ms) << hang;
+    s.server->set_hang(false);
+    s.server->fail_next(0);
+    EXPECT_EQ(r->read(0, buf).error().code, EINTR) << "irrevocable";
+  }
+}
+
 TEST(HttpBlob, RetriesStopAtTheTimeout) {
   auto s = serve(64 * 1024, 12);
   BlobOptions o = quick_options();

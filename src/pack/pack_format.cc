@@ -1,13 +1,15 @@
 #include "pack/pack_format.h"
 
+#include <zstd.h>
+
 #include <bit>
 #include <cstring>
-
-#include <zstd.h>
+#include <memory>
 
 #include "base/check.h"
 #include "base/crc32c.h"
 #include "base/endian.h"
+#include "base/stop.h"
 
 namespace imgstream::pack {
 
@@ -101,6 +103,10 @@ Result<PackHeader> decode_header(std::span<const std::byte> b) {
   if (h.index_length == 0 || h.index_length > ZSTD_compressBound(h.index_raw_bytes()))
     return Error::invalid("pack index length " + std::to_string(h.index_length) +
                           " is out of bounds");
+  if (h.index_raw_bytes() / kZstdExpansionMax > h.index_length)
+    return Error::invalid("pack index of " + std::to_string(h.index_length) +
+                          " bytes cannot hold the " + std::to_string(h.chunk_count()) +
+                          " entries it claims");
   if (h.index_offset < kPackHeaderBytes) return Error::invalid("pack index offset is inside the header");
   if (h.boot_begin != kPackHeaderBytes || h.boot_end < h.boot_begin ||
       h.boot_end > h.index_offset || h.boot_chunks > h.chunk_count())
@@ -137,8 +143,90 @@ std::vector<std::byte> encode_index(const std::vector<IndexEntry>& entries) {
   return z;
 }
 
-Result<std::vector<IndexEntry>> decode_index(const PackHeader& h,
-                                             std::span<const std::byte> stored) {
+IndexEntry ChunkIndex::operator[](uint64_t i) const {
+  IMG_CHECK(i < slots_.size());
+  const uint32_t s = slots_[i];
+  return s == 0 ? IndexEntry{} : entries_[s - 1];
+}
+
+void ChunkIndex::release() {
+  slots_ = {};
+  entries_ = {};
+}
+
+void ChunkIndex::push(const IndexEntry& e) {
+  if (e.kind == ChunkKind::Zero) return slots_.push_back(0);
+  if (!entries_.empty()) {
+    const IndexEntry& last = entries_.back();
+    if (last.kind == e.kind && last.offset == e.offset && last.length == e.length &&
+        last.hash == e.hash)
+      return slots_.push_back(static_cast<uint32_t>(entries_.size()));
+  }
+  entries_.push_back(e);
+  slots_.push_back(static_cast<uint32_t>(entries_.size()));
+}
+
+namespace {
+
+// The identity's hash up to the chunks' hashes.
+void identity_start(Sha256& s, uint64_t image_size, uint32_t chunk_size) {
+  s.update(std::as_bytes(std::span(kIdentityTag, sizeof kIdentityTag)));
+  std::byte sizes[12];
+  le::put64(sizes, image_size);
+  le::put32(sizes + 8, chunk_size);
+  s.update(sizes);
+}
+
+// Entry i of the index from its 48 bytes, checked against the header. `boot` counts the
+// stored chunks in the boot range.
+Result<IndexEntry> decode_entry(const PackHeader& h, uint64_t i, const std::byte* p,
+                                uint64_t& boot) {
+  IndexEntry e;
+  std::memcpy(e.hash.data(), p, 32);
+  e.offset = le::get64(p + 32);
+  e.length = le::get32(p + 40);
+  const uint8_t kind = std::to_integer<uint8_t>(p[44]);
+  if (kind > static_cast<uint8_t>(ChunkKind::Base) || p[45] != std::byte{0} ||
+      p[46] != std::byte{0} || p[47] != std::byte{0})
+    return Error::invalid("pack index entry " + std::to_string(i) + " is malformed");
+  e.kind = static_cast<ChunkKind>(kind);
+  const uint32_t bytes = h.chunk_bytes(i);
+  const auto bad = [&](const char* why) {
+    return Error::invalid("pack index entry " + std::to_string(i) + ": " + why);
+  };
+  switch (e.kind) {
+    case ChunkKind::Zero:
+      if (e.offset || e.length || !is_zero(e.hash)) return bad("a zero chunk with data");
+      break;
+    case ChunkKind::Base:
+      if (!h.has_base()) return bad("refers to a base, but the pack has none");
+      if (e.offset || e.length) return bad("a base chunk with a location");
+      break;
+    case ChunkKind::Raw:
+    case ChunkKind::Zstd:
+      if (e.offset < kPackHeaderBytes || e.length == 0 || e.offset > h.index_offset ||
+          e.length > h.index_offset - e.offset)
+        return bad("stored bytes out of bounds");
+      if (e.kind == ChunkKind::Raw && e.length != bytes)
+        return bad("raw chunk of the wrong length");
+      if (e.kind == ChunkKind::Zstd && e.length > ZSTD_compressBound(bytes))
+        return bad("compressed chunk longer than zstd's bound");
+      if (e.offset >= h.boot_begin && e.offset < h.boot_end) {
+        if (e.length > h.boot_end - e.offset) return bad("straddles the end of the boot range");
+        ++boot;
+      }
+      break;
+  }
+  return e;
+}
+
+struct DCtxDeleter {
+  void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
+};
+
+}  // namespace
+
+Result<ChunkIndex> decode_index(const PackHeader& h, std::span<const std::byte> stored) {
   const uint64_t n = h.chunk_count();
   if (stored.size() != h.index_length) return Error::invalid("pack index has the wrong size");
   if (sha256(stored) != h.index_hash) return Error::invalid("pack index does not match its hash");
@@ -148,66 +236,52 @@ Result<std::vector<IndexEntry>> decode_index(const PackHeader& h,
   // The frame must declare its size (ours do) before anything is allocated for it.
   if (ZSTD_getFrameContentSize(stored.data(), stored.size()) != h.index_raw_bytes())
     return Error::invalid("pack index does not hold one entry per chunk");
-  std::vector<std::byte> b(h.index_raw_bytes());
-  const size_t got = ZSTD_decompress(b.data(), b.size(), stored.data(), stored.size());
-  if (ZSTD_isError(got) || got != b.size())
-    return Error::invalid(std::string("pack index does not decompress to one entry per chunk") +
-                          (ZSTD_isError(got) ? std::string(": ") + ZSTD_getErrorName(got) : ""));
-  std::vector<IndexEntry> entries(n);
+  std::unique_ptr<ZSTD_DCtx, DCtxDeleter> d(ZSTD_createDCtx());
+  if (!d || ZSTD_isError(ZSTD_DCtx_setParameter(d.get(), ZSTD_d_windowLogMax, kIndexWindowLogMax)))
+    return Error{ENOMEM, "pack index: no zstd decoder"};
+  ChunkIndex index;
+  index.slots_.reserve(n);  // 4 bytes a chunk: bounded by decode_header's checks
+  Sha256 identity;
+  identity_start(identity, h.image_size, h.chunk_size);
+  std::vector<std::byte> out(kIndexDecodeEntries * kIndexEntryBytes);
+  ZSTD_inBuffer in{stored.data(), stored.size(), 0};
+  size_t have = 0;  // bytes of a partial entry at the start of `out`
   uint64_t boot = 0;
-  for (uint64_t i = 0; i < n; ++i) {
-    const std::byte* p = b.data() + i * kIndexEntryBytes;
-    IndexEntry& e = entries[i];
-    std::memcpy(e.hash.data(), p, 32);
-    e.offset = le::get64(p + 32);
-    e.length = le::get32(p + 40);
-    const uint8_t kind = std::to_integer<uint8_t>(p[44]);
-    if (kind > static_cast<uint8_t>(ChunkKind::Base) || p[45] != std::byte{0} ||
-        p[46] != std::byte{0} || p[47] != std::byte{0})
-      return Error::invalid("pack index entry " + std::to_string(i) + " is malformed");
-    e.kind = static_cast<ChunkKind>(kind);
-    const uint32_t bytes = h.chunk_bytes(i);
-    const auto bad = [&](const char* why) {
-      return Error::invalid("pack index entry " + std::to_string(i) + ": " + why);
-    };
-    switch (e.kind) {
-      case ChunkKind::Zero:
-        if (e.offset || e.length || !is_zero(e.hash)) return bad("a zero chunk with data");
-        break;
-      case ChunkKind::Base:
-        if (!h.has_base()) return bad("refers to a base, but the pack has none");
-        if (e.offset || e.length) return bad("a base chunk with a location");
-        break;
-      case ChunkKind::Raw:
-      case ChunkKind::Zstd:
-        if (e.offset < kPackHeaderBytes || e.length == 0 || e.offset > h.index_offset ||
-            e.length > h.index_offset - e.offset)
-          return bad("stored bytes out of bounds");
-        if (e.kind == ChunkKind::Raw && e.length != bytes) return bad("raw chunk of the wrong length");
-        if (e.kind == ChunkKind::Zstd && e.length > ZSTD_compressBound(bytes))
-          return bad("compressed chunk longer than zstd's bound");
-        if (e.offset >= h.boot_begin && e.offset < h.boot_end) {
-          if (e.length > h.boot_end - e.offset) return bad("straddles the end of the boot range");
-          ++boot;
-        }
-        break;
+  for (bool done = false; !done;) {
+    if (stop_requested()) return Error{EINTR, "pack index: interrupted"};
+    ZSTD_outBuffer ob{out.data(), out.size(), have};
+    const size_t r = ZSTD_decompressStream(d.get(), &ob, &in);
+    if (ZSTD_isError(r))
+      return Error::invalid(std::string("pack index does not decompress to one entry per "
+                                        "chunk: ") +
+                            ZSTD_getErrorName(r));
+    done = r == 0;
+    if (!done && in.pos == in.size && ob.pos < ob.size)
+      return Error::invalid("pack index does not decompress to one entry per chunk (truncated)");
+    const size_t whole = ob.pos / kIndexEntryBytes * kIndexEntryBytes;
+    for (size_t at = 0; at < whole; at += kIndexEntryBytes) {
+      const uint64_t i = index.size();
+      if (i == n) return Error::invalid("pack index holds more entries than chunks");
+      const IndexEntry e = TRY(decode_entry(h, i, out.data() + at, boot));
+      identity.update(std::span(e.hash));
+      index.push(e);
     }
+    have = ob.pos - whole;
+    std::memmove(out.data(), out.data() + whole, have);
   }
+  if (index.size() != n || have != 0)
+    return Error::invalid("pack index does not decompress to one entry per chunk");
   // Identical chunks are stored once and may be counted more than once here.
   if (boot < h.boot_chunks) return Error::invalid("pack boot range holds fewer chunks than it says");
-  if (identity_of(h.image_size, h.chunk_size, entries) != h.identity)
+  if (identity.finish() != h.identity)
     return Error::invalid("pack index does not add up to the pack's identity");
-  return entries;
+  return index;
 }
 
 Digest identity_of(uint64_t image_size, uint32_t chunk_size,
                    const std::vector<IndexEntry>& entries) {
   Sha256 s;
-  s.update(std::as_bytes(std::span(kIdentityTag, sizeof kIdentityTag)));
-  std::byte sizes[12];
-  le::put64(sizes, image_size);
-  le::put32(sizes + 8, chunk_size);
-  s.update(sizes);
+  identity_start(s, image_size, chunk_size);
   for (const IndexEntry& e : entries) s.update(bytes_of(e.hash));
   return s.finish();
 }

@@ -27,12 +27,28 @@ inline constexpr uint32_t kChunkBytesMax = 16u << 20;
 // did not manage): a changed file drags in less of its unchanged neighbours.
 inline constexpr uint32_t kChunkBytesDefault = 128u << 10;
 // At most 16 Mi chunks (4 TiB at the default chunk size, 256 TiB at 16 MiB): a reader
-// holds the whole index in memory, and a stored index a few KiB long may claim this many
-// (zero entries compress to nothing), so this bounds what a hostile pack can make it
-// allocate: 768 MiB of decompressed index.
+// holds the whole index in memory, and a stored index 24 KiB long may claim this many
+// (zero entries compress to nothing). A reader keeps 4 bytes per chunk and one entry per
+// non-zero entry unlike the one before it (ChunkIndex), so this bounds what a hostile
+// pack can make it hold: 64 MiB for zero chunks, 52 bytes a chunk (832 MiB) at the very
+// worst, besides the map of the chain's stored chunks by hash (Pack).
 inline constexpr uint64_t kChunksMax = 1ULL << 24;
 inline constexpr size_t kBaseHintBytesMax = 1024;
 inline constexpr size_t kChainDepthMax = 16;  // a pack, its base, its base's base...
+// The chunk counts of every pack of a chain added up (each index is decoded, checked and,
+// for a base, let go in turn: this bounds the work of opening a chain, and no chain of
+// hostile packs runs a reader through more than four of the largest indexes).
+inline constexpr uint64_t kChainChunksMax = 4 * kChunksMax;
+// zstd's largest expansion: a block holds at most 128 KiB and takes at least 4 bytes
+// (an RLE block: a 3-byte header and the byte). A stored index shorter than its entries
+// divided by this cannot hold them: refused before anything is allocated for it.
+inline constexpr uint64_t kZstdExpansionMax = (128 * 1024) / 4;
+// The index is decoded as a stream, this many entries at a time, with a window of at
+// most 2^kIndexWindowLogMax bytes (the writer's level 3 uses 2 MiB; zstd's levels up to
+// 19 at most 8 MiB): the whole decompressed index never needs to be in memory at once.
+inline constexpr size_t kIndexDecodeEntries = 4096;
+inline constexpr int kIndexWindowLogMax = 24;
+static_assert(kChainChunksMax >= kChunksMax);
 inline constexpr uint32_t kFlagHasBase = 1;
 
 enum class ChunkKind : uint8_t {
@@ -74,6 +90,26 @@ struct PackHeader {
   uint32_t chunk_bytes(uint64_t i) const;
 };
 
+// A decoded index: entry i describes chunk i. Compact, because a short stored index can
+// describe many chunks: 4 bytes per chunk, and one IndexEntry for each non-zero entry
+// that differs from the non-zero entry before it (zero chunks, and runs of one repeated
+// chunk, cost no entry). Immutable once decoded; operator[] returns a copy.
+class ChunkIndex {
+ public:
+  uint64_t size() const { return slots_.size(); }
+  IndexEntry operator[](uint64_t i) const;
+  // The IndexEntry values kept (for tests: what the index costs beyond 4 bytes a chunk).
+  uint64_t entries_kept() const { return entries_.size(); }
+  // Lets go of the memory (a base pack, once the chain above it has what it needs).
+  void release();
+
+ private:
+  friend Result<ChunkIndex> decode_index(const PackHeader& h, std::span<const std::byte> bytes);
+  void push(const IndexEntry& e);
+  std::vector<uint32_t> slots_;  // 0: a zero chunk; else 1 + its entry in entries_
+  std::vector<IndexEntry> entries_;
+};
+
 std::vector<std::byte> encode_header(const PackHeader& h);
 // Checks the CRC, the magic, the version and every field's range.
 Result<PackHeader> decode_header(std::span<const std::byte> bytes);
@@ -87,7 +123,9 @@ std::vector<std::byte> encode_index(const std::vector<IndexEntry>& entries);
 // Decodes and checks the stored index against its header: its hash, that it is exactly one
 // zstd frame of the right decompressed size, every entry's kind and range
 // (stored bytes between the header and the index), and the identity it adds up to.
-Result<std::vector<IndexEntry>> decode_index(const PackHeader& h, std::span<const std::byte> bytes);
+// Decodes as a stream (never the whole decompressed index in memory); fails with EINTR
+// "interrupted" when the process is asked to stop.
+Result<ChunkIndex> decode_index(const PackHeader& h, std::span<const std::byte> bytes);
 
 // The image's identity: SHA-256 over a tag, the image size, the chunk size and every
 // chunk's hash in address order (zeros for Zero chunks). It does not depend on the

@@ -1,8 +1,9 @@
 #include "pack/pack_reader.h"
 
-#include <cstring>
-
 #include <zstd.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include "base/check.h"
 #include "base/log.h"
@@ -10,39 +11,150 @@
 
 namespace imgstream::pack {
 
-std::string resolve_relative(const std::string& where, const std::string& hint) {
-  if (hint.empty() || hint.front() == '/' || blob::is_http_url(hint)) return hint;
+namespace {
+
+// "https://host:8080" of "https://host:8080/dir/x.pack".
+std::string url_origin(const std::string& url) {
+  const size_t authority = url.find("//") + 2;
+  const size_t slash = url.find('/', authority);
+  return slash == std::string::npos ? url : url.substr(0, slash);
+}
+
+// The directory of a path or URL, with its trailing slash ("" for a bare file name).
+std::string directory_of(const std::string& where) {
   const size_t slash = where.rfind('/');
-  // "http://host" has slashes only in its scheme: the hint goes after the host.
+  // "http://host" has slashes only in its scheme: its directory is the root.
   if (blob::is_http_url(where) && (slash == std::string::npos || slash < where.find("//") + 2))
-    return where + "/" + hint;
-  return slash == std::string::npos ? hint : where.substr(0, slash + 1) + hint;
+    return where + "/";
+  return slash == std::string::npos ? std::string() : where.substr(0, slash + 1);
+}
+
+}  // namespace
+
+Result<std::string> resolve_base_hint(const std::string& where, const std::string& hint) {
+  if (hint.empty()) return Error::invalid("the pack names no location for its base");
+  const std::string scheme = blob::url_scheme(hint);
+  if (!blob::is_http_url(where)) {
+    if (hint.front() == '/' || !scheme.empty()) return hint;
+    return directory_of(where) + hint;
+  }
+  if (blob::is_http_url(hint)) {
+    if (url_origin(hint) != url_origin(where))
+      return Error::invalid("its base hint " + hint +
+                            " is on another server than the pack: "
+                            "not followed");
+    return hint;
+  }
+  if (!scheme.empty())
+    return Error::invalid("its base hint " + hint + " has the unsupported scheme '" + scheme + "'");
+  if (hint.front() == '/') {
+    const std::string name = hint.substr(hint.rfind('/') + 1);
+    if (name.empty() || name == "." || name == "..")
+      return Error::invalid("its base hint " + hint + " names no file");
+    return directory_of(where) + name;
+  }
+  return directory_of(where) + hint;
 }
 
 Result<std::unique_ptr<Pack>> Pack::open(Env& env, const std::string& where,
                                          const PackOpenOptions& o) {
-  return open_at(env, where, o, 0);
+  Chain chain;
+  return open_at(env, where, o, chain, nullptr);
 }
 
 Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
-                                            const PackOpenOptions& o, size_t depth) {
+                                            const PackOpenOptions& o, Chain& chain,
+                                            const Pack* child) {
   std::unique_ptr<Pack> p(new Pack());
   p->blob_ = TRY(blob::open_blob(env, where, o.blob));
-  std::vector<std::byte> head(kPackHeaderBytes);
-  if (p->blob_->size() < kPackHeaderBytes)
-    return Error::invalid(where + ": not a pack (" + std::to_string(p->blob_->size()) + " bytes)");
-  TRY_CTX(p->blob_->read(0, head), where);
-  p->header_ = TRY_CTX(decode_header(head), where);
-  TRY_CTX(check_header_fits(p->header_, p->blob_->size()), where);
-  const std::vector<std::byte> index =
-      TRY_CTX(p->fetch_index(env, depth == 0 ? o.index_cache : std::string()), where);
-  p->index_ = TRY_CTX(decode_index(p->header_, index), where);
-  if (p->header_.has_base()) TRY(p->load_base(env, o, depth + 1));
-  // Index this pack's own chunks by hash (they win over the base's copies).
-  for (const IndexEntry& e : p->index_)
-    if (e.stored())
-      p->by_hash_.try_emplace(e.hash, Location{p.get(), e.offset, e.length, e.kind, e.hash});
+  // While this pack opens, nobody else ends its waits on a stop request (a pack that is
+  // open is its owner's to interrupt). Destroyed before `p`.
+  StopCallback on_stop([b = p->blob_.get()] { b->interrupt(); });
+  TRY(p->read_header(where));
+  TRY(p->join_chain(chain, child));
+  // The bases first: every header of the chain is checked before any index is decoded,
+  // and each base's index is let go before the next one up is decoded.
+  if (p->header_.has_base()) TRY(p->load_base(env, o, chain));
+  if (stop_requested()) return Error{EINTR, where + ": interrupted"};
+  const std::string cache = child ? std::string() : o.index_cache;
+  const std::vector<std::byte> stored = TRY_CTX(p->fetch_index(env, cache), where);
+  p->index_ = TRY_CTX(decode_index(p->header_, stored), where);
+  TRY(p->map_chunks());
+  if (child) p->index_.release();  // the chain above needs only by_hash_
+  if (!cache.empty() && !p->index_from_cache_) p->keep_index(env, o, stored);
   return p;
+}
+
+Result<void> Pack::read_header(const std::string& where) {
+  if (blob_->size() < kPackHeaderBytes)
+    return Error::invalid(where + ": not a pack (" + std::to_string(blob_->size()) + " bytes)");
+  std::vector<std::byte> head(kPackHeaderBytes);
+  TRY_CTX(blob_->read(0, head), where);
+  header_ = TRY_CTX(decode_header(head), where);
+  TRY_CTX(check_header_fits(header_, blob_->size()), where);
+  return ok();
+}
+
+// Checks this pack's place in the chain being opened before anything more is read. (Only
+// a base can fail: the caller names it.)
+Result<void> Pack::join_chain(Chain& chain, const Pack* child) const {
+  const PackHeader& h = header_;
+  if (child) {
+    if (h.identity != child->header_.base_identity)
+      return Error::invalid("not its base (identity " + to_hex(h.identity, 8) + ", expected " +
+                            to_hex(child->header_.base_identity, 8) + ")");
+    if (h.chunk_size != child->header_.chunk_size)
+      return Error::invalid("another chunk size than the pack it is the base of");
+  }
+  // A pack seen before (same image, same index) means the chain goes round in a loop.
+  const std::pair<Digest, Digest> me{h.identity, h.index_hash};
+  if (std::find(chain.seen.begin(), chain.seen.end(), me) != chain.seen.end())
+    return Error::invalid("the base chain loops (this pack, identity " + to_hex(h.identity, 8) +
+                          ", is in it already)");
+  if (chain.seen.size() > kChainDepthMax)
+    return Error::invalid("base chain longer than " + std::to_string(kChainDepthMax));
+  chain.chunks += h.chunk_count();
+  if (chain.chunks > kChainChunksMax)
+    return Error::invalid("the base chain has more than " + std::to_string(kChainChunksMax) +
+                          " chunks in all");
+  chain.seen.push_back(me);
+  return ok();
+}
+
+Result<void> Pack::load_base(Env& env, const PackOpenOptions& o, Chain& chain) {
+  const bool first_base = chain.seen.size() == 1;
+  const std::string where = !o.base.empty() && first_base
+                                ? o.base
+                                : TRY_CTX(resolve_base_hint(uri(), header_.base_hint), uri());
+  PackOpenOptions bo = o;
+  bo.base.clear();  // the override names the first base only
+  auto base = open_at(env, where, bo, chain, this);
+  // "a.pack: its base pack b.pack: its base pack c.pack: what went wrong"
+  if (!base)
+    return std::move(base).error().context((first_base ? uri() + ": " : "") + "its base pack " +
+                                           where);
+  base_ = std::move(*base);
+  by_hash_ = std::move(base_->by_hash_);  // the chain's chunks; ours join in map_chunks()
+  base_->by_hash_.clear();
+  return ok();
+}
+
+// Checks that the chain holds every chunk this pack takes from it, then maps this pack's
+// own stored chunks by hash (the chain's copies stay where a hash is in both).
+Result<void> Pack::map_chunks() {
+  const uint64_t n = index_.size();
+  if (header_.has_base())
+    for (uint64_t c = 0; c < n; ++c) {
+      const IndexEntry e = index_[c];
+      if (e.kind == ChunkKind::Base && !by_hash_.contains(e.hash))
+        return Error::invalid(uri() + ": chunk " + to_hex(e.hash, 8) + " is in none of its bases");
+    }
+  for (uint64_t c = 0; c < n; ++c) {
+    const IndexEntry e = index_[c];
+    if (e.stored())
+      by_hash_.try_emplace(e.hash, Location{this, e.offset, e.length, e.kind, e.hash});
+  }
+  return ok();
 }
 
 // The cache file is the header's 4096 bytes followed by the index; it is trusted only as
@@ -50,7 +162,7 @@ Result<std::unique_ptr<Pack>> Pack::open_at(Env& env, const std::string& where,
 Result<std::vector<std::byte>> Pack::fetch_index(Env& env, const std::string& cache) {
   std::vector<std::byte> index(header_.index_length);
   if (!cache.empty()) {
-    if (auto f = env.open(cache, OpenMode::ReadOnly)) {
+    if (auto f = blob::open_input(env, cache, blob::InputKind::RegularFile)) {
       std::vector<std::byte> head(kPackHeaderBytes);
       auto size = (*f)->size();
       auto h = size && *size == kPackHeaderBytes + index.size() &&
@@ -65,49 +177,32 @@ Result<std::vector<std::byte>> Pack::fetch_index(Env& env, const std::string& ca
     }
   }
   TRY(blob_->read(header_.index_offset, index));
-  if (!cache.empty()) {
-    // Best effort: a store that cannot keep it fetches it again next time.
-    auto r = [&]() -> Result<void> {
-      const std::string tmp = cache + ".tmp";
-      auto f = TRY(env.open(tmp, OpenMode::CreateOrOpen));
-      TRY(f->truncate(0));
-      TRY(write_all_at(*f, 0, encode_header(header_)));
-      TRY(write_all_at(*f, kPackHeaderBytes, index));
-      TRY(f->sync());
-      return env.rename(tmp, cache);
-    }();
-    if (!r) LOG_WARN("could not keep the index of {} in {}: {}", uri(), cache, r.error().message);
-  }
   return index;
 }
 
-Result<void> Pack::load_base(Env& env, const PackOpenOptions& o, size_t depth) {
-  if (depth > kChainDepthMax)
-    return Error::invalid(uri() + ": base chain longer than " + std::to_string(kChainDepthMax));
-  const std::string where =
-      !o.base.empty() && depth == 1 ? o.base : resolve_relative(uri(), header_.base_hint);
-  PackOpenOptions bo = o;
-  bo.base.clear();  // the override names the first base only
-  auto base = open_at(env, where, bo, depth);
-  if (!base)
-    return std::move(base).error().context(uri() + ": its base pack " + where);
-  if ((*base)->header_.identity != header_.base_identity)
-    return Error::invalid(uri() + ": " + where + " is not its base (identity " +
-                          to_hex((*base)->header_.identity, 8) + ", expected " +
-                          to_hex(header_.base_identity, 8) + ")");
-  if ((*base)->header_.chunk_size != header_.chunk_size)
-    return Error::invalid(uri() + ": its base " + where + " has another chunk size");
-  base_ = std::move(*base);
-  by_hash_ = base_->by_hash_;  // the chain's chunks, then ours over them in open()
-  for (const IndexEntry& e : index_)
-    if (e.kind == ChunkKind::Base && !by_hash_.contains(e.hash))
-      return Error::invalid(uri() + ": chunk " + to_hex(e.hash, 8) + " is in none of its bases");
-  return ok();
+// Best effort: a store that cannot keep the index fetches it again next time.
+void Pack::keep_index(Env& env, const PackOpenOptions& o, std::span<const std::byte> stored) const {
+  auto r = [&]() -> Result<void> {
+    if (o.index_cache_mkdir) TRY(make_dirs(env, parent_dir(o.index_cache)));
+    const std::string tmp = o.index_cache + ".tmp";
+    auto f = TRY(env.open(tmp, OpenMode::CreateOrOpen));
+    TRY(f->truncate(0));
+    TRY(write_all_at(*f, 0, encode_header(header_)));
+    TRY(write_all_at(*f, kPackHeaderBytes, stored));
+    TRY(f->sync());
+    return env.rename(tmp, o.index_cache);
+  }();
+  if (!r)
+    LOG_WARN("could not keep the index of {} in {}: {}", uri(), o.index_cache, r.error().message);
+}
+
+void Pack::interrupt() const {
+  for (const Pack* p = this; p; p = p->base_.get()) p->blob_->interrupt();
 }
 
 Pack::Location Pack::locate(uint64_t chunk) const {
   IMG_CHECK(chunk < index_.size());
-  const IndexEntry& e = index_[chunk];
+  const IndexEntry e = index_[chunk];
   if (e.kind == ChunkKind::Zero) return Location{};
   if (e.stored()) return Location{this, e.offset, e.length, e.kind, e.hash};
   auto it = by_hash_.find(e.hash);
@@ -221,7 +316,7 @@ Result<std::vector<uint64_t>> Pack::verify(
   const uint64_t n = index_.size();
   for (uint64_t i = 0; i < n; ++i) {
     if (stop_requested()) return Error{EINTR, "interrupted"};  // SIGINT (base/stop.h)
-    const IndexEntry& e = index_[i];
+    const IndexEntry e = index_[i];
     if (e.stored()) {
       stored.resize(e.length);
       TRY(blob_->read(e.offset, stored));

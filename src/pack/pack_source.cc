@@ -120,6 +120,7 @@ Result<void> PackSource::block_status(uint64_t offset, uint64_t length, std::vec
 }
 
 void PackSource::close() {
+  pack_->interrupt();  // reads waiting on a server end now
   std::unique_ptr<ThreadPool> pool;
   {
     std::unique_lock lock(mu_);

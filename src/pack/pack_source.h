@@ -15,6 +15,7 @@
 #include <shared_mutex>
 #include <unordered_map>
 
+#include "base/stop.h"
 #include "base/thread_pool.h"
 #include "pack/pack_reader.h"
 #include "source/source.h"
@@ -44,6 +45,7 @@ class PackSource final : public source::Source {
   void read_async(uint64_t offset, std::span<std::byte> buf, source::ReadDone done) override;
   Result<void> block_status(uint64_t offset, uint64_t length, std::vector<Extent>& out) override;
   std::optional<Digest> identity() const override { return pack_->header().identity; }
+  // Reads in flight fail within a second (Pack::interrupt), later ones at once.
   void close() override;
 
   const Pack& pack() const { return *pack_; }
@@ -70,9 +72,12 @@ class PackSource final : public source::Source {
   std::unique_ptr<ThreadPool> pool_;
 };
 
+// A stop request of the process (`serve` stopping) interrupts the pack: reads waiting on
+// a slow server fail within a second instead of holding the stop up.
 class PackDevice final : public BlockDevice {
  public:
-  explicit PackDevice(std::unique_ptr<Pack> pack) : pack_(std::move(pack)) {}
+  explicit PackDevice(std::unique_ptr<Pack> pack)
+      : pack_(std::move(pack)), on_stop_([p = pack_.get()] { p->interrupt(); }) {}
   uint64_t size() const override { return pack_->header().image_size; }
   DeviceCaps caps() const override;
   Result<void> read(uint64_t offset, std::span<std::byte> buf) override;
@@ -84,6 +89,7 @@ class PackDevice final : public BlockDevice {
   Result<Chunk> chunk(uint64_t c);
 
   std::unique_ptr<Pack> pack_;
+  StopCallback on_stop_;  // after pack_: destroyed before it
   std::mutex mu_;
   std::list<uint64_t> lru_;  // most recent first
   std::unordered_map<uint64_t, std::pair<Chunk, std::list<uint64_t>::iterator>> cache_;

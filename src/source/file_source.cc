@@ -5,10 +5,14 @@
 #include <algorithm>
 #include <mutex>
 
+#include "blob/blob.h"
+
 namespace imgstream::source {
 
 Result<std::unique_ptr<FileSource>> FileSource::open(Env& env, const std::string& path) {
-  auto file = TRY_CTX(env.open(path, OpenMode::ReadOnly), "file source " + path);
+  // A FIFO or a character device would hang or mislead the fingerprint: images only.
+  auto file = TRY_CTX(blob::open_input(env, path, blob::InputKind::RegularOrBlockDevice),
+                      "file source " + path);
   uint64_t size = TRY_CTX(file->size(), "file source " + path);
   return std::unique_ptr<FileSource>(new FileSource(std::move(file), path, size));
 }

@@ -15,6 +15,7 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/stop.h"
 #include "base/unique_fd.h"
 
 namespace imgstream::source {
@@ -473,7 +474,7 @@ void NbdSource::Connection::handshake_done() {
   auto r = src_.on_connected(info, failed);
   for (auto& f : failed) src_.finish(std::move(f));
   if (!r) {
-    LOG_ERROR("{}", r.error().message);
+    if (r.error().code != EINTR) LOG_ERROR("{}", r.error().message);
     close_handle();
     state_ = State::Failed;
     return;
@@ -570,6 +571,10 @@ Result<std::unique_ptr<NbdSource>> NbdSource::open(const std::string& uri,
     TRY_CTX(c->init(), "nbd source " + uri);
     src->connections_.push_back(std::move(c));
   }
+  // Only while open() waits (see the header), once the connections exist: interrupt()
+  // wakes them. Runs at once when a stop was asked for already. Destroyed before `src`
+  // (declared after it), waiting for a callback running on another thread.
+  StopCallback on_stop([p = src.get()] { p->interrupt(); });
   src->connections_[0]->start();
   Result<void> first;
   {
@@ -582,6 +587,8 @@ Result<std::unique_ptr<NbdSource>> NbdSource::open(const std::string& uri,
     first = answered ? *src->first_connect_
                      : Result<void>(Error{ETIMEDOUT, "nbd source " + uri + ": connect: timed out"});
   }
+  // A stop that came after the handshake (fatal_ is set) fails open() all the same.
+  if (auto fatal = src->fatal_error(); first && fatal && fatal->code == EINTR) first = *fatal;
   if (!first) {
     src->close();
     return std::move(first).error();
@@ -595,6 +602,7 @@ Result<std::unique_ptr<NbdSource>> NbdSource::open(const std::string& uri,
 
 Result<void> NbdSource::on_connected(const ImageInfo& info, std::vector<RequestPtr>& failed) {
   std::lock_guard lock(mu_);
+  if (fatal_) return *fatal_;  // interrupted (or another connection found another image)
   if (!first_connect_) {
     size_ = info.size;
     request_bytes_max_ = info.request_bytes_max;
@@ -626,8 +634,33 @@ Result<void> NbdSource::on_connected(const ImageInfo& info, std::vector<RequestP
 
 void NbdSource::on_first_connect_failed(Error e) {
   std::lock_guard lock(mu_);
+  if (first_connect_) return;  // interrupt() answered open() already
   first_connect_ = std::move(e);
   first_connect_cv_.notify_all();
+}
+
+void NbdSource::interrupt() {
+  std::vector<RequestPtr> failed;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_ || fatal_) return;
+    // As a fatal error: the connections drop what they have on the wire (nbd_close, so
+    // that libnbd lets go of the buffers) and fail it; nothing connects again.
+    fatal_ = Error{EINTR, "nbd source " + uri_ + ": interrupted"};
+    if (!first_connect_) {
+      first_connect_ = *fatal_;
+      first_connect_cv_.notify_all();
+    }
+    for (auto& r : queue_) failed.push_back(std::move(r));
+    queue_.clear();
+    for (auto& [t, r] : delayed_) failed.push_back(std::move(r));
+    delayed_.clear();
+  }
+  wake_all();
+  for (auto& r : failed) {
+    r->error = Error{EINTR, "nbd source " + uri_ + ": interrupted"};
+    finish(std::move(r));
+  }
 }
 
 std::optional<Error> NbdSource::fatal_error() const {

@@ -23,6 +23,12 @@
 // or libnbd rejects as invalid, and a server that comes back with a different size (a
 // different image: the source then fails every request; see fatal_error()).
 //
+// Stops. A stop request of the process (base/stop.h: Ctrl-C, SIGTERM) while open() waits
+// for the first handshake ends the source at once, as a fatal error would: open()
+// returns EINTR "interrupted" and no connection is tried again. Once open, the source is
+// its owner's to stop: close() ends every wait at once (the streamer closes its sources
+// on a stop, after it has stopped hydrating; the fingerprint closes the source it reads).
+//
 // Thread safety: every method may be called from any thread, concurrently.
 #pragma once
 
@@ -134,6 +140,8 @@ class NbdSource final : public Source {
   // `failed` for the caller to finish.
   Result<void> on_connected(const ImageInfo& info, std::vector<RequestPtr>& failed);
   void on_first_connect_failed(Error e);
+  // The process is stopping while open() waits (StopCallback): connect no more.
+  void interrupt();
 
   // Queueing, shared by callers and I/O threads. The *_locked functions need mu_ held;
   // requests that end are moved to `finished` and completed by the caller after
@@ -180,6 +188,7 @@ class NbdSource final : public Source {
   std::atomic<uint64_t> reconnects_{0};
   std::atomic<uint64_t> retries_{0};
   std::atomic<unsigned> ready_{0};
+
 };
 
 }  // namespace imgstream::source

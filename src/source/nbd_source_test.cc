@@ -3,11 +3,17 @@
 #include "source/nbd_source.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <random>
+#include <thread>
 
+#include "base/stop.h"
+#include "base/unique_fd.h"
 #include "source/nbdkit_testing.h"
 
 namespace imgstream::source {
@@ -360,6 +366,30 @@ TEST_F(NbdSourceTest, CloseFailsPendingReadsWithEshutdown) {
   auto r = src->read(0, buf);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code, ESHUTDOWN);
+}
+
+// open() waiting for a handshake that does not come returns at once on a stop request.
+TEST_F(NbdSourceTest, StopRequestEndsAnOpenWaitingForAHandshake) {
+  // A unix socket that accepts (the kernel's backlog) and never speaks.
+  UniqueFd l(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(l.valid());
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket_.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(l.get(), 4), 0);
+  std::thread stopper([] {
+    std::this_thread::sleep_for(300ms);
+    request_process_stop();
+  });
+  const auto start = Clock::now();
+  auto r = NbdSource::open(uri_);
+  const auto took = Clock::now() - start;
+  stopper.join();
+  reset_stop_for_testing();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, EINTR) << r.error().message;
+  EXPECT_LT(took, 2s);
 }
 
 TEST_F(NbdSourceTest, OpenFailsAtOnceWithoutAServer) {

@@ -17,6 +17,20 @@ std::string meta_path(const std::string& dir) { return dir + "/meta"; }
 // Generation g lives in slot (g - 1) mod 2: each commit overwrites the older slot.
 int slot_index(uint64_t generation) { return static_cast<int>((generation - 1) % 2); }
 
+// Reads and checks the header, and that the file is long enough for the geometry it
+// claims (both slots), so that nothing is allocated for slots the file cannot hold.
+Result<StoreHeader> read_header(File& meta, const std::string& dir) {
+  std::vector<std::byte> hb(kHeaderBytes);
+  const uint64_t size = TRY_CTX(meta.size(), "store " + dir);
+  if (size < kHeaderBytes)
+    return Error::invalid("store " + dir + " is corrupt: meta file is " + std::to_string(size) +
+                          " bytes, shorter than its header");
+  TRY_CTX(read_exact_at(meta, 0, hb), "store " + dir);
+  StoreHeader h = TRY_CTX(decode_header(hb), "store " + dir);
+  TRY_CTX(check_meta_size(h, size), "store " + dir + " is corrupt");
+  return h;
+}
+
 // Reads both slots and returns the valid one with the higher generation.
 Result<Slot> newest_slot(File& meta, const StoreHeader& h, const std::string& dir) {
   Result<Slot> best = Error::invalid("store " + dir + " has no valid bitmap slot: it is corrupt");
@@ -45,18 +59,6 @@ uint64_t LocalStore::region_bytes(uint64_t r) const {
   IMG_CHECK(r < regions_);
   const uint64_t start = r * header_.region_size;
   return std::min<uint64_t>(header_.region_size, header_.image_size - start);
-}
-
-Result<void> make_dirs(Env& env, const std::string& dir) {
-  for (size_t at = dir.find('/', 1);; at = dir.find('/', at + 1)) {
-    const std::string prefix = dir.substr(0, at);
-    if (!prefix.empty() && !TRY(env.exists(prefix))) {
-      TRY(env.mkdir(prefix));
-      // Durable, so that a store made under it survives power loss with its parents.
-      TRY(env.sync_dir(parent_dir(prefix)));
-    }
-    if (at == std::string::npos) return ok();
-  }
 }
 
 Result<void> LocalStore::check_dir(Env& env, const std::string& dir) {
@@ -98,10 +100,8 @@ Result<std::unique_ptr<LocalStore>> LocalStore::open_or_create(Env& env, const S
 Result<StoreStatus> LocalStore::read_status(Env& env, const std::string& dir) {
   if (!TRY(env.exists(meta_path(dir)))) return Error{ENOENT, dir + " is not an imgstream store"};
   auto meta = TRY(env.open(meta_path(dir), OpenMode::ReadOnly));
-  std::vector<std::byte> hb(kHeaderBytes);
-  TRY_CTX(read_exact_at(*meta, 0, hb), "store " + dir);
   StoreStatus st;
-  st.header = TRY_CTX(decode_header(hb), "store " + dir);
+  st.header = TRY(read_header(*meta, dir));
   st.slot = TRY(newest_slot(*meta, st.header, dir));
   return st;
 }
@@ -143,9 +143,7 @@ Result<void> LocalStore::create(const StoreOptions& o) {
 
 Result<void> LocalStore::load(const StoreOptions& o) {
   meta_ = TRY(env_.open(meta_path(dir_), OpenMode::ReadWrite));
-  std::vector<std::byte> hb(kHeaderBytes);
-  TRY_CTX(read_exact_at(*meta_, 0, hb), "store " + dir_);
-  header_ = TRY_CTX(decode_header(hb), "store " + dir_);
+  header_ = TRY(read_header(*meta_, dir_));
   regions_ = header_.regions();
   // The store knows its image: never resume against another.
   const std::string other = "store " + dir_ + " was made for another image: ";
@@ -325,6 +323,8 @@ Result<void> LocalStore::commit(bool with_counters) {
     // Nothing new for the bitmap, but a client FLUSH still needs its writes durable.
     return data_->sync();
   }
+  if (generation_ >= kSlotGenerationMax)  // never in practice: decode_slot refuses more
+    return Error::invalid("store " + dir_ + ": no generation left to commit");
   Slot s;
   s.generation = generation_ + 1;
   s.bitmap = snapshot_bitmap();  // only bits whose data was written before this point

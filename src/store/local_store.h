@@ -42,9 +42,6 @@ inline constexpr std::string_view kStoreNamesBeingMade[] = {
     "lock", "data", "meta.tmp", "pack.index", "pack.index.tmp", "boot.trace"};
 inline constexpr std::string_view kStoreMetaName = "meta";
 
-// Makes `dir` and its missing parents (mkdir -p) through `env`.
-Result<void> make_dirs(Env& env, const std::string& dir);
-
 enum class FetchKind { Demand, Background, Prefetch };
 
 // What `imgstream status` reads, whether or not a streamer runs.

@@ -102,10 +102,18 @@ Result<StoreHeader> decode_header(std::span<const std::byte> b) {
   return h;
 }
 
+Result<void> check_meta_size(const StoreHeader& h, uint64_t file_bytes) {
+  const uint64_t needed = h.slot_offset(2);
+  if (file_bytes < needed)
+    return Error::invalid("meta file is " + std::to_string(file_bytes) +
+                          " bytes, its header needs " + std::to_string(needed));
+  return ok();
+}
+
 std::vector<std::byte> encode_slot(const StoreHeader& h, const Slot& s) {
   IMG_CHECK(s.bitmap.size() == h.bitmap_bytes());
   IMG_CHECK(s.error_message.size() <= kErrorMessageBytesMax);
-  IMG_CHECK(s.generation > 0);
+  IMG_CHECK(s.generation > 0 && s.generation <= kSlotGenerationMax);
   std::vector<std::byte> b(h.slot_bytes());
   std::byte* p = b.data();
   put_bytes(p, kSlotMagic, 8);
@@ -142,6 +150,9 @@ Result<Slot> decode_slot(const StoreHeader& h, std::span<const std::byte> b) {
   Slot s;
   s.generation = le::get64(p + 8);
   if (s.generation == 0) return Error::invalid("slot generation is zero");
+  if (s.generation > kSlotGenerationMax)
+    return Error::invalid("slot generation " + std::to_string(s.generation) +
+                          " is past the largest a store reaches");
   Counters& c = s.counters;
   c.bytes_fetched_demand = le::get64(p + 24);
   c.bytes_fetched_background = le::get64(p + 32);

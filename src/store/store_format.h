@@ -21,6 +21,10 @@ inline constexpr size_t kErrorMessageBytesMax = 256;
 inline constexpr uint32_t kRegionBytesMin = 4096;
 inline constexpr uint32_t kRegionBytesMax = 1u << 30;
 inline constexpr uint64_t kRegionsMax = 1ULL << 32;  // 512 MiB of bitmap at most
+// The largest generation a slot may hold. Far beyond any store's life (2^62 commits, a
+// thousand a second, take 146 million years); a slot claiming more is corrupt, so that
+// the generation after the newest never wraps round to 0.
+inline constexpr uint64_t kSlotGenerationMax = 1ULL << 62;
 static_assert(92 + 2 * kStringBytesMax <= kHeaderBytes - 4, "strings fit the header");
 
 enum class StoreState : uint32_t { Streaming = 0, Paused = 1, Complete = 2, Detached = 3, Error = 4 };
@@ -86,6 +90,11 @@ Result<StoreHeader> decode_header(std::span<const std::byte> bytes);
 
 // A slot is encoded to exactly slot_bytes() bytes.
 std::vector<std::byte> encode_slot(const StoreHeader& h, const Slot& s);
+// Refuses a generation of 0 or above kSlotGenerationMax.
 Result<Slot> decode_slot(const StoreHeader& h, std::span<const std::byte> bytes);
+
+// Checks that a meta file of `file_bytes` bytes holds the header and both slots of the
+// geometry `h` claims, before anything is allocated for them.
+Result<void> check_meta_size(const StoreHeader& h, uint64_t file_bytes);
 
 }  // namespace imgstream::store

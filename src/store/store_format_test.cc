@@ -101,5 +101,34 @@ TEST(StoreFormat, DamagedSlotIsRefused) {
   EXPECT_FALSE(decode_slot(h, bytes));
 }
 
+// A generation past the bound is corruption (the next commit would wrap it round to 0),
+// refused by the decoder, never an assertion.
+TEST(StoreFormat, SlotGenerationPastTheBoundIsRefused) {
+  const StoreHeader h = header();
+  Slot s;
+  s.generation = kSlotGenerationMax;
+  s.bitmap.assign(h.bitmap_bytes(), 0);
+  EXPECT_TRUE(decode_slot(h, encode_slot(h, s)));
+  auto bytes = encode_slot(h, s);
+  le::put64(bytes.data() + 8, UINT64_MAX);
+  le::put32(bytes.data() + 508, crc32c(std::span(bytes).first(508)));
+  auto d = decode_slot(h, bytes);
+  ASSERT_FALSE(d);
+  EXPECT_NE(d.error().message.find("generation"), std::string::npos) << d.error().message;
+}
+
+// The meta file must hold the header and both slots of the geometry its header claims:
+// checked before anything is allocated for them.
+TEST(StoreFormat, MetaFileShorterThanItsGeometryIsRefused) {
+  StoreHeader h = header();
+  EXPECT_TRUE(check_meta_size(h, h.slot_offset(2)));
+  h.region_size = kRegionBytesMin;
+  h.image_size = kRegionsMax * kRegionBytesMin;  // 2^32 regions: 512 MiB slots
+  auto r = check_meta_size(h, 12 * 1024);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("meta file is 12288 bytes, its header needs"), std::string::npos)
+      << r.error().message;
+}
+
 }  // namespace
 }  // namespace imgstream::store

@@ -6,12 +6,17 @@
 #include "base/check.h"
 #include "base/endian.h"
 #include "base/sha256.h"
+#include "base/stop.h"
 
 namespace imgstream::stream {
 
 namespace {
 
 constexpr uint64_t kSector = 512;
+
+Error interrupted(const source::Source& src) {
+  return Error{EINTR, "fingerprint of " + src.uri() + ": interrupted"};
+}
 
 // The GPT behind a protective MBR: header at LBA 1, entries where it says (only those
 // within `head` are read).
@@ -56,14 +61,25 @@ std::vector<uint64_t> partition_starts(std::span<const std::byte> head, uint64_t
 }
 
 Result<store::Fingerprint> fingerprint(source::Source& src, store::FingerprintKind kind) {
+  // A stop request ends reads waiting on a slow source: closing it fails them at once.
+  // The caller gives the source up then (open fails "interrupted").
+  StopCallback close_on_stop([&src] { src.close(); });
+  if (stop_requested()) return interrupted(src);
+  auto read_all = [&](std::span<const source::Source::Piece> pieces) -> Result<void> {
+    auto r = src.read_all(pieces);
+    if (!r && stop_requested()) return interrupted(src);
+    if (!r) return std::move(r).error().context("fingerprint of " + src.uri());
+    return ok();
+  };
   const uint64_t size = src.size();
   const uint64_t edge = std::min(kFingerprintEdgeBytes, size);
   std::vector<std::byte> buf(8 + 2 * edge);
   le::put64(buf.data(), size);
   std::vector<source::Source::Piece> pieces{{0, std::span(buf).subspan(8, edge)},
                                             {size - edge, std::span(buf).subspan(8 + edge, edge)}};
-  TRY_CTX(src.read_all(pieces), "fingerprint of " + src.uri());
+  TRY(read_all(pieces));
   if (kind == store::FingerprintKind::Ends) return sha256(buf);
+  if (stop_requested()) return interrupted(src);
 
   // The partitions' starts (from the head just read), then evenly spread blocks.
   std::vector<std::pair<uint64_t, uint64_t>> more;  // offset, length
@@ -83,7 +99,7 @@ Result<store::Fingerprint> fingerprint(source::Source& src, store::FingerprintKi
     pieces.push_back({at, std::span(samples).subspan(pos, n)});
     pos += n;
   }
-  TRY_CTX(src.read_all(pieces), "fingerprint of " + src.uri());
+  TRY(read_all(pieces));
   Sha256 h;
   h.update(buf);
   h.update(samples);

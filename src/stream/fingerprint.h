@@ -34,6 +34,8 @@ inline constexpr uint64_t kFingerprintSampleBytes = 4096;
 // fewer offsets, never a read out of bounds.
 std::vector<uint64_t> partition_starts(std::span<const std::byte> head, uint64_t image_size);
 
+// Fails with EINTR "interrupted" when the process is asked to stop (base/stop.h), within
+// a second: it closes `src` then (a stop request ends the reads waiting on it).
 Result<store::Fingerprint> fingerprint(source::Source& src, store::FingerprintKind kind);
 
 }  // namespace imgstream::stream

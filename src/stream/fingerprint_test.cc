@@ -2,9 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstring>
+#include <mutex>
+#include <thread>
 
 #include "base/endian.h"
+#include "base/stop.h"
 
 namespace imgstream::stream {
 namespace {
@@ -106,6 +110,53 @@ TEST(Fingerprint, TinyImagesAndReadsAtOnce) {
   MemSource src(img);
   ASSERT_TRUE(fingerprint(src, FingerprintKind::Sampled));
   EXPECT_EQ(src.reads, 2 + int(kFingerprintSamples)) << "ends, then the samples";
+}
+
+// A source whose reads never end until it is closed (a server that stopped answering).
+class StalledSource final : public source::Source {
+ public:
+  uint64_t size() const override { return kSize; }
+  const std::string& uri() const override { return uri_; }
+  void read_async(uint64_t, std::span<std::byte>, source::ReadDone done) override {
+    std::lock_guard lock(mu_);
+    if (closed_) return done(Error{ESHUTDOWN, "closed"});
+    waiting_.push_back(std::move(done));
+  }
+  void close() override {
+    std::vector<source::ReadDone> w;
+    {
+      std::lock_guard lock(mu_);
+      closed_ = true;
+      w.swap(waiting_);
+    }
+    for (auto& d : w) d(Error{ESHUTDOWN, "closed"});
+  }
+
+ private:
+  std::mutex mu_;
+  bool closed_ = false;
+  std::vector<source::ReadDone> waiting_;
+  std::string uri_ = "stalled";
+};
+
+// Ctrl-C while the fingerprint waits on a source that does not answer: it closes the
+// source and fails with EINTR at once, not when the source gives up (30 s).
+TEST(Fingerprint, StopRequestEndsItAtOnce) {
+  StalledSource src;
+  std::thread stopper([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    request_process_stop();
+  });
+  const auto start = std::chrono::steady_clock::now();
+  auto fp = fingerprint(src, FingerprintKind::Sampled);
+  const auto took = std::chrono::steady_clock::now() - start;
+  stopper.join();
+  reset_stop_for_testing();
+  ASSERT_FALSE(fp);
+  EXPECT_EQ(fp.error().code, EINTR);
+  EXPECT_NE(fp.error().message.find("stalled: interrupted"), std::string::npos)
+      << fp.error().message;
+  EXPECT_LT(took, std::chrono::seconds(1));
 }
 
 }  // namespace

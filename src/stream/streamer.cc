@@ -12,7 +12,9 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/stop.h"
 #include "base/units.h"
+#include "blob/blob.h"
 #include "io/control.h"
 #include "io/socket.h"
 #include "pack/pack_source.h"
@@ -30,7 +32,15 @@ bool is_nbd_uri(const std::string& s) {
          s.starts_with("nbds+unix://") || s.starts_with("nbd+vsock://");
 }
 
+Result<void> check_source_scheme(const std::string& s) {
+  const std::string scheme = blob::url_scheme(s);
+  if (scheme.empty() || is_nbd_uri(s) || blob::is_http_url(s)) return ok();
+  return Error::invalid("unsupported source scheme '" + scheme +
+                        "' (expected nbd://, nbd+unix://, http(s)://, or a local path)");
+}
+
 Result<void> Streamer::open_sources() {
+  TRY(check_source_scheme(opt_.source));
   if (is_nbd_uri(opt_.source)) {
     source::NbdSourceOptions so;
     so.io_timeout = opt_.io_timeout;
@@ -47,15 +57,17 @@ Result<void> Streamer::open_sources() {
     // One Pack (header, index, base chain) behind the source; its pool reads in parallel.
     pack::PackOpenOptions po;
     po.blob.timeout = opt_.io_timeout;
-    po.index_cache = opt_.store_dir + "/" + kPackIndexName;  // fetched once, kept here
-    // A new store's directory is made here for the cache: after the command checked its
-    // options and bound its addresses, and after check_dir (open()); `imgstream stream`
-    // removes it again when the run fails before the store is made.
-    (void)store::make_dirs(env_, opt_.store_dir);
+    // Fetched once, kept here. The pack makes the directory of a new store for it only
+    // once it opened whole: a source that fails to open leaves no directory behind.
+    po.index_cache = opt_.store_dir + "/" + kPackIndexName;
+    po.index_cache_mkdir = true;
     demand_src_ = std::make_unique<pack::PackSource>(TRY(pack::Pack::open(env_, opt_.source, po)));
   } else {
     demand_src_ = TRY(source::FileSource::open(env_, opt_.source));
   }
+  // A stop that came while the sources opened (they fail by themselves when it came
+  // during a wait) ends open() here rather than in the fingerprint.
+  if (stop_requested()) return Error{EINTR, "interrupted"};
   return ok();
 }
 
@@ -170,6 +182,7 @@ Streamer::~Streamer() { (void)stop(); }
 // be the image the store was made from: a store never serves another image's data.
 Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
   if (opt_.source.empty()) return ok();
+  TRY_CTX(check_source_scheme(opt_.source), "source " + opt_.source);
   std::unique_ptr<source::Source> src;
   if (is_nbd_uri(opt_.source)) {
     source::NbdSourceOptions so;
@@ -185,6 +198,7 @@ Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
     auto r = source::FileSource::open(env_, opt_.source);
     if (r) src = std::move(*r);
   }
+  if (stop_requested()) return Error{EINTR, "source " + opt_.source + ": interrupted"};
   if (!src) {
     LOG_INFO("store {} is complete; source {} not reachable, not needed", opt_.store_dir, opt_.source);
     return ok();
@@ -195,6 +209,7 @@ Result<void> Streamer::check_whole_store_source(const store::StoreHeader& h) {
     return fp && *fp == h.fingerprint;
   }();
   src->close();
+  if (stop_requested()) return Error{EINTR, "source " + opt_.source + ": interrupted"};
   if (!same)
     return Error{EEXIST, "store " + opt_.store_dir + " was made for another image than " +
                              opt_.source + " (made from " + h.source_uri + ")"};

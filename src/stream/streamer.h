@@ -121,5 +121,9 @@ Result<nlohmann::json> stored_status(Env& env, const std::string& dir);
 
 // Whether a SOURCE string names an NBD server (else it is a local path).
 bool is_nbd_uri(const std::string& s);
+// Refuses a SOURCE that is a URL of a scheme no source reads (ftp://, s3://, ...), which
+// would otherwise be taken for a local path: "unsupported source scheme 'ftp' (...)".
+// Cheap and without I/O: usable to validate the command line before anything is made.
+Result<void> check_source_scheme(const std::string& s);
 
 }  // namespace imgstream::stream
