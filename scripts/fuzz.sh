@@ -41,7 +41,7 @@ for t in "${targets[@]}"; do
   if [ -d "$root/fuzz/corpus/$t" ]; then cp -n "$root/fuzz/corpus/$t"/* "$corpus"/ 2>/dev/null || true; fi
   echo "== $t: ${seconds}s"
   if ! "$build/$t" "$corpus" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 \
-      -max_len=8192 -print_final_stats=1 -artifact_prefix="$artifacts/" \
+      -max_len=16384 -print_final_stats=1 -artifact_prefix="$artifacts/" \
       >"$build/$t.log" 2>&1; then
     echo "!! $t failed; the last lines of $build/$t.log:"
     tail -n 40 "$build/$t.log"

@@ -122,6 +122,8 @@ int check_stream_usage(const StreamArgs& a, stream::StreamerOptions& o,
                        !std::has_single_bit(*region)))
     return usage("--region-size " + a.region_size + ": must be a power of two from 4K to 1G");
   o.region_size = static_cast<uint32_t>(*region);
+  if (auto sc = stream::check_source_scheme(a.source); !sc)
+    return usage("stream " + a.source + ": " + sc.error().message);
   o.hydrate.rate_bytes_per_second = *rate;
   o.hydrate.batch_bytes = *batch;
   if (!a.seed.empty() && !pack::is_pack_source(a.source))

@@ -8,6 +8,7 @@
 
 #include "base/log.h"
 #include "base/thread_pool.h"
+#include "blob/blob.h"
 
 namespace imgstream::pack {
 
@@ -30,7 +31,9 @@ Result<SeedReport> seed_store(Env& env, const Pack& pack, store::LocalStore& sto
     st = std::make_unique<store::StoreStatus>(std::move(*s));
     path = st->header.device_path.empty() ? seed + "/data" : st->header.device_path;
   }
-  std::shared_ptr<File> file = TRY_CTX(env.open(path, OpenMode::ReadOnly), "seed " + seed);
+  // A FIFO or a character device named as a seed would block or feed anything: refused.
+  std::shared_ptr<File> file =
+      TRY_CTX(blob::open_input(env, path, blob::InputKind::RegularOrBlockDevice), "seed " + seed);
   const uint64_t size = TRY_CTX(file->size(), "seed " + seed);
   const uint64_t cs = h.chunk_size, n = size / cs;  // whole chunks only
   auto usable = [&](uint64_t c) {

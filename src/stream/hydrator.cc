@@ -4,6 +4,7 @@
 
 #include "base/check.h"
 #include "base/log.h"
+#include "base/stop.h"
 
 namespace imgstream::stream {
 
@@ -89,6 +90,12 @@ std::optional<double> Hydrator::retry_in_seconds() const {
 }
 
 void Hydrator::fail_locked(const Error& e) {
+  // A source closed for a stop (SIGINT, Streamer::interrupt) is no failure of the source:
+  // the store keeps the state it had, and the next run goes on.
+  if (stopping_ || stop_requested()) {
+    paused_ = true;
+    return;
+  }
   paused_ = failed_ = true;
   retrying_ = false;
   retry_at_ = std::chrono::steady_clock::now() + next_backoff_;

@@ -8,7 +8,7 @@
 #      handshake; an HTTP server that never answers, or stops answering after the
 #      pack's header): exit 1 within a second, the error says "interrupted", no store
 #      directory is made.
-#   2. ftp:// and s3:// sources: "unsupported source scheme", not a missing file.
+#   2. ftp:// and s3:// sources: "unsupported source scheme", not a missing file (stream: a usage error, exit 2).
 #   3. https:// to a plain HTTP server, and to one with a certificate nobody trusts:
 #      curl's message at once, not 30 s of retries.
 #   4. Packs (tests/interop/hostile.py writes them, fixing up the CRC, index hash and
@@ -129,7 +129,7 @@ pass "SIGINT/SIGTERM end a stream opening a slow NBD or HTTP source within a sec
 # ---- 2. Unknown schemes ---------------------------------------------------------------
 
 for url in ftp://example.com/disk.img s3://bucket/disk.pack; do
-    expect_error "stream $url" 1 "unsupported source scheme '${url%%:*}' \(expected nbd://" 5 "$url" -- \
+    expect_error "stream $url" 2 "unsupported source scheme '${url%%:*}' \(expected nbd://" 5 "$url" -- \
         "$IMGSTREAM" stream "$url" --store "$T/store-scheme" --listen "unix:$T/scheme.sock"
     [[ ! -e $T/store-scheme ]] || fail "stream $url made a store directory"
 done
