@@ -86,8 +86,10 @@ uint32_t validate_request(const Request& r, const ExportLimits& lim) {
   }
 
   // Payload bound: only READ and WRITE move data; the others may name larger ranges.
+  // The protocol reserves EOVERFLOW for a READ the client asked not to fragment (DF);
+  // every other oversized request is plain EINVAL (doc/proto.md, "Error values").
   if ((r.type == kCmdRead || r.type == kCmdWrite) && r.length > lim.payload_max)
-    return kEOverflow;
+    return (r.type == kCmdRead && (r.flags & kCmdFlagDf)) ? kEOverflow : kEInval;
   if (r.length == 0) return kEInval;
   const uint64_t min = lim.block_size_min;
   if (min > 1 && ((r.offset % min) != 0 || (r.length % min) != 0)) return kEInval;

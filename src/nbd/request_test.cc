@@ -89,8 +89,10 @@ TEST(Validate, Alignment) {
 TEST(Validate, PayloadLimit) {
   auto l = writable(1ULL << 40);
   EXPECT_EQ(validate_request(req(kCmdRead, 0, 32u << 20), l), 0u);
-  EXPECT_EQ(validate_request(req(kCmdRead, 0, (32u << 20) + 1), l), kEOverflow);
-  EXPECT_EQ(validate_request(req(kCmdWrite, 0, (32u << 20) + 1), l), kEOverflow);
+  // EINVAL, as the protocol says; EOVERFLOW only for a READ with DF.
+  EXPECT_EQ(validate_request(req(kCmdRead, 0, (32u << 20) + 1), l), kEInval);
+  EXPECT_EQ(validate_request(req(kCmdWrite, 0, (32u << 20) + 1), l), kEInval);
+  EXPECT_EQ(validate_request(req(kCmdRead, 0, (32u << 20) + 1, kCmdFlagDf), l), kEOverflow);
   // Commands without payload may name larger ranges.
   EXPECT_EQ(validate_request(req(kCmdTrim, 0, 1u << 31), l), 0u);
 }

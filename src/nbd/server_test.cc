@@ -575,10 +575,10 @@ TEST_P(ServerPaths, BadRequestMagicClosesTheConnection) {
   expect_serves();
 }
 
-TEST_P(ServerPaths, OversizedReadsAreEoverflowAndTheConnectionGoesOn) {
+TEST_P(ServerPaths, OversizedReadsAreEinvalAndTheConnectionGoesOn) {
   auto n = connect_nbd();
   Bytes buf((32 << 20) + 4096);
-  EXPECT_EQ(nbd_errno(nbd_pread(*n, buf.data(), buf.size(), 0, 0)), EOVERFLOW);
+  EXPECT_EQ(nbd_errno(nbd_pread(*n, buf.data(), buf.size(), 0, 0)), EINVAL);
   ASSERT_EQ(nbd_pread(*n, buf.data(), 4096, 8192, 0), 0);
   EXPECT_EQ(Bytes(buf.begin(), buf.begin() + 4096), pattern(8192, 4096));
 
@@ -600,17 +600,17 @@ TEST_P(ServerPaths, OversizedReadsAreEoverflowAndTheConnectionGoesOn) {
         ASSERT_GE(r->data.size(), 4096u);
         EXPECT_EQ(Bytes(r->data.end() - 4096, r->data.end()), pattern(0, 4096));
       } else {
-        EXPECT_EQ(r->error, kEOverflow);
+        EXPECT_EQ(r->error, kEInval);
       }
     }
     EXPECT_EQ(seen, (std::set<uint64_t>{1, 2, 3}));
   }
 }
 
-TEST_P(ServerPaths, OversizedWritesAreEoverflowAndStayInStep) {
+TEST_P(ServerPaths, OversizedWritesAreEinvalAndStayInStep) {
   auto n = connect_nbd();
   const Bytes w = filled((32 << 20) + 4096, 0x11);
-  EXPECT_EQ(nbd_errno(nbd_pwrite(*n, w.data(), w.size(), 0, 0)), EOVERFLOW);
+  EXPECT_EQ(nbd_errno(nbd_pwrite(*n, w.data(), w.size(), 0, 0)), EINVAL);
   Bytes buf(4096);
   ASSERT_EQ(nbd_pread(*n, buf.data(), buf.size(), 0, 0), 0);
   EXPECT_EQ(buf, pattern(0, 4096));
@@ -623,7 +623,7 @@ TEST_P(ServerPaths, OversizedWritesAreEoverflowAndStayInStep) {
     auto r = c->reply();
     ASSERT_TRUE(r.has_value());
     EXPECT_EQ(r->cookie, len);
-    EXPECT_EQ(r->error, kEOverflow);
+    EXPECT_EQ(r->error, kEInval);
     r = c->reply(4096);
     ASSERT_TRUE(r.has_value());
     EXPECT_EQ(r->cookie, 1u);
