@@ -1,9 +1,13 @@
 #include "nbd/connection.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/time.h>
+#include <sys/uio.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "base/check.h"
@@ -14,10 +18,15 @@ namespace imgstream::nbd {
 
 namespace {
 
-// The handshake reads exactly what it needs, so no transmission bytes are consumed early.
+using Clock = std::chrono::steady_clock;
+
+// The handshake over the non-blocking socket: reads exactly what it needs, so no
+// transmission bytes are consumed early, and all of it must end by one deadline (a
+// client sending a byte a second must not hold a slot for minutes).
 class SocketStream final : public Stream {
  public:
-  explicit SocketStream(int fd) : fd_(fd) {}
+  SocketStream(int fd, int seconds)
+      : fd_(fd), seconds_(seconds), deadline_(Clock::now() + std::chrono::seconds(seconds)) {}
   Result<void> read_exact(std::span<std::byte> buf) override {
     size_t done = 0;
     while (done < buf.size()) {
@@ -26,6 +35,8 @@ class SocketStream final : public Stream {
         done += static_cast<size_t>(n);
       } else if (n == 0) {
         return Error{ECONNRESET, "client closed the connection"};
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        TRY(wait(POLLIN));
       } else if (errno != EINTR) {
         return Error::from_errno(errno, "recv");
       }
@@ -38,6 +49,8 @@ class SocketStream final : public Stream {
       ssize_t n = ::send(fd_, buf.data() + done, buf.size() - done, MSG_NOSIGNAL);
       if (n >= 0) {
         done += static_cast<size_t>(n);
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        TRY(wait(POLLOUT));
       } else if (errno != EINTR) {
         return Error::from_errno(errno, "send");
       }
@@ -46,26 +59,68 @@ class SocketStream final : public Stream {
   }
 
  private:
-  int fd_;
-};
+  Result<void> wait(short events) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - Clock::now());
+    if (left.count() <= 0)
+      return Error{ETIMEDOUT, fmt::format("the handshake did not finish within {} s", seconds_)};
+    pollfd p{fd_, events, 0};
+    if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR)
+      return Error::from_errno(errno, "poll");
+    return ok();
+  }
 
-void set_recv_timeout(int fd, int seconds) {
-  timeval tv{seconds, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-}
+  int fd_;
+  int seconds_;
+  Clock::time_point deadline_;
+};
 
 Durability durability(const Request& r) {
   return (r.flags & kCmdFlagFua) ? Durability::Fua : Durability::Buffered;
 }
 
+// What a refused client is told, whatever it asks, until it gives up (bounded: a client
+// that keeps asking is cut off after kOptionsPerConnectionMax options or the deadline).
+void tell_refusal(Stream& s, const std::string& why) {
+  std::array<std::byte, 18> greeting;
+  put_u64(&greeting[0], kNbdMagic);
+  put_u64(&greeting[8], kIHaveOpt);
+  put_u16(&greeting[16], kFlagFixedNewstyle | kFlagNoZeroes);
+  if (!s.write_all(greeting)) return;
+  std::array<std::byte, 4> cf;
+  if (!s.read_exact(cf)) return;
+  std::vector<std::byte> data;
+  for (uint32_t n = 0; n < kOptionsPerConnectionMax; ++n) {
+    std::array<std::byte, 16> h;
+    if (!s.read_exact(h) || get_u64(&h[0]) != kIHaveOpt) return;
+    const uint32_t opt = get_u32(&h[8]);
+    const uint32_t len = get_u32(&h[12]);
+    if (len > kOptionBytesMax) return;
+    data.resize(len);
+    if (!s.read_exact(data)) return;
+    // EXPORT_NAME has no error reply: closing is all the protocol allows.
+    if (opt == kOptExportName) return;
+    const uint32_t type = opt == kOptAbort ? kRepAck : kRepErrPolicy;
+    std::vector<std::byte> reply(20);
+    put_u64(&reply[0], kOptReplyMagic);
+    put_u32(&reply[8], opt);
+    put_u32(&reply[12], type);
+    const std::string_view msg = opt == kOptAbort ? std::string_view{} : std::string_view{why};
+    put_u32(&reply[16], static_cast<uint32_t>(msg.size()));
+    const auto* p = reinterpret_cast<const std::byte*>(msg.data());
+    reply.insert(reply.end(), p, p + msg.size());
+    if (!s.write_all(reply) || opt == kOptAbort) return;
+  }
+}
+
 }  // namespace
 
-Connection::Connection(UniqueFd fd, std::span<const Export> exports, ThreadPool& pool)
-    : fd_(std::move(fd)), exports_(exports), pool_(pool) {}
+Connection::Connection(UniqueFd fd, std::span<const Export> exports, ThreadPool& pool,
+                       ConnectionOptions options)
+    : fd_(std::move(fd)), exports_(exports), pool_(pool), options_(std::move(options)) {}
 
 Connection::~Connection() {
-  std::unique_lock lock(inflight_mu_);
-  IMG_CHECK(inflight_ == 0);
+  std::unique_lock lock(done_mu_);
+  IMG_CHECK(running_ == 0);
 }
 
 void Connection::stop_reading() { ::shutdown(fd_.get(), SHUT_RD); }
@@ -75,10 +130,24 @@ void Connection::abort() {
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
+void Connection::fail_socket() {
+  dead_ = true;
+  ::shutdown(fd_.get(), SHUT_RDWR);
+}
+
 void Connection::run() {
-  SocketStream stream(fd_.get());
-  // A client that connects and says nothing must not hold a thread forever.
-  set_recv_timeout(fd_.get(), kHandshakeTimeoutSeconds);
+  const int fl = ::fcntl(fd_.get(), F_GETFL);
+  if (fl < 0 || ::fcntl(fd_.get(), F_SETFL, fl | O_NONBLOCK) < 0) {
+    LOG_WARN("client socket: {}", std::strerror(errno));
+    return;
+  }
+  if (!options_.refusal.empty()) {
+    SocketStream stream(fd_.get(), kRefusalSeconds);
+    tell_refusal(stream, options_.refusal);
+    ::shutdown(fd_.get(), SHUT_RDWR);
+    return;
+  }
+  SocketStream stream(fd_.get(), options_.handshake_seconds);
   auto neg = negotiate(stream, exports_);
   if (!neg) {
     LOG_INFO("handshake failed: {}", neg.error().message);
@@ -89,7 +158,12 @@ void Connection::run() {
     ::shutdown(fd_.get(), SHUT_RDWR);
     return;
   }
-  set_recv_timeout(fd_.get(), 0);
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd_.valid()) {
+    LOG_WARN("eventfd: {}: disconnecting a client", std::strerror(errno));
+    ::shutdown(fd_.get(), SHUT_RDWR);
+    return;
+  }
   neg_ = std::move(**neg);
   dev_ = neg_.exp->device;
   const DeviceCaps caps = dev_->caps();
@@ -103,22 +177,67 @@ void Connection::run() {
   rbuf_ = std::make_unique_for_overwrite<std::byte[]>(kRecvBufferBytes);
   batch_ = std::make_unique_for_overwrite<std::byte[]>(kBatchBytesMax);
   transmission();
-  wait_inflight_below(1, 1);
+  // Pool tasks hold `this` until they have handed their reply back.
+  std::unique_lock lock(done_mu_);
+  done_cv_.wait(lock, [&] { return running_ == 0; });
+  lock.unlock();
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
-// The event loop: receive what the client sent, answer it, repeat until the client
-// disconnects (DISC or EOF), breaks the protocol, or the server stops.
-bool Connection::transmission() {
+// The event loop: receive what the client sent, answer it, send what the socket takes,
+// repeat until the client disconnects (DISC or EOF), breaks the protocol, or the server
+// stops; then until every accepted request has been answered or the socket fails.
+void Connection::transmission() {
+  bool reading = true;
   for (;;) {
-    if (!recv_more()) return false;
-    if (!process_buffer()) return false;
-    if (!flush_batch()) return false;
+    if (dead_) return;
+    take_done();
+    if (!send_some()) return;
+    Step step = Step::NeedBytes;
+    if (reading) {
+      if (batch_used_ == 0) {
+        step = process_buffer();
+        if (step == Step::End) reading = false;
+        if (!send_some()) return;
+        if (step == Step::BatchFull && batch_used_ == 0) continue;  // sent: go on at once
+      } else {
+        step = Step::BatchFull;
+      }
+    }
+    if (!reading && !output_pending() && outstanding_ == 0) return;
+    const bool want_in = reading && step == Step::NeedBytes;
+    short events = 0;
+    if (want_in) events |= POLLIN;
+    if (output_pending()) events |= POLLOUT;
+    pollfd fds[2] = {{fd_.get(), events, 0}, {wake_fd_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      LOG_WARN("poll: {}", std::strerror(errno));
+      fail_socket();
+      return;
+    }
+    if (fds[1].revents & POLLIN) {
+      uint64_t n;
+      ssize_t unused = ::read(wake_fd_.get(), &n, sizeof n);
+      (void)unused;
+    }
+    const short rev = fds[0].revents;
+    if (rev & (POLLERR | POLLNVAL)) {
+      fail_socket();
+      return;
+    }
+    if (want_in && (rev & (POLLIN | POLLHUP))) {
+      if (recv_more() == Recv::End) reading = false;
+    } else if ((rev & POLLHUP) && !want_in) {
+      // The client hung up while we could not read: nothing more will come. Replies
+      // still owed are tried (and fail) by send_some().
+      reading = false;
+    }
   }
 }
 
-// Receives at least one byte more into rbuf_. False on end of stream or error.
-bool Connection::recv_more() {
+// Receives more into rbuf_ without waiting.
+Connection::Recv Connection::recv_more() {
   // Keep room for a whole inline write: move a partial request to the front.
   if (rstart_ > 0 && (rend_ == rstart_ || kRecvBufferBytes - rend_ < kInlinePayloadMax / 2)) {
     std::memmove(rbuf_.get(), rbuf_.get() + rstart_, rend_ - rstart_);
@@ -130,50 +249,153 @@ bool Connection::recv_more() {
     ssize_t n = ::recv(fd_.get(), rbuf_.get() + rend_, kRecvBufferBytes - rend_, 0);
     if (n > 0) {
       rend_ += static_cast<size_t>(n);
-      return true;
+      return Recv::Got;
     }
-    if (n == 0) return false;
+    if (n == 0) return Recv::End;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Recv::WouldBlock;
     if (errno != EINTR) {
       LOG_DEBUG("recv: {}", std::strerror(errno));
-      return false;
+      return Recv::End;
     }
   }
 }
 
-Result<void> Connection::recv_exact(std::span<std::byte> buf) {
-  SocketStream s(fd_.get());
-  return s.read_exact(buf);
+// Receives exactly buf.size() bytes (a large write's payload), sending replies that are
+// ready meanwhile so that a client that reads while it writes is never held up.
+bool Connection::recv_exact(std::span<std::byte> buf) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    if (dead_) return false;
+    ssize_t n = ::recv(fd_.get(), buf.data() + done, buf.size() - done, 0);
+    if (n > 0) {
+      done += static_cast<size_t>(n);
+    } else if (n == 0) {
+      return false;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (!wait(POLLIN)) return false;
+    } else if (errno != EINTR) {
+      LOG_DEBUG("recv: {}", std::strerror(errno));
+      return false;
+    }
+  }
+  return true;
 }
 
-// Handles every complete request in rbuf_. False when the connection must end.
-bool Connection::process_buffer() {
+bool Connection::wait(short events) {
+  take_done();
+  if (!send_some()) return false;
+  if (output_pending()) events |= POLLOUT;
+  pollfd fds[2] = {{fd_.get(), events, 0}, {wake_fd_.get(), POLLIN, 0}};
+  if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+    fail_socket();
+    return false;
+  }
+  if (fds[1].revents & POLLIN) {
+    uint64_t n;
+    ssize_t unused = ::read(wake_fd_.get(), &n, sizeof n);
+    (void)unused;
+  }
+  if (fds[0].revents & (POLLERR | POLLNVAL)) {
+    fail_socket();
+    return false;
+  }
+  return true;
+}
+
+void Connection::take_done() {
+  std::vector<Reply> got;
+  {
+    std::lock_guard lock(done_mu_);
+    if (done_.empty()) return;
+    got.swap(done_);
+  }
+  for (Reply& r : got) outq_.push_back(std::move(r));
+}
+
+// Sends the batch and then the pool's replies, gathered into one sendmsg(), as far as
+// the socket takes them without waiting.
+bool Connection::send_some() {
+  while (output_pending()) {
+    if (dead_) return false;
+    iovec iov[kSendIovMax];
+    size_t n_iov = 0;
+    if (batch_sent_ < batch_used_)
+      iov[n_iov++] = {batch_.get() + batch_sent_, batch_used_ - batch_sent_};
+    for (size_t i = 0; i < outq_.size() && n_iov < kSendIovMax; ++i) {
+      const size_t skip = i == 0 ? outq_sent_ : 0;
+      iov[n_iov++] = {outq_[i].bytes.data() + skip, outq_[i].bytes.size() - skip};
+    }
+    msghdr m{};
+    m.msg_iov = iov;
+    m.msg_iovlen = n_iov;
+    ssize_t n = ::sendmsg(fd_.get(), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
+      LOG_DEBUG("send: {}", std::strerror(errno));
+      fail_socket();
+      return false;
+    }
+    // Account for what left: the batch first, then whole replies from the queue.
+    size_t left = static_cast<size_t>(n);
+    if (batch_sent_ < batch_used_) {
+      const size_t take = std::min(left, batch_used_ - batch_sent_);
+      batch_sent_ += take;
+      left -= take;
+      if (batch_sent_ == batch_used_) batch_used_ = batch_sent_ = batch_requests_ = 0;
+    }
+    while (left > 0) {
+      IMG_CHECK(!outq_.empty());
+      Reply& front = outq_.front();
+      const size_t take = std::min(left, front.bytes.size() - outq_sent_);
+      outq_sent_ += take;
+      left -= take;
+      if (outq_sent_ == front.bytes.size()) {
+        IMG_CHECK(outstanding_ > 0 && outstanding_bytes_ >= front.charge);
+        --outstanding_;
+        outstanding_bytes_ -= front.charge;
+        outq_.pop_front();
+        outq_sent_ = 0;
+      }
+    }
+  }
+  return true;
+}
+
+bool Connection::below_bounds() const {
+  return outstanding_ < kInflightMax && outstanding_bytes_ < kConnectionBytesMax;
+}
+
+// Handles complete requests in rbuf_ until one of the Steps stops it.
+Connection::Step Connection::process_buffer() {
   for (;;) {
-    if (dead_) return false;  // the client is gone: its buffered requests need no work
+    if (dead_) return Step::End;  // the client is gone: its buffered requests need no work
     const size_t avail = rend_ - rstart_;
-    if (avail < kRequestHeaderBytes) return true;
+    if (avail < kRequestHeaderBytes) return Step::NeedBytes;
     std::byte* p = rbuf_.get() + rstart_;
     auto req = decode_request(std::span<const std::byte, kRequestHeaderBytes>(p, kRequestHeaderBytes));
     if (!req) {
       LOG_INFO("bad request magic from client: disconnecting");
-      flush_batch();
-      return false;
+      return Step::End;  // the batch so far is still sent
     }
+    if (!below_bounds()) return Step::AtBound;
     if (has_payload(*req) && req->length > kInlinePayloadMax) {
-      if (!flush_batch()) return false;
-      if (!handle_large_write(*req)) return false;
+      if (batch_used_ > 0) return Step::BatchFull;
+      if (!handle_large_write(*req)) return Step::End;
       continue;
     }
     const size_t payload = has_payload(*req) ? req->length : 0;
-    if (avail < kRequestHeaderBytes + payload) return true;  // wait for the rest
+    if (avail < kRequestHeaderBytes + payload) return Step::NeedBytes;  // wait for the rest
     // Room for this request's reply in the batch? Otherwise send the batch first.
     const size_t reply_max =
         kReplyHeaderBytesMax + (req->type == kCmdRead ? req->length : 0);
     if (batch_requests_ == kBatchRequestsMax ||
         (batch_used_ + reply_max > kBatchBytesMax && batch_used_ > 0)) {
-      if (!flush_batch()) return false;
+      return Step::BatchFull;
     }
     rstart_ += kRequestHeaderBytes + payload;
-    if (!handle(*req, std::span<const std::byte>(p + kRequestHeaderBytes, payload))) return false;
+    if (!handle(*req, std::span<const std::byte>(p + kRequestHeaderBytes, payload)))
+      return Step::End;
   }
 }
 
@@ -203,7 +425,7 @@ bool Connection::handle_large_write(const Request& r) {
   rstart_ = rend_ = 0;
   if (err != 0) {
     batch_reply(r, err);
-    return flush_batch();
+    return true;
   }
   dispatch(r, std::move(payload));
   return true;
@@ -217,7 +439,6 @@ bool Connection::handle(const Request& r, std::span<const std::byte> payload) {
   }
   switch (r.type) {
     case kCmdDisc:
-      flush_batch();
       return false;
     case kCmdRead:
       if (inline_read(r)) return true;
@@ -267,57 +488,35 @@ void Connection::batch_reply(const Request& r, uint32_t error) {
   ++batch_requests_;
 }
 
-bool Connection::flush_batch() {
-  if (batch_used_ == 0) return !dead_;
-  const bool sent = send_all(std::span<const std::byte>(batch_.get(), batch_used_));
-  batch_used_ = 0;
-  batch_requests_ = 0;
-  return sent;
-}
-
-bool Connection::send_all(std::span<const std::byte> data) {
-  std::lock_guard lock(send_mu_);
-  if (dead_) return false;
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::send(fd_.get(), data.data() + done, data.size() - done, MSG_NOSIGNAL);
-    if (n >= 0) {
-      done += static_cast<size_t>(n);
-    } else if (errno != EINTR) {
-      LOG_DEBUG("send: {}", std::strerror(errno));
-      dead_ = true;
-      ::shutdown(fd_.get(), SHUT_RDWR);  // wake the event loop
-      return false;
-    }
-  }
-  return true;
-}
-
-void Connection::wait_inflight_below(size_t count, size_t bytes) {
-  std::unique_lock lock(inflight_mu_);
-  inflight_cv_.wait(lock, [&] { return inflight_ < count && inflight_bytes_ < bytes; });
-}
-
 void Connection::dispatch(const Request& r, std::vector<std::byte> payload) {
-  const size_t bytes = r.type == kCmdRead ? r.length : payload.size();
-  // Bound what the pool holds for this client; the wait is backpressure on the client.
-  wait_inflight_below(kInflightMax, kInflightBytesMax);
+  // Counted until the reply has left (send_some): a client that does not read its
+  // replies stops being read once this reaches kConnectionBytesMax.
+  const size_t charge =
+      kReplyHeaderBytesMax + (r.type == kCmdRead ? size_t{r.length} : payload.size());
+  ++outstanding_;
+  outstanding_bytes_ += charge;
   {
-    std::lock_guard lock(inflight_mu_);
-    ++inflight_;
-    inflight_bytes_ += bytes;
+    std::lock_guard lock(done_mu_);
+    ++running_;
   }
-  pool_.post([this, r, bytes, payload = std::move(payload)] {
-    execute_blocking(r, payload);
-    std::lock_guard lock(inflight_mu_);
-    --inflight_;
-    inflight_bytes_ -= bytes;
-    inflight_cv_.notify_all();
+  pool_.post([this, r, charge, payload = std::move(payload)] {
+    Reply reply{execute_blocking(r, payload), charge};
+    std::lock_guard lock(done_mu_);
+    const bool wake = done_.empty();  // otherwise the loop has been woken already
+    done_.push_back(std::move(reply));
+    if (wake) {
+      uint64_t one = 1;
+      ssize_t unused = ::write(wake_fd_.get(), &one, sizeof one);
+      (void)unused;
+    }
+    if (--running_ == 0) done_cv_.notify_all();
   });
 }
 
-// Runs on a pool thread: one request that may wait, answered with its own send.
-void Connection::execute_blocking(const Request& r, std::span<const std::byte> payload) {
+// Runs on a pool thread: one request that may wait. Returns its reply, to be sent by the
+// connection's thread.
+std::vector<std::byte> Connection::execute_blocking(const Request& r,
+                                                    std::span<const std::byte> payload) {
   const bool structured = neg_.structured_replies;
   std::vector<std::byte> out;
   Result<void> res;
@@ -390,7 +589,7 @@ void Connection::execute_blocking(const Request& r, std::span<const std::byte> p
     out.resize(kSimpleReplyBytes);
     encode_simple_reply(out.data(), r.cookie, 0);
   }
-  send_all(out);
+  return out;
 }
 
 }  // namespace imgstream::nbd

@@ -18,6 +18,8 @@ Result<std::unique_ptr<Server>> Server::create(ServerOptions options) {
   if (options.exports.empty()) return Error::invalid("no export to serve");
   if (options.listen.empty()) return Error::invalid("no address to listen on");
   for (const Export& e : options.exports) IMG_CHECK(e.device != nullptr);
+  if (options.connections_max == 0 || options.handshake_seconds <= 0)
+    return Error::invalid("a server needs room for one client and time for its handshake");
   std::unique_ptr<Server> s(new Server(std::move(options)));
   if (s->options_.bound.empty()) {
     s->listeners_ = TRY(listen_all(s->options_.listen));
@@ -74,14 +76,31 @@ void Server::accept_one(int listen_fd) {
       LOG_WARN("accept: {}", std::strerror(errno));
     return;
   }
-  if (slots_.size() >= kConnectionsMax) {
-    LOG_WARN("refusing a client: {} connections already", kConnectionsMax);
-    return;  // closing the socket tells the client
+  const bool full = serving_ >= options_.connections_max;
+  if (full) {
+    // Say so rather than close in silence, which clients report as a protocol error.
+    const auto now = std::chrono::steady_clock::now();
+    ++refused_unlogged_;
+    if (now - refusal_logged_ >= std::chrono::seconds(kRefusalLogSeconds)) {
+      LOG_WARN("refused {} client(s): {} connections already (the most this server takes)",
+               refused_unlogged_, options_.connections_max);
+      refused_unlogged_ = 0;
+      refusal_logged_ = now;
+    }
+    if (refusing_ >= kRefusalsMax) return;  // closing the socket is all we can afford
   }
   int one = 1;
   ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // fails on unix: fine
   Slot& slot = slots_.emplace_back();
-  slot.conn = std::make_unique<Connection>(std::move(fd), options_.exports, *pool_);
+  slot.refusal = full;
+  ++(full ? refusing_ : serving_);
+  ConnectionOptions co;
+  co.handshake_seconds = options_.handshake_seconds;
+  if (full) {
+    co.refusal = fmt::format("imgstream: server full ({} clients connected); try again later",
+                             options_.connections_max);
+  }
+  slot.conn = std::make_unique<Connection>(std::move(fd), options_.exports, *pool_, std::move(co));
   slot.thread = std::thread([&slot] {
     slot.conn->run();
     slot.done = true;
@@ -92,6 +111,7 @@ void Server::reap(bool all) {
   for (auto it = slots_.begin(); it != slots_.end();) {
     if (all || it->done) {
       it->thread.join();
+      --(it->refusal ? refusing_ : serving_);
       it = slots_.erase(it);
     } else {
       ++it;

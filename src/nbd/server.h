@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -20,6 +21,11 @@
 namespace imgstream::nbd {
 
 inline constexpr unsigned kConnectionsMax = 256;
+// Clients beyond kConnectionsMax that are told why (Connection's refusal); more than this
+// at once are closed without a word, so that a flood cannot make threads without bound.
+inline constexpr unsigned kRefusalsMax = 16;
+// A refused client is logged at most this often (the rest are counted in the next line).
+inline constexpr int kRefusalLogSeconds = 10;
 inline constexpr unsigned kWorkerThreadsDefault = 16;
 inline constexpr int kDrainSeconds = 10;
 
@@ -30,6 +36,8 @@ struct ServerOptions {
   std::vector<Listener> bound;
   std::vector<Export> exports;  // [0] is the default export
   unsigned worker_threads = kWorkerThreadsDefault;
+  unsigned connections_max = kConnectionsMax;  // clients served at once
+  int handshake_seconds = kHandshakeSeconds;   // for the whole handshake
 };
 
 class Server {
@@ -53,6 +61,7 @@ class Server {
     std::unique_ptr<Connection> conn;
     std::thread thread;
     std::atomic<bool> done{false};
+    bool refusal = false;  // a client told that the server is full
   };
 
   explicit Server(ServerOptions o) : options_(std::move(o)) {}
@@ -65,6 +74,10 @@ class Server {
   UniqueFd stop_fd_;  // eventfd
   std::unique_ptr<ThreadPool> pool_;
   std::list<Slot> slots_;
+  unsigned serving_ = 0;   // slots that are not refusals
+  unsigned refusing_ = 0;  // slots that are
+  unsigned refused_unlogged_ = 0;
+  std::chrono::steady_clock::time_point refusal_logged_{};
 };
 
 }  // namespace imgstream::nbd

@@ -365,7 +365,8 @@ class ServerTest : public ::testing::Test {
     ASSERT_EQ(::pwrite(fd.get(), data.data(), data.size(), 0), ssize_t(kImageBytes));
   }
 
-  void start(unsigned worker_threads = 4) {
+  void start(unsigned worker_threads = 4, unsigned connections_max = kConnectionsMax,
+             int handshake_seconds = kHandshakeSeconds) {
     auto dev = FileDevice::open(*Env::posix(), image_, Access::ReadWrite);
     ASSERT_TRUE(dev) << dev.error().message;
     dev_ = std::move(*dev);
@@ -378,6 +379,8 @@ class ServerTest : public ::testing::Test {
     o.exports.push_back(Export{"disk", "test image", test_dev_.get(), false});
     o.exports.push_back(Export{"ro", "", test_dev_.get(), true});
     o.worker_threads = worker_threads;
+    o.connections_max = connections_max;
+    o.handshake_seconds = handshake_seconds;
     auto s = Server::create(std::move(o));
     ASSERT_TRUE(s) << s.error().message;
     server_ = std::move(*s);
@@ -390,6 +393,14 @@ class ServerTest : public ::testing::Test {
     server_->request_stop();
     thread_.join();
     EXPECT_TRUE(run_result_) << run_result_.error().message;
+  }
+
+  void restart(unsigned worker_threads, unsigned connections_max, int handshake_seconds) {
+    stop();
+    server_.reset();
+    test_dev_.reset();
+    dev_.reset();
+    start(worker_threads, connections_max, handshake_seconds);
   }
 
   std::unique_ptr<Nbd> connect_nbd(const NbdOptions& o = {}) {
@@ -785,6 +796,112 @@ TEST_P(ServerPaths, ClientThatNeverReadsItsRepliesThenCloses) {
   }
   c->close();
   expect_serves();
+}
+
+// Clients that send large reads and never read a reply (a 4 KiB receive buffer) must not
+// hold up anyone else: their replies wait on their own connections, not on the shared
+// workers (issue 12, point 17). Each stalled connection also stops being read once it has
+// kConnectionBytesMax of replies owed, so the server executes only so many of its reads.
+TEST_F(ServerTest, ClientsThatDoNotReadTheirRepliesHoldUpNobody) {
+  restart(4, kConnectionsMax, kHandshakeSeconds);  // fewer workers than stalled requests
+  constexpr uint32_t kLen = 8 << 20;                // above the batch: the pool path
+  constexpr int kStalled = 3, kRequests = 64;
+  std::vector<std::unique_ptr<RawClient>> stalled;
+  for (int i = 0; i < kStalled; ++i) {
+    auto c = std::make_unique<RawClient>(address_);
+    int small = 4096;
+    ::setsockopt(c->fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    ASSERT_TRUE(c->handshake().has_value());
+    for (int k = 0; k < kRequests; ++k) ASSERT_TRUE(c->request(kCmdRead, k, 0, kLen));
+    stalled.push_back(std::move(c));
+  }
+  // Let the server take what it will of those requests.
+  for (int i = 0; i < 100 && test_dev_->reads < uint64_t(kStalled) * 4; ++i) ::usleep(20'000);
+  ::usleep(300'000);
+  // Another client: flush (always the pool), reads and writes, all answered while the
+  // stalled clients stay.
+  std::atomic<bool> done{false};
+  std::thread other([&] {
+    auto n = connect_nbd();
+    EXPECT_EQ(nbd_flush(*n, 0), 0) << nbd_get_error();
+    Bytes got(4096);
+    EXPECT_EQ(nbd_pread(*n, got.data(), got.size(), 4096, 0), 0) << nbd_get_error();
+    EXPECT_EQ(got, pattern(4096, 4096));
+    EXPECT_EQ(nbd_flush(*n, 0), 0) << nbd_get_error();
+    nbd_shutdown(*n, 0);
+    done = true;
+  });
+  for (int i = 0; i < 1000 && !done; ++i) ::usleep(10'000);  // 10 s: it takes milliseconds
+  EXPECT_TRUE(done) << "a client was held up by clients that do not read their replies";
+  if (!done) {
+    for (auto& c : stalled) c->close();  // let it finish, so that the thread can be joined
+  }
+  other.join();
+  // Bounded work per stalled connection: what kConnectionBytesMax allows (plus the one
+  // that crossed it, and one 8 MiB reply in the socket buffers), not all 64 requests.
+  const uint64_t per_conn_max = kConnectionBytesMax / kLen + 2;
+  EXPECT_LE(test_dev_->reads.load(), uint64_t(kStalled) * per_conn_max + 4);
+  for (auto& c : stalled) c->close();
+  expect_serves();
+}
+
+// The handshake as a whole has a deadline: a client that sends a byte now and then is
+// cut off when it passes, not kept for as long as it keeps trickling (point 20).
+TEST_F(ServerTest, TheWholeHandshakeHasADeadline) {
+  restart(4, kConnectionsMax, 1);
+  RawClient c(address_);
+  ASSERT_TRUE(c.recv_n(testing::kGreetingBytes).has_value());
+  const Bytes flags = testing::client_flags();
+  Bytes opt = testing::option(kOptGo, testing::info_go_data("disk"));
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(c.send(flags));
+  bool cut = false;
+  for (size_t i = 0; i < opt.size() && !cut; ++i) {
+    if (!c.send(std::span(opt).subspan(i, 1))) cut = true;
+    ::usleep(200'000);
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(5)) break;
+  }
+  EXPECT_TRUE(c.closed_by_server());
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(6));
+  expect_serves();
+}
+
+// A full server says so in the handshake, rather than closing the socket in silence
+// (point 20); once a client leaves, the next one is served.
+TEST_F(ServerTest, AFullServerRefusesWithAMessage) {
+  restart(4, 2, kHandshakeSeconds);
+  auto a = connect_nbd();
+  auto b = connect_nbd();
+  // A raw client sees the policy error and the reason.
+  RawClient c(address_);
+  ASSERT_TRUE(c.recv_n(testing::kGreetingBytes).has_value());
+  Bytes out = testing::client_flags();
+  append(out, testing::option(kOptGo, testing::info_go_data("disk")));
+  ASSERT_TRUE(c.send(out));
+  auto h = c.recv_n(testing::kOptReplyHeaderBytes);
+  ASSERT_TRUE(h.has_value());
+  EXPECT_EQ(get_u32(&(*h)[12]), uint32_t{kRepErrPolicy});
+  auto msg = c.recv_n(get_u32(&(*h)[16]));
+  ASSERT_TRUE(msg.has_value());
+  const std::string why(reinterpret_cast<const char*>(msg->data()), msg->size());
+  EXPECT_NE(why.find("server full"), std::string::npos) << why;
+  // libnbd reports it as a refusal, not as a broken connection.
+  {
+    Nbd n;
+    EXPECT_EQ(nbd_connect_unix(n, address_.path.c_str()), -1);
+    EXPECT_NE(std::string(nbd_get_error()).find("policy"), std::string::npos) << nbd_get_error();
+  }
+  nbd_shutdown(*a, 0);
+  a.reset();
+  bool served = false;
+  for (int i = 0; i < 50 && !served; ++i) {  // the server reaps a finished client within 1 s
+    Nbd n;
+    nbd_set_export_name(n, "disk");
+    served = nbd_connect_unix(n, address_.path.c_str()) == 0;
+    if (!served) ::usleep(100'000);
+  }
+  EXPECT_TRUE(served);
+  nbd_shutdown(*b, 0);
 }
 
 TEST_P(ServerPaths, DisconnectRequestEndsTheConnectionAfterEarlierRequests) {
