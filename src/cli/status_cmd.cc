@@ -120,11 +120,12 @@ int watch(const std::string& dir, bool json, double interval_s, Status s) {
     }
     if (!s.live) {
       if (tty) std::printf("\n");
+      const std::string stored = string_or(s.j, "stored_state", state);
       print_error("status " + dir + ": " +
                   (was_live ? "streamer gone (it stopped or was killed) before the stream was "
                               "complete; state '" +
-                                  state + "' as of its last commit"
-                            : "no streamer runs on this store; state '" + state +
+                                  stored + "' as of its last commit"
+                            : "no streamer runs on this store; state '" + stored +
                                   "' as of its last commit"));
       return kExitFailure;
     }

@@ -1,6 +1,5 @@
 #include "nbd/connection.h"
 
-#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -20,9 +19,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// The handshake over the non-blocking socket: reads exactly what it needs, so no
-// transmission bytes are consumed early, and all of it must end by one deadline (a
-// client sending a byte a second must not hold a slot for minutes).
+// The handshake, never blocking in the socket calls (MSG_DONTWAIT, then poll): reads
+// exactly what it needs, so no transmission bytes are consumed early, and all of it must
+// end by one deadline (a client sending a byte a second must not hold a slot for minutes).
 class SocketStream final : public Stream {
  public:
   SocketStream(int fd, int seconds)
@@ -30,7 +29,7 @@ class SocketStream final : public Stream {
   Result<void> read_exact(std::span<std::byte> buf) override {
     size_t done = 0;
     while (done < buf.size()) {
-      ssize_t n = ::recv(fd_, buf.data() + done, buf.size() - done, 0);
+      ssize_t n = ::recv(fd_, buf.data() + done, buf.size() - done, MSG_DONTWAIT);
       if (n > 0) {
         done += static_cast<size_t>(n);
       } else if (n == 0) {
@@ -46,7 +45,7 @@ class SocketStream final : public Stream {
   Result<void> write_all(std::span<const std::byte> buf) override {
     size_t done = 0;
     while (done < buf.size()) {
-      ssize_t n = ::send(fd_, buf.data() + done, buf.size() - done, MSG_NOSIGNAL);
+      ssize_t n = ::send(fd_, buf.data() + done, buf.size() - done, MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n >= 0) {
         done += static_cast<size_t>(n);
       } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
@@ -135,12 +134,9 @@ void Connection::fail_socket() {
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
+// The socket stays blocking: every call that must not wait says MSG_DONTWAIT, so that the
+// loop can still block in recv() alone when there is nothing else to wait for.
 void Connection::run() {
-  const int fl = ::fcntl(fd_.get(), F_GETFL);
-  if (fl < 0 || ::fcntl(fd_.get(), F_SETFL, fl | O_NONBLOCK) < 0) {
-    LOG_WARN("client socket: {}", std::strerror(errno));
-    return;
-  }
   if (!options_.refusal.empty()) {
     SocketStream stream(fd_.get(), kRefusalSeconds);
     tell_refusal(stream, options_.refusal);
@@ -206,6 +202,12 @@ void Connection::transmission() {
     }
     if (!reading && !output_pending() && outstanding_ == 0) return;
     const bool want_in = reading && step == Step::NeedBytes;
+    if (want_in && !output_pending() && outstanding_ == 0) {
+      // Nothing to send and nothing on the pool: only the client can wake us, so wait in
+      // recv() itself (one system call per batch, as on the inline path before polling).
+      if (recv_more(true) == Recv::End) reading = false;
+      continue;
+    }
     short events = 0;
     if (want_in) events |= POLLIN;
     if (output_pending()) events |= POLLOUT;
@@ -227,7 +229,7 @@ void Connection::transmission() {
       return;
     }
     if (want_in && (rev & (POLLIN | POLLHUP))) {
-      if (recv_more() == Recv::End) reading = false;
+      if (recv_more(false) == Recv::End) reading = false;
     } else if ((rev & POLLHUP) && !want_in) {
       // The client hung up while we could not read: nothing more will come. Replies
       // still owed are tried (and fail) by send_some().
@@ -236,8 +238,8 @@ void Connection::transmission() {
   }
 }
 
-// Receives more into rbuf_ without waiting.
-Connection::Recv Connection::recv_more() {
+// Receives more into rbuf_; waits for it only when `block`.
+Connection::Recv Connection::recv_more(bool block) {
   // Keep room for a whole inline write: move a partial request to the front.
   if (rstart_ > 0 && (rend_ == rstart_ || kRecvBufferBytes - rend_ < kInlinePayloadMax / 2)) {
     std::memmove(rbuf_.get(), rbuf_.get() + rstart_, rend_ - rstart_);
@@ -246,7 +248,8 @@ Connection::Recv Connection::recv_more() {
   }
   IMG_CHECK(rend_ < kRecvBufferBytes);
   for (;;) {
-    ssize_t n = ::recv(fd_.get(), rbuf_.get() + rend_, kRecvBufferBytes - rend_, 0);
+    ssize_t n = ::recv(fd_.get(), rbuf_.get() + rend_, kRecvBufferBytes - rend_,
+                       block ? 0 : MSG_DONTWAIT);
     if (n > 0) {
       rend_ += static_cast<size_t>(n);
       return Recv::Got;
@@ -266,7 +269,7 @@ bool Connection::recv_exact(std::span<std::byte> buf) {
   size_t done = 0;
   while (done < buf.size()) {
     if (dead_) return false;
-    ssize_t n = ::recv(fd_.get(), buf.data() + done, buf.size() - done, 0);
+    ssize_t n = ::recv(fd_.get(), buf.data() + done, buf.size() - done, MSG_DONTWAIT);
     if (n > 0) {
       done += static_cast<size_t>(n);
     } else if (n == 0) {

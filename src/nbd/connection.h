@@ -1,7 +1,7 @@
 // One client connection: the handshake, then the transmission phase.
 //
 // Threading model (why it is fast on few cores, and why one client never holds up another):
-// the connection's own thread is an event loop over a non-blocking socket. Each recv()
+// the connection's own thread is an event loop that never blocks on a send. Each recv()
 // takes every request the client has sent so far (a batch); requests that can complete
 // without waiting (a read of cached data: BlockDevice::read_nowait, a buffered write:
 // write_nowait) are answered inline, their replies laid out back to back in one buffer and
@@ -108,7 +108,7 @@ class Connection {
   void dispatch(const Request& r, std::vector<std::byte> payload);
   std::vector<std::byte> execute_blocking(const Request& r, std::span<const std::byte> payload);
   bool below_bounds() const;
-  Recv recv_more();
+  Recv recv_more(bool block);
   bool recv_exact(std::span<std::byte> buf);
   // Waits for the socket (`events`) or a reply from the pool. False when the socket failed.
   bool wait(short events);

@@ -337,7 +337,10 @@ nlohmann::json status_json(const store::StoreHeader& h, StoreState state, uint64
                            const store::Counters& c, const std::string& error,
                            const std::string& dir, bool running) {
   nlohmann::json j;
-  j["state"] = store::state_name(state);
+  // `state` is what is happening now: an incomplete store that nothing streams is
+  // "stopped", whatever it last committed; `stored_state` is that committed state.
+  j["state"] = running || state == StoreState::Detached ? store::state_name(state) : "stopped";
+  j["stored_state"] = store::state_name(state);
   j["daemon_running"] = running;
   j["image_size"] = h.image_size;
   j["region_size"] = h.region_size;

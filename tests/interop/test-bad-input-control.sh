@@ -10,6 +10,7 @@
 #   11. status --watch on an 80-column terminal (script(1)): no line wider than 79;
 #       at --rate 4M every tick shows a rate, within 25% of 4 MiB/s once settled.
 #   12. status --json has the same fields running or not; the new fields are there;
+#       state is "stopped" when nothing runs (stored_state: as last committed);
 #       store is absolute; a hint when nothing runs.
 #   13. a source that comes back after an error: hydration resumes by itself (no ctl
 #       resume); failed reads are counted; --seed on an existing store says "needs a
@@ -128,7 +129,7 @@ s12="$T/s12"
 start_streamer "$src" "$s12" --rate 2M
 s12_pid=$STREAMER_PID
 live="$(cd "$T" && "$IMGSTREAM" status s12 --json)"
-for f in state daemon_running percent rate_bytes_per_s eta_s bytes_seeded reads_failed rate_limit \
+for f in state stored_state daemon_running percent rate_bytes_per_s eta_s bytes_seeded reads_failed rate_limit \
     hit_ratio prefetch_precision error hint retry_in_s store; do
     jq -e --arg f "$f" 'has($f)' <<<"$live" >/dev/null || fail "status --json (running) has no '$f': $live"
 done
@@ -140,6 +141,9 @@ stored="$(cd "$T" && "$IMGSTREAM" status s12 --json)"
 expect_eq "$(jq -c 'keys' <<<"$stored")" "$(jq -c 'keys' <<<"$live")" "status fields, running vs not"
 expect_eq "$(jq -r .store <<<"$stored")" "$s12" "store (stored status) is absolute"
 expect_eq "$(jq -r .daemon_running <<<"$stored")" false "daemon_running after the stop"
+expect_eq "$(jq -r .state <<<"$live")" streaming "state while it runs"
+expect_eq "$(jq -r .state <<<"$stored")" stopped "state when no streamer runs on an incomplete store"
+expect_eq "$(jq -r .stored_state <<<"$stored")" streaming "stored_state: what it was doing when it stopped"
 expect_eq "$(jq -r .rate_bytes_per_s <<<"$stored")" 0 "rate_bytes_per_s with nothing running"
 jq -r .hint <<<"$stored" | grep -q "no streamer runs" || fail "no hint that nothing runs: $stored"
 "$IMGSTREAM" status "$s12" | grep -q "^hint: no streamer runs" || fail "text status shows no hint"

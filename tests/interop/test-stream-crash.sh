@@ -127,7 +127,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     wait "$w0" "$w1" 2>/dev/null || true
     ((present < regions)) && mid=$((mid + 1))
     j="$(status_json "$store")" || fail "status of the store after kill -9 (round $round)"
-    note "round $round: killed at $present/$regions regions present; $checked flushed writes verified; stored state $(jq -r .state <<<"$j"), $(jq -r .regions_present <<<"$j") present"
+    note "round $round: killed at $present/$regions regions present; $checked flushed writes verified; stored state $(jq -r .stored_state <<<"$j"), $(jq -r .regions_present <<<"$j") present"
 done
 ((mid >= ROUNDS / 2)) || fail "only $mid of $ROUNDS kills happened during hydration (hydration too fast for the test)"
 attempts=$(cat "$T/log.0" "$T/log.1" | grep -c '^A' || true)
