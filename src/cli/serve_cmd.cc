@@ -16,13 +16,11 @@
 #include "cli/stop_signals.h"
 #include "device/file_device.h"
 #include "io/control.h"
-#include "migrate/dirty_tracking_device.h"
-#include "migrate/hold_device.h"
 #include "migrate/migration_control.h"
-#include "migrate/mirror_device.h"
 #include "nbd/server.h"
 #include "pack/pack_source.h"
-#include "profile/tracing_device.h"
+#include "profile/trace.h"
+#include "stack/device_stack.h"
 
 namespace imgstream::cli {
 
@@ -84,13 +82,8 @@ int check_serve_usage(const ServeArgs& args, bool read_only, std::vector<Address
   return kExitOk;
 }
 
-// --trace FILE: a file this run creates goes again when the run fails before it serves.
-Result<std::unique_ptr<profile::TraceWriter>> open_serve_trace(const std::string& path,
-                                                               uint64_t image_size,
-                                                               std::optional<TempFile>& made) {
-  if (!TRY(Env::posix()->exists(path))) made.emplace(path);
-  return profile::TraceWriter::create(*Env::posix(), path,
-                                      profile::TraceHeader{.image_size = image_size});
+Result<std::unique_ptr<BlockDevice>> open_image(const ServeArgs& args, bool pack) {
+  return pack ? open_pack_device(args.image) : open_file_device(args.image, args.read_only);
 }
 
 int run_serve(const ServeArgs& args) {
@@ -116,53 +109,33 @@ int run_serve(const ServeArgs& args) {
       return kExitFailure;
     }
   }
-  auto dev = pack ? open_pack_device(args.image) : open_file_device(args.image, args.read_only);
+  auto dev = open_image(args, pack);
   if (!dev) {
     print_error(dev.error().message);
     return kExitFailure;
   }
-  BlockDevice* exported = dev->get();
-  std::optional<TempFile> new_trace;  // declared before the writer: removed after it closes
-  std::unique_ptr<profile::TraceWriter> trace;
-  std::unique_ptr<profile::TracingDevice> traced;
-  if (!args.trace.empty()) {
-    auto t = open_serve_trace(args.trace, (*dev)->size(), new_trace);
-    if (!t) {
-      print_error(t.error().message);
-      return kExitFailure;
-    }
-    trace = std::move(*t);
-    traced = std::make_unique<profile::TracingDevice>(**dev, *trace);
-    exported = traced.get();
+  // A --trace file this run creates goes again when the run fails before it serves;
+  // declared before the stack, so that it acts after the writer has closed.
+  std::optional<TempFile> new_trace;
+  if (!args.trace.empty() && !Env::posix()->exists(args.trace).value_or(true))
+    new_trace.emplace(args.trace);
+  stack::StackOptions so;
+  so.owned_base = std::move(*dev);
+  so.trace_path = args.trace;
+  so.track_path = args.track;
+  so.migration_source = !args.control.empty();
+  auto built = stack::DeviceStack::build(*Env::posix(), std::move(so));
+  if (!built) {
+    print_error(built.error().message);
+    return kExitFailure;
   }
-  // Change tracking for live migration (migrate/dirty_tracker.h): every write's region
-  // is durably recorded in the tracking file before the write is acknowledged.
-  std::unique_ptr<migrate::DirtyTracker> tracker;
-  std::unique_ptr<migrate::DirtyTrackingDevice> tracked;
-  if (!args.track.empty()) {
-    auto t = migrate::DirtyTracker::open(*Env::posix(), args.track, (*dev)->size());
-    if (!t) {
-      print_error(t.error().message);
-      return kExitFailure;
-    }
-    tracker = std::move(*t);
-    tracked = std::make_unique<migrate::DirtyTrackingDevice>(*exported, *tracker);
-    exported = tracked.get();
-    LOG_INFO("tracking changes in {}: {} regions changed so far", args.track, tracker->dirty_count());
-  }
-  std::unique_ptr<migrate::MirrorDevice> mirror;
-  std::unique_ptr<migrate::HoldDevice> holdable;
+  stack::DeviceStack& devices = **built;
   std::unique_ptr<migrate::Migration> migration;
   std::unique_ptr<ControlServer> control;
   if (!args.control.empty()) {
-    // hold -> mirror -> tracking -> disk: held requests wait above the mirror, and every
-    // write the mirror sees is tracked.
-    mirror = std::make_unique<migrate::MirrorDevice>(*exported, *tracker);
-    exported = mirror.get();
-    holdable = std::make_unique<migrate::HoldDevice>(*exported);
-    exported = holdable.get();
-    migration.reset(new migrate::Migration{absolute_path(args.image), args.track, *tracker, *mirror,
-                                           *holdable});
+    migration.reset(new migrate::Migration{absolute_path(args.image), args.track,
+                                           *devices.tracker(), *devices.mirror(),
+                                           *devices.hold()});
     auto c = ControlServer::start(args.control, [&](const std::string& line) {
       return migrate::migration_command(line, *migration);
     });
@@ -173,31 +146,23 @@ int run_serve(const ServeArgs& args) {
     control = std::move(*c);
   }
   opt.worker_threads = args.threads;
-  opt.exports.push_back(nbd::Export{args.export_name, args.description, exported, read_only});
+  opt.exports.push_back(
+      nbd::Export{args.export_name, args.description, &devices.top(), read_only});
   auto server = nbd::Server::create(std::move(opt));
   if (!server) {
     print_error("serve " + args.image + ": " + server.error().message);
     return kExitFailure;
   }
   if (new_trace) new_trace->keep();  // serving: the trace is the user's now
-  LOG_INFO("serving {} ({} bytes{})", args.image, (*dev)->size(), read_only ? ", read-only" : "");
+  LOG_INFO("serving {} ({} bytes{})", args.image, devices.base().size(),
+           read_only ? ", read-only" : "");
   int status = run_server(**server, args.export_name, args.run);
   server->reset();
   control.reset();
-  if (mirror) mirror->deactivate();  // its copier uses the tracker, closed next
-  if (tracker) {
-    // A clean stop: every bit in the bitmap, an empty activity log.
-    if (auto r = tracker->close(); !r) {
-      print_error("tracking file " + args.track + ": " + r.error().message);
-      status = kExitFailure;
-    }
-  }
-  if (trace) {
-    auto r = trace->close();
-    if (!r) {
-      print_error(r.error().message);
-      return kExitFailure;
-    }
+  // A clean stop: the tracking file with every bit in its bitmap, the trace written out.
+  if (auto r = devices.close(); !r) {
+    print_error(r.error().message);
+    status = kExitFailure;
   }
   return status;
 }

@@ -21,7 +21,8 @@
 #include "nbd/server.h"
 #include "pack/pack_source.h"
 #include "profile/profile.h"
-#include "profile/tracing_device.h"
+#include "profile/trace.h"
+#include "stack/device_stack.h"
 #include "stream/streamer.h"
 
 namespace imgstream::cli {
@@ -50,23 +51,6 @@ struct StreamArgs {
   bool paused = false;
   bool force = false;
 };
-
-// Whether every region of [offset, offset + length) is present in the store.
-bool regions_present(const store::LocalStore& store, uint64_t offset, uint64_t length) {
-  const uint64_t last = (offset + length - 1) / store.region_size();
-  for (uint64_t r = offset / store.region_size(); r <= last; ++r)
-    if (!store.present(r)) return false;
-  return true;
-}
-
-Result<std::unique_ptr<profile::TraceWriter>> open_stream_trace(stream::Streamer& s,
-                                                                const std::string& path) {
-  const store::StoreHeader& h = s.store().header();
-  return profile::TraceWriter::create(*Env::posix(), path,
-                                      profile::TraceHeader{.image_size = h.image_size,
-                                                           .region_size = h.region_size,
-                                                           .flags = profile::kTraceFlagStreaming});
-}
 
 // What a run made of the store directory (and of its missing parents): when the run
 // fails before it serves, that goes again, and only that: the store's own names that did
@@ -198,31 +182,27 @@ int run_stream(const StreamArgs& a) {
     print_error("stream " + a.source + " into " + a.store + ": " + streamer.error().message);
     return kExitFailure;
   }
-  BlockDevice* exported = &(*streamer)->device();
-  std::unique_ptr<profile::TraceWriter> trace;
-  std::unique_ptr<profile::TracingDevice> traced;
   // A new store records its own first boot (STORE/boot.trace), so that profiles can be
   // merged from stores as well as from trace files.
-  std::string trace_path = a.trace;
-  if (trace_path.empty() && (*streamer)->store().created() && !a.no_boot_trace)
-    trace_path = a.store + "/" + kBootTraceName;
-  if (!trace_path.empty()) {
+  stack::StackOptions sto;
+  sto.base = &(*streamer)->device();
+  sto.trace_path = a.trace;
+  if (sto.trace_path.empty() && (*streamer)->store().created() && !a.no_boot_trace)
+    sto.trace_path = a.store + "/" + kBootTraceName;
+  if (!sto.trace_path.empty()) {
     if (!a.trace.empty() && !Env::posix()->exists(a.trace).value_or(true))
       new_trace.emplace(a.trace);
-    auto t = open_stream_trace(**streamer, trace_path);
-    if (!t) {
-      print_error(t.error().message);
-      return kExitFailure;
-    }
-    trace = std::move(*t);
-    traced = std::make_unique<profile::TracingDevice>(
-        *exported, *trace, [&store = (*streamer)->store()](uint64_t offset, uint64_t length) {
-          return regions_present(store, offset, length);
-        });
-    exported = traced.get();
+    sto.trace_header = profile::TraceHeader{.region_size = (*streamer)->store().header().region_size,
+                                            .flags = profile::kTraceFlagStreaming};
   }
+  auto built = stack::DeviceStack::build(*Env::posix(), std::move(sto));
+  if (!built) {
+    print_error(built.error().message);
+    return kExitFailure;
+  }
+  stack::DeviceStack& devices = **built;
   so.exports.push_back(
-      nbd::Export{a.export_name, "imgstream stream of " + a.source, exported, false});
+      nbd::Export{a.export_name, "imgstream stream of " + a.source, &devices.top(), false});
   auto server = nbd::Server::create(std::move(so));
   if (!server) {
     print_error(server.error().message);
@@ -239,12 +219,9 @@ int run_stream(const StreamArgs& a) {
     print_error("store " + a.store + ": " + r.error().message);
     return kExitFailure;
   }
-  if (trace) {
-    auto t = trace->close();
-    if (!t) {
-      print_error(t.error().message);
-      return kExitFailure;
-    }
+  if (auto t = devices.close(); !t) {
+    print_error(t.error().message);
+    return kExitFailure;
   }
   return status;
 }

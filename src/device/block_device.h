@@ -84,6 +84,16 @@ class BlockDevice {
   // A hint that the range will be read soon (NBD_CMD_CACHE); no data is returned.
   virtual Result<void> cache(uint64_t offset, uint64_t length);
 
+  // Whether a read of [offset, offset + length) would be served from local data now,
+  // without waiting on a remote source (a streaming device's missing regions). Layers
+  // that record reads ask the device below before the read (which may fetch). Same
+  // contract as read() for the range. A plain file: always.
+  virtual bool is_local(uint64_t offset, uint64_t length) const {
+    (void)offset;
+    (void)length;
+    return true;
+  }
+
   // Names of the metadata contexts the device can answer; [0] is "base:allocation".
   virtual std::vector<std::string> meta_contexts() const { return {kBaseAllocation}; }
   // Appends extents that describe [offset, offset + total) from offset on, for the

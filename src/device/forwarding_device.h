@@ -34,6 +34,9 @@ class ForwardingDevice : public BlockDevice {
     return inner_.write_zeroes(offset, length, z, d);
   }
   Result<void> cache(uint64_t offset, uint64_t length) override { return inner_.cache(offset, length); }
+  bool is_local(uint64_t offset, uint64_t length) const override {
+    return inner_.is_local(offset, length);
+  }
   std::vector<std::string> meta_contexts() const override { return inner_.meta_contexts(); }
   Result<void> block_status(size_t context, uint64_t offset, uint64_t length,
                             std::vector<Extent>& out) override {

@@ -7,6 +7,7 @@
 
 #include "base/endian.h"
 #include "base/env_memory.h"
+#include "device/forwarding_device.h"
 #include "nbd/testing.h"
 #include "profile/tracing_device.h"
 
@@ -162,8 +163,12 @@ TEST(TracingDevice, RecordsReadsWithLocalFlag) {
       env, "/t",
       TraceHeader{.image_size = inner.size(), .region_size = 65536, .flags = kTraceFlagStreaming});
   ASSERT_TRUE(w);
-  // Local: the first half of the image.
-  TracingDevice dev(inner, **w, [](uint64_t off, uint64_t len) { return off + len <= (1 << 19); });
+  // Local: the first half of the image, as the device below says (BlockDevice::is_local).
+  struct HalfLocal final : ForwardingDevice {
+    using ForwardingDevice::ForwardingDevice;
+    bool is_local(uint64_t off, uint64_t len) const override { return off + len <= (1 << 19); }
+  } half(inner);
+  TracingDevice dev(half, **w);
   std::vector<std::byte> buf(4096);
   ASSERT_TRUE(dev.read(0, buf));
   ASSERT_TRUE(dev.read_nowait(8192, buf));

@@ -6,7 +6,7 @@ template <typename ReadFn>
 Result<void> TracingDevice::traced(uint64_t offset, std::span<std::byte> buf, ReadFn&& fn) {
   // Time and locality as the read arrives, before the inner device acts on it.
   const uint64_t t = trace_.now_ns();
-  const bool local = !is_local_ || is_local_(offset, buf.size());
+  const bool local = inner_.is_local(offset, buf.size());
   Result<void> r = fn();
   if (r) {
     trace_.record(

@@ -71,6 +71,11 @@ bool StreamingDevice::all_present(uint64_t first, uint64_t last) const {
   return true;
 }
 
+bool StreamingDevice::is_local(uint64_t offset, uint64_t length) const {
+  IMG_CHECK(length > 0 && offset + length <= size());
+  return all_present(offset / region_size_, (offset + length - 1) / region_size_);
+}
+
 // --- claims -------------------------------------------------------------------------
 
 StreamingDevice::ClaimSet StreamingDevice::claim(uint64_t first, uint64_t last) {

@@ -57,6 +57,8 @@ class StreamingDevice final : public BlockDevice {
   Result<void> write_nowait(uint64_t offset, std::span<const std::byte> data,
                             Durability d) override;
   Result<void> flush() override;
+  // Every region of the range present in the store (a read would not wait on the source).
+  bool is_local(uint64_t offset, uint64_t length) const override;
   Result<void> trim(uint64_t offset, uint64_t length, Durability d) override;
   Result<void> write_zeroes(uint64_t offset, uint64_t length, ZeroFlags z,
                             Durability d) override;
