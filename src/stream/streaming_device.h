@@ -63,8 +63,9 @@ inline constexpr uint32_t kStatePresent = 1;
 // holds several (a 32 MiB client read becomes 4 pieces in flight at once, not 1 request
 // of 32 MiB; a CACHE and the hydrator share what demand leaves), large enough that a
 // request's fixed cost stays small: it equals the hydrator's default batch (--batch 8M),
-// so hydration sends the requests it always sent. bench/stream.sh rows 1, 2 and 4 are
-// unchanged from 32 MiB pieces (docs/BENCHMARKS.md).
+// so hydration sends the requests it always sent. Measured against the 32 MiB of before
+// with bench/stream.sh rows 1, 2 and 4 (demand and hydration): no change beyond the
+// run-to-run noise.
 inline constexpr uint64_t kFetchBytesMax = 8u << 20;
 // Bytes a device holds in fetch buffers at once, demand and background together.
 inline constexpr uint64_t kFetchBudgetBytes = 64u << 20;
