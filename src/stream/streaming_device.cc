@@ -26,9 +26,15 @@ constexpr int kClaimRoundsMax = 64;
 }  // namespace
 
 StreamingDevice::StreamingDevice(store::LocalStore& store, source::Source* source,
-                                 bool track_prefetch)
-    : store_(store), region_size_(store.region_size()), source_(source) {
+                                 bool track_prefetch, FetchLimits limits)
+    : store_(store),
+      region_size_(store.region_size()),
+      limits_(limits),
+      budget_(limits.budget_bytes, limits.demand_reserve_bytes),
+      source_(source) {
   IMG_CHECK(source != nullptr || store.complete());
+  IMG_CHECK(limits.piece_bytes > 0 && limits.demand_reserve_bytes >= limits.piece_bytes &&
+            limits.budget_bytes >= limits.demand_reserve_bytes + limits.piece_bytes);
   if (track_prefetch) {
     const size_t words = (store.regions() + 63) / 64;
     prefetched_ = std::make_unique<std::atomic<uint64_t>[]>(words);
@@ -37,6 +43,17 @@ StreamingDevice::StreamingDevice(store::LocalStore& store, source::Source* sourc
 }
 
 StreamingDevice::~StreamingDevice() {
+  {
+    std::lock_guard lock(cache_mu_);
+    cache_stopping_ = true;
+    cache_ranges_.clear();
+  }
+  cache_cv_.notify_all();
+  if (cacher_.joinable()) cacher_.join();
+  {
+    std::unique_lock lock(cache_mu_);
+    cache_cv_.wait(lock, [&] { return cache_in_flight_ == 0; });
+  }
   std::lock_guard lock(mu_);
   IMG_CHECK(claims_.empty());
 }
@@ -79,7 +96,7 @@ bool StreamingDevice::is_local(uint64_t offset, uint64_t length) const {
 // --- claims -------------------------------------------------------------------------
 
 StreamingDevice::ClaimSet StreamingDevice::claim(uint64_t first, uint64_t last) {
-  const uint64_t run_max = std::max<uint64_t>(1, kFetchBytesMax / region_size_);
+  const uint64_t run_max = std::max<uint64_t>(1, limits_.piece_bytes / region_size_);
   ClaimSet set;
   std::lock_guard lock(mu_);
   for (uint64_t r = first; r <= last; ++r) {
@@ -138,8 +155,25 @@ Result<std::vector<StreamingDevice::Run>> StreamingDevice::claim_exclusive(uint6
 
 // --- fetching -----------------------------------------------------------------------
 
-void StreamingDevice::fetch_run_async(const Run& run, FetchKind kind,
-                                      std::function<void(Result<void>)> done) {
+// One run being fetched: its pieces land in any order; the last one finishes the run.
+struct StreamingDevice::RunFetch {
+  Run run;
+  FetchKind kind;
+  std::function<void(Result<void>)> done;
+  std::mutex m;
+  size_t left = 1;  // pieces not landed, +1 while fetch_run is still starting them
+  Result<void> result;
+};
+
+// One piece's buffer and the budget bytes it stands for. Members are destroyed in
+// reverse order: the buffer is freed before its bytes go back to the budget.
+struct StreamingDevice::Piece {
+  FetchBudget::Grant grant;
+  std::unique_ptr<std::byte[]> buf;
+};
+
+void StreamingDevice::fetch_run(const Run& run, FetchKind kind, FetchBudget::Grant& prepaid,
+                                std::function<void(Result<void>)> done) {
   source::Source* src = current_source();
   if (!src) {
     Result<void> r = Error{ESHUTDOWN, "source detached while regions are missing"};
@@ -147,28 +181,66 @@ void StreamingDevice::fetch_run_async(const Run& run, FetchKind kind,
     done(r);
     return;
   }
+  auto f = std::make_shared<RunFetch>();
+  f->run = run;
+  f->kind = kind;
+  f->done = std::move(done);
   const uint64_t offset = run.first * region_size_;
-  const uint64_t bytes = std::min(run.count * region_size_, size() - offset);
-  auto buf = std::make_shared<std::vector<std::byte>>(bytes);
-  src->read_async(offset, *buf, [this, run, kind, offset, buf, done = std::move(done)](Result<void> r) {
-    if (r) r = write_all_at(store_.data(), offset, *buf);
-    if (r) {
-      store_.add_fetched(kind, buf->size());
-      if (kind == FetchKind::Prefetch && prefetched_) {
-        // Before the regions are present, so that any read that finds them present
-        // finds them here too (and counts as a read of prefetched bytes).
-        for (uint64_t i = run.first; i < run.first + run.count; ++i)
-          prefetched_[i / 64].fetch_or(1ULL << (i % 64), std::memory_order_acq_rel);
-      }
-      store_.mark_present(run.first, run.count);  // after the data, never before
+  const uint64_t end = std::min((run.first + run.count) * region_size_, size());
+  for (uint64_t pos = offset; pos < end;) {
+    const uint64_t n = std::min(limits_.piece_bytes, end - pos);
+    FetchBudget::Grant g = prepaid.bytes() >= n ? prepaid.take(n)
+                                                : budget_.acquire(n, FetchPriority::Demand);
+    {
+      std::lock_guard lock(f->m);
+      if (!f->result) break;  // an earlier piece failed: the run stays missing anyway
+      ++f->left;
     }
-    release(run, r);
-    done(r);
+    start_piece(*src, f, pos, std::move(g));
+    pos += n;
+  }
+  piece_done(f, ok());  // the starter's share
+}
+
+void StreamingDevice::start_piece(source::Source& src, const std::shared_ptr<RunFetch>& f,
+                                  uint64_t offset, FetchBudget::Grant grant) {
+  const uint64_t n = grant.bytes();
+  auto p = std::make_shared<Piece>();
+  p->grant = std::move(grant);
+  // No zero fill: the source writes every byte, or the piece is dropped.
+  p->buf = std::make_unique_for_overwrite<std::byte[]>(n);
+  const std::span<std::byte> buf(p->buf.get(), n);
+  src.read_async(offset, buf, [this, f, offset, buf, p](Result<void> r) mutable {
+    if (r) r = write_all_at(store_.data(), offset, buf);
+    if (r) store_.add_fetched(f->kind, buf.size());
+    p.reset();  // the buffer and its budget go now, before the run's end (a big region)
+    piece_done(f, std::move(r));
   });
 }
 
-// Makes every region of [first, last] present. Our own fetches run in parallel; claims
-// of other requests (another reader, the hydrator) are waited for, and looked at again.
+void StreamingDevice::piece_done(const std::shared_ptr<RunFetch>& f, Result<void> r) {
+  std::unique_lock lock(f->m);
+  if (!r && f->result) f->result = std::move(r);
+  if (--f->left > 0) return;
+  Result<void> result = std::move(f->result);
+  lock.unlock();
+  const Run& run = f->run;
+  if (result) {
+    if (f->kind == FetchKind::Prefetch && prefetched_) {
+      // Before the regions are present, so that any read that finds them present
+      // finds them here too (and counts as a read of prefetched bytes).
+      for (uint64_t i = run.first; i < run.first + run.count; ++i)
+        prefetched_[i / 64].fetch_or(1ULL << (i % 64), std::memory_order_acq_rel);
+    }
+    store_.mark_present(run.first, run.count);  // after the data, never before
+  }
+  release(run, result);
+  f->done(std::move(result));
+}
+
+// Makes every region of [first, last] present. Our own fetches run in parallel (as far
+// as the budget lets them: a piece waits only for pieces in flight); claims of other
+// requests (another reader, the hydrator) are waited for, and looked at again.
 Result<bool> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
   {
     std::lock_guard lock(mu_);
@@ -194,8 +266,9 @@ Result<bool> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
     };
     auto pending = std::make_shared<Pending>();
     pending->left = set.mine.size();
+    FetchBudget::Grant none;
     for (const Run& run : set.mine) {
-      fetch_run_async(run, FetchKind::Demand, [pending](Result<void> r) {
+      fetch_run(run, FetchKind::Demand, none, [pending](Result<void> r) {
         std::lock_guard lock(pending->m);
         if (!r && pending->result) pending->result = std::move(r);
         if (--pending->left == 0) pending->cv.notify_all();
@@ -215,29 +288,55 @@ Result<bool> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
 uint64_t StreamingDevice::fetch_background(uint64_t first, uint64_t count, FetchKind kind,
                                            std::function<void(Result<void>)> done) {
   IMG_CHECK(kind != FetchKind::Demand);
-  ClaimSet set = claim(first, first + count - 1);
-  if (set.mine.empty()) return 0;
+  return fetch_windows(first, count, kind, std::move(done));
+}
+
+uint64_t StreamingDevice::fetch_windows(uint64_t first, uint64_t count, FetchKind kind,
+                                        std::function<void(Result<void>)> done) {
   struct Pending {
     std::mutex m;
-    size_t left;
+    size_t left = 1;  // runs not landed, +1 while windows are still being started
     Result<void> result;
     std::function<void(Result<void>)> done;
   };
   auto pending = std::make_shared<Pending>();
-  pending->left = set.mine.size();
   pending->done = std::move(done);
+  auto run_done = [pending](Result<void> r) {
+    std::unique_lock lock(pending->m);
+    if (!r && pending->result) pending->result = std::move(r);
+    if (--pending->left > 0) return;
+    Result<void> result = std::move(pending->result);
+    lock.unlock();
+    pending->done(std::move(result));
+  };
+  const uint64_t window = std::max<uint64_t>(1, limits_.piece_bytes / region_size_);
+  const uint64_t end = std::min(first + count, store_.regions());
   uint64_t claimed = 0;
-  for (const Run& run : set.mine) claimed += run.count;
-  for (const Run& run : set.mine) {
-    fetch_run_async(run, kind, [pending](Result<void> r) {
-      std::unique_lock lock(pending->m);
-      if (!r && pending->result) pending->result = std::move(r);
-      if (--pending->left > 0) return;
-      Result<void> result = std::move(pending->result);
-      lock.unlock();
-      pending->done(std::move(result));
-    });
+  for (uint64_t w = first; w < end; w += window) {
+    const uint64_t last = std::min(w + window, end) - 1;
+    if (all_present(w, last)) continue;  // no need to wait for budget
+    // The bytes first, then the claims: waiting for budget with claims held would make
+    // demand reads of those regions wait behind the budget (and behind other demand).
+    const uint64_t bytes = std::min(std::min((last + 1) * region_size_, size()) - w * region_size_,
+                                    limits_.piece_bytes);
+    FetchBudget::Grant grant = budget_.acquire(bytes, FetchPriority::Background);
+    ClaimSet set = claim(w, last);
+    for (const Run& run : set.mine) {
+      claimed += run.count;
+      {
+        std::lock_guard lock(pending->m);
+        ++pending->left;
+      }
+      fetch_run(run, kind, grant, run_done);
+    }
+    // What the window did not claim (present, or claimed by others) goes back here.
   }
+  if (claimed == 0) {
+    std::lock_guard lock(pending->m);
+    IMG_CHECK(pending->left == 1);
+    return 0;  // done is not called
+  }
+  run_done(ok());  // the starter's share
   return claimed;
 }
 
@@ -312,24 +411,86 @@ Result<void> StreamingDevice::read(uint64_t offset, std::span<std::byte> buf) {
 
 Result<void> StreamingDevice::cache(uint64_t offset, uint64_t length) {
   IMG_CHECK(length > 0 && offset + length <= size());
-  ClaimSet set = claim(offset / region_size_, (offset + length - 1) / region_size_);
-  for (const Run& run : set.mine) fetch_run_async(run, FetchKind::Demand, [](Result<void>) {});
+  const uint64_t first = offset / region_size_, last = (offset + length - 1) / region_size_;
+  if (all_present(first, last)) return ok();
+  std::lock_guard lock(cache_mu_);
+  if (cache_stopping_) return ok();
+  // Advisory: a client that keeps more CACHEs waiting than this loses the newest ones
+  // rather than growing a queue without end.
+  if (cache_ranges_.size() >= kCacheRangesMax) {
+    LOG_DEBUG("cache {}+{}: {} ranges wait already; dropped", offset, length, kCacheRangesMax);
+    return ok();
+  }
+  cache_ranges_.push_back(CacheRange{first, last + 1});
+  if (!cacher_.joinable()) cacher_ = std::thread([this] { cache_loop(); });
+  cache_cv_.notify_all();
   return ok();
+}
+
+// The cache thread: one window of the oldest range at a time, at background priority
+// (fetch_windows waits for the budget), a few windows in flight, one while demand waits.
+void StreamingDevice::cache_loop() {
+  using namespace std::chrono_literals;
+  const uint64_t window = std::max<uint64_t>(1, limits_.piece_bytes / region_size_);
+  std::unique_lock lock(cache_mu_);
+  for (;;) {
+    if (cache_stopping_) return;
+    if (cache_ranges_.empty()) {
+      cache_cv_.wait(lock);
+      continue;
+    }
+    const unsigned limit = demand_waiting() > 0 ? 1 : kCacheWindowsInFlightMax;
+    if (cache_in_flight_ >= limit) {
+      cache_cv_.wait_for(lock, 5ms);  // demand_waiting has no signal: look again soon
+      continue;
+    }
+    CacheRange& r = cache_ranges_.front();
+    const uint64_t w = r.next, n = std::min(window, r.end - r.next);
+    r.next += n;
+    if (r.next == r.end) cache_ranges_.pop_front();
+    ++cache_in_flight_;
+    lock.unlock();
+    auto landed = [this](Result<void>) {
+      std::lock_guard l(cache_mu_);  // notified under the lock: the destructor waits on it
+      --cache_in_flight_;
+      cache_cv_.notify_all();
+    };
+    // Counted as demand (a client asked), fetched at background priority.
+    const uint64_t claimed = fetch_windows(w, n, FetchKind::Demand, landed);
+    lock.lock();
+    if (claimed == 0) --cache_in_flight_;
+  }
 }
 
 // --- writes -------------------------------------------------------------------------
 
 Result<void> StreamingDevice::write_region_merged(uint64_t region, uint64_t offset,
+                                                  uint64_t length,
                                                   std::span<const std::byte> data) {
   source::Source* src = current_source();
   if (!src) return Error{ESHUTDOWN, "source detached while regions are missing"};
-  const uint64_t start = region * region_size_;
-  std::vector<std::byte> buf(store_.region_bytes(region));
-  TRY(src->read(start, buf));
-  store_.add_fetched(FetchKind::Demand, buf.size());
-  IMG_CHECK(offset >= start && offset + data.size() <= start + buf.size());
-  std::copy(data.begin(), data.end(), buf.begin() + static_cast<ptrdiff_t>(offset - start));
-  return write_all_at(store_.data(), start, buf);
+  const uint64_t start = region * region_size_, end = start + store_.region_bytes(region);
+  IMG_CHECK(offset >= start && offset + length <= end);
+  IMG_CHECK(data.empty() || data.size() == length);
+  for (uint64_t pos = start; pos < end;) {
+    const uint64_t n = std::min(limits_.piece_bytes, end - pos);
+    // Demand priority: a client waits, and this write holds the region's claim.
+    FetchBudget::Grant grant = budget_.acquire(n, FetchPriority::Demand);
+    auto buf = std::make_unique_for_overwrite<std::byte[]>(n);
+    const std::span<std::byte> piece(buf.get(), n);
+    TRY(src->read(pos, piece));
+    store_.add_fetched(FetchKind::Demand, n);
+    // The part of the client's bytes that falls in this piece.
+    const uint64_t a = std::max(offset, pos), b = std::min(offset + length, pos + n);
+    if (a < b) {
+      std::byte* to = piece.data() + (a - pos);
+      if (data.empty()) std::fill(to, to + (b - a), std::byte{0});
+      else std::copy_n(data.begin() + static_cast<ptrdiff_t>(a - offset), b - a, to);
+    }
+    TRY(write_all_at(store_.data(), pos, piece));
+    pos += n;
+  }
+  return ok();
 }
 
 bool StreamingDevice::needs_merge(const std::vector<Run>& mine, uint64_t offset,
@@ -358,9 +519,8 @@ Result<void> StreamingDevice::merge_partial_edges(const std::vector<Run>& mine, 
     });
     if (claimed && (offset > rs || end < re)) {
       const uint64_t a = std::max(offset, rs), b = std::min(end, re);
-      std::vector<std::byte> zeros(data.empty() ? b - a : 0);
-      TRY(write_region_merged(reg, a, data.empty() ? std::span<const std::byte>(zeros)
-                                                   : data.subspan(a - offset, b - a)));
+      TRY(write_region_merged(reg, a, b - a,
+                              data.empty() ? data : data.subspan(a - offset, b - a)));
     }
     if (first == last) break;
   }

@@ -16,6 +16,24 @@
 //   missing        | claim, fetch, read    | claim, fetch + merge   | claim, write, mark present
 //   claimed        | wait, then retry      | wait, then retry       | wait, then retry
 //
+// Memory (issue 12). Every fetch is cut into pieces of at most kFetchBytesMax, one
+// source request and one buffer each, and takes each piece's bytes from the device's
+// FetchBudget (kFetchBudgetBytes) before the buffer exists, giving them back when it is
+// freed: whatever clients ask (a 4 GiB NBD_CMD_CACHE, 16 threads of 32 MiB reads), the
+// device never holds more than the budget in fetch buffers. Demand fetches (reads,
+// partial-write merges) may use all of it; background ones (hydration, prefetch, CACHE)
+// never take the last kFetchDemandReserveBytes and yield to any demand fetch that waits
+// (fetch_budget.h has the table). Background fetches take their bytes *before* they claim
+// regions, so that they never hold a claim while they wait; demand fetches claim first
+// (so that one request does the work) and then wait only on fetches in flight.
+//
+// NBD_CMD_CACHE is advisory, and the client is answered at once: the range goes into a
+// bounded queue (kCacheRangesMax; a CACHE that finds it full is dropped) that one thread
+// of the device works through, a piece at a time within the budget, at most
+// kCacheWindowsInFlightMax pieces at once (one while a demand read waits on the source).
+// Waiting on a server pool thread instead would let a few large CACHEs occupy the whole
+// pool for as long as the source takes, and starve every client's reads.
+//
 // Thread safety: all BlockDevice methods may be called concurrently (NBD server threads,
 // the hydrator, the commit timer).
 #pragma once
@@ -23,30 +41,60 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
 #include "device/block_device.h"
 #include "source/source.h"
 #include "store/local_store.h"
+#include "stream/fetch_budget.h"
 
 namespace imgstream::stream {
 
 // The meta context that tells which regions are local: flag 1 = present.
 inline constexpr const char* kPresentContext = "imgstream:present";
 inline constexpr uint32_t kStatePresent = 1;
-// A demand fetch never asks the source for more than this in one request.
-inline constexpr uint64_t kFetchBytesMax = 32u << 20;
+// One piece of a fetch: one source request, one buffer. Small enough that the budget
+// holds several (a 32 MiB client read becomes 4 pieces in flight at once, not 1 request
+// of 32 MiB; a CACHE and the hydrator share what demand leaves), large enough that a
+// request's fixed cost stays small: it equals the hydrator's default batch (--batch 8M),
+// so hydration sends the requests it always sent. Measured against the 32 MiB of before
+// with bench/stream.sh rows 1, 2 and 4 (demand and hydration): no change beyond the
+// run-to-run noise.
+inline constexpr uint64_t kFetchBytesMax = 8u << 20;
+// Bytes a device holds in fetch buffers at once, demand and background together.
+inline constexpr uint64_t kFetchBudgetBytes = 64u << 20;
+// Background fetches never take these: a demand piece always finds room beside them.
+inline constexpr uint64_t kFetchDemandReserveBytes = 2 * kFetchBytesMax;
+static_assert(kFetchDemandReserveBytes >= kFetchBytesMax,
+              "a demand piece must fit beside all background fetches");
+static_assert(kFetchBudgetBytes >= kFetchDemandReserveBytes + kFetchBytesMax,
+              "background fetches must have room for at least one piece");
+// NBD_CMD_CACHE ranges waiting for the device's cache thread; one more is dropped.
+inline constexpr size_t kCacheRangesMax = 64;
+// Pieces (windows of at most kFetchBytesMax) the cache thread has in flight at most.
+inline constexpr unsigned kCacheWindowsInFlightMax = 4;
+
+// The bounds above, as a device uses them (tests make them small).
+struct FetchLimits {
+  uint64_t piece_bytes = kFetchBytesMax;
+  uint64_t budget_bytes = kFetchBudgetBytes;
+  uint64_t demand_reserve_bytes = kFetchDemandReserveBytes;
+};
 
 class StreamingDevice final : public BlockDevice {
  public:
   // `source` may be null when the store is complete (detached: local disk alone).
   // `track_prefetch`: keep the set of prefetched regions not yet read, for the prefetch
   // precision in status (one bit per region, in memory).
-  StreamingDevice(store::LocalStore& store, source::Source* source, bool track_prefetch = false);
+  StreamingDevice(store::LocalStore& store, source::Source* source, bool track_prefetch = false,
+                  FetchLimits limits = {});
+  // Drops the CACHE ranges not yet started and waits for the fetches in flight.
   ~StreamingDevice() override;
 
   uint64_t size() const override { return store_.header().image_size; }
@@ -67,10 +115,12 @@ class StreamingDevice final : public BlockDevice {
   Result<void> block_status(size_t context, uint64_t offset, uint64_t length,
                             std::vector<Extent>& out) override;
 
-  // For the hydrator: claims the missing, unclaimed regions of [first, first + count) and
-  // fetches them in runs (one source request per run), calling done once with the
-  // result when all have landed. Returns the number of regions claimed (0: nothing to do,
-  // done is not called). `kind` is Background or Prefetch (a boot profile's regions).
+  // For the hydrator: fetches the missing, unclaimed regions of [first, first + count) in
+  // windows of one piece: takes a window's bytes from the budget (waiting for them, at
+  // background priority), claims the window's regions, starts their fetch, and goes on
+  // to the next window. Calls done once with the result when all have landed. Returns the
+  // number of regions claimed (0: nothing to do, done is not called). `kind` is
+  // Background or Prefetch (a boot profile's regions). May wait; never on a claim.
   uint64_t fetch_background(uint64_t first, uint64_t count, store::FetchKind kind,
                             std::function<void(Result<void>)> done);
   // For the hydrator: marks missing, unclaimed regions of a source hole present without a
@@ -81,6 +131,7 @@ class StreamingDevice final : public BlockDevice {
   void detach_source();
   // Demand requests waiting on the source right now (the hydrator yields to them).
   uint64_t demand_waiting() const;
+  const FetchBudget& budget() const { return budget_; }
 
  private:
   struct Claim;
@@ -96,8 +147,8 @@ class StreamingDevice final : public BlockDevice {
     std::vector<ClaimPtr> others;  // claims held by other requests
   };
 
-  // Claims the missing, unclaimed regions of [first, last] in runs of at most
-  // kFetchBytesMax. Never waits.
+  // Claims the missing, unclaimed regions of [first, last] in runs of at most one piece
+  // (limits_.piece_bytes; one region when a region is larger). Never waits.
   ClaimSet claim(uint64_t first, uint64_t last);
   // Drops the claim of a run; waiters wake and look again (a failed run stays missing).
   void release(const Run& run, const Result<void>& r);
@@ -108,10 +159,22 @@ class StreamingDevice final : public BlockDevice {
   // holds a claim while it waits for another (no deadlock).
   Result<std::vector<Run>> claim_exclusive(uint64_t first, uint64_t last);
 
-  // Fetches a claimed run from the source into the data file, marks it present, releases
-  // the claim and then calls done.
-  void fetch_run_async(const Run& run, store::FetchKind kind,
-                       std::function<void(Result<void>)> done);
+  struct RunFetch;
+  struct Piece;
+  // Fetches a claimed run from the source into the data file in pieces, marks it present,
+  // releases the claim and then calls done (last: the device may be gone after it). Each
+  // piece's bytes come from `prepaid` while it holds enough, else from the budget at
+  // demand priority (the run's claim is held: someone may wait on it). Returns once every
+  // piece is started; may wait for budget, only on fetches in flight.
+  void fetch_run(const Run& run, store::FetchKind kind, FetchBudget::Grant& prepaid,
+                 std::function<void(Result<void>)> done);
+  void start_piece(source::Source& src, const std::shared_ptr<RunFetch>& f, uint64_t offset,
+                   FetchBudget::Grant grant);
+  void piece_done(const std::shared_ptr<RunFetch>& f, Result<void> r);
+  // fetch_background's work, for the hydrator and the cache thread alike.
+  uint64_t fetch_windows(uint64_t first, uint64_t count, store::FetchKind kind,
+                         std::function<void(Result<void>)> done);
+  void cache_loop();
   // Makes every region of [first, last] present, fetching the missing ones.
   // Returns whether it had to wait on the source (anything was missing or claimed).
   Result<bool> ensure_present(uint64_t first, uint64_t last);
@@ -120,9 +183,10 @@ class StreamingDevice final : public BlockDevice {
   void count_read(uint64_t first, uint64_t last, bool waited, uint64_t wait_ns);
   bool all_present(uint64_t first, uint64_t last) const;
 
-  // Fetches region `region` from the source, lays `data` (at image offset `offset`, within
-  // the region) over it and writes the whole region locally.
-  Result<void> write_region_merged(uint64_t region, uint64_t offset,
+  // Fetches region `region` from the source a piece at a time, lays `data` (at image
+  // offset `offset`, within the region; empty: `length` zeros) over it and writes the
+  // whole region locally.
+  Result<void> write_region_merged(uint64_t region, uint64_t offset, uint64_t length,
                                    std::span<const std::byte> data);
   source::Source* current_source() const;
   // Whether the first or last region of [offset, offset + length) is claimed in `mine`
@@ -139,6 +203,8 @@ class StreamingDevice final : public BlockDevice {
 
   store::LocalStore& store_;
   const uint64_t region_size_;
+  const FetchLimits limits_;
+  FetchBudget budget_;
 
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, ClaimPtr> claims_;  // region -> the claim on it
@@ -146,6 +212,18 @@ class StreamingDevice final : public BlockDevice {
   uint64_t demand_waiting_ = 0;
   // Prefetched regions not yet read (bit per region), null when not tracked.
   std::unique_ptr<std::atomic<uint64_t>[]> prefetched_;
+
+  // NBD_CMD_CACHE: regions [next, end) still to fetch, worked through by cacher_ (made
+  // by the first CACHE that needs it). Lock order: cache_mu_ before mu_.
+  struct CacheRange {
+    uint64_t next = 0, end = 0;
+  };
+  std::mutex cache_mu_;
+  std::condition_variable cache_cv_;
+  std::deque<CacheRange> cache_ranges_;  // at most kCacheRangesMax
+  unsigned cache_in_flight_ = 0;         // windows started by cacher_, not landed
+  bool cache_stopping_ = false;
+  std::thread cacher_;
 };
 
 }  // namespace imgstream::stream

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -41,7 +42,7 @@ class StreamingTest : public ::testing::Test {
     store_.reset();
     std::filesystem::remove_all(dir_);
   }
-  void open(uint32_t region = kRegion, bool track_prefetch = false) {
+  void open(uint32_t region = kRegion, bool track_prefetch = false, FetchLimits limits = {}) {
     store::StoreOptions o;
     o.dir = dir_ + "/store";
     o.image_size = image_.size();
@@ -50,7 +51,7 @@ class StreamingTest : public ::testing::Test {
     auto s = store::LocalStore::open_or_create(*Env::posix(), o);
     ASSERT_TRUE(s) << s.error().message;
     store_ = std::move(*s);
-    dev_ = std::make_unique<StreamingDevice>(*store_, src_.get(), track_prefetch);
+    dev_ = std::make_unique<StreamingDevice>(*store_, src_.get(), track_prefetch, limits);
   }
   void reopen() {
     dev_.reset();
@@ -344,6 +345,106 @@ TEST_F(StreamingTest, BlockStatusShowsPresenceAndSourceHoles) {
   ASSERT_TRUE(dev_->block_status(0, kSize / 2, kRegion, ex));
   ASSERT_FALSE(ex.empty());
   EXPECT_EQ(ex[0].flags & kStateZero, kStateZero);
+}
+
+// Bounds small enough that the 8 MiB image is 32 pieces and 8 budgets: a piece of 256 KiB,
+// a budget of 1 MiB of which background fetches may hold 512 KiB (2 pieces).
+constexpr FetchLimits kSmall{256 * 1024, 1u << 20, 512 * 1024};
+constexpr uint64_t kSmallBackgroundMax = kSmall.budget_bytes - kSmall.demand_reserve_bytes;
+
+bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!cond()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    ::usleep(2000);
+  }
+  return true;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Issue 12: one CACHE of the whole image allocated a buffer for all of it before the
+// first read came back. Now it never holds more than background's share of the budget.
+TEST_F(StreamingTest, CacheOfTheWholeImageStaysWithinTheBudget) {
+  open(kRegion, false, kSmall);
+  src_->delay_us_ = 5000;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(dev_->cache(0, kSize));
+  EXPECT_LT(seconds_since(t0), 0.1) << "CACHE is answered at once, not when fetched";
+  ASSERT_TRUE(wait_until([&] { return store_->complete(); }, std::chrono::seconds(20)));
+  EXPECT_LE(src_->in_flight_max(), kSmallBackgroundMax);
+  EXPECT_GE(src_->in_flight_max(), kSmall.piece_bytes);
+  EXPECT_LE(dev_->budget().used_max(), kSmallBackgroundMax);
+  EXPECT_EQ(src_->bytes_.load(), kSize) << "every byte fetched once";
+  EXPECT_EQ(store_->fetched(store::FetchKind::Demand), kSize) << "a client asked for it";
+  EXPECT_EQ(read(0, kSize), image_);
+}
+
+// A CACHE (a flood of them, even) runs at background priority and yields: a demand read
+// gets its pieces at once from the reserve, and one larger than the free budget (four
+// pieces, while the CACHE holds two) still completes, piece by piece.
+TEST_F(StreamingTest, DemandReadsCompleteWhileABigCacheRuns) {
+  open(kRegion, false, kSmall);
+  src_->delay_us_ = 100'000;  // the CACHE alone takes 32 pieces / 2 x 0.1 s = 1.6 s
+  for (size_t i = 0; i < 2 * kCacheRangesMax; ++i) ASSERT_TRUE(dev_->cache(0, kSize));
+  ASSERT_TRUE(wait_until([&] { return dev_->budget().used() > 0; }, std::chrono::seconds(5)));
+  auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(read(kSize - 3 * kRegion, 2 * kRegion), slice(kSize - 3 * kRegion, 2 * kRegion));
+  const double small = seconds_since(t0);
+  t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(read(kSize / 2 + 8 * kRegion, 1u << 20), slice(kSize / 2 + 8 * kRegion, 1u << 20));
+  const double large = seconds_since(t0);
+  EXPECT_FALSE(store_->complete()) << "the reads waited for the whole CACHE";
+  EXPECT_LT(small, 0.8);
+  EXPECT_LT(large, 1.2);
+  EXPECT_LE(src_->in_flight_max(), kSmall.budget_bytes);
+  EXPECT_LE(dev_->budget().used_max(), kSmall.budget_bytes);
+  // TearDown destroys the device with the CACHE under way: it waits for what is in flight.
+}
+
+// The hydrator's in_flight x batch_bytes (8 MiB here) fits in the budget: it waits for
+// bytes rather than allocating them.
+TEST_F(StreamingTest, HydrationStaysWithinTheBudget) {
+  open(kRegion, false, kSmall);
+  src_->delay_us_ = 2000;
+  std::atomic<bool> complete{false};
+  HydratorOptions ho;
+  ho.batch_bytes = 1u << 20;
+  ho.in_flight = 8;
+  Hydrator h(*dev_, *store_, *src_, ho, [&] { complete = true; });
+  h.start();
+  ASSERT_TRUE(wait_until([&] { return complete.load(); }, std::chrono::seconds(20)));
+  h.stop();
+  EXPECT_LE(src_->in_flight_max(), kSmallBackgroundMax);
+  EXPECT_LE(dev_->budget().used_max(), kSmallBackgroundMax);
+  EXPECT_EQ(read(0, kSize), image_);
+}
+
+// A region larger than a piece is fetched, and merged with a partial write or zero, in
+// pieces: never one buffer of the whole region.
+TEST_F(StreamingTest, RegionsLargerThanAPieceAreFetchedInPieces) {
+  constexpr uint32_t kBig = 1u << 20;
+  open(kBig, false, kSmall);
+  EXPECT_EQ(read(3 * kBig + 5, 100), slice(3 * kBig + 5, 100));
+  EXPECT_EQ(src_->reads_, 4);
+  std::vector<std::byte> data(100, std::byte{0xab});
+  ASSERT_TRUE(dev_->write(5 * kBig + 300'000, data, Durability::Buffered));
+  ASSERT_TRUE(dev_->write_zeroes(6 * kBig + 1, kBig - 2, ZeroFlags{}, Durability::Buffered));
+  EXPECT_EQ(src_->reads_, 12);
+  EXPECT_LE(src_->in_flight_max(), kSmall.piece_bytes * 4);
+  EXPECT_LE(dev_->budget().used_max(), kSmall.budget_bytes);
+  auto want = slice(5 * kBig, 2 * kBig);
+  std::copy(data.begin(), data.end(), want.begin() + 300'000);
+  std::fill(want.begin() + kBig + 1, want.end() - 1, std::byte{0});
+  EXPECT_EQ(read(5 * kBig, 2 * kBig), want);
+  // A CACHE of big regions too.
+  src_->delay_us_ = 2000;
+  ASSERT_TRUE(dev_->cache(0, kSize));
+  ASSERT_TRUE(wait_until([&] { return store_->complete(); }, std::chrono::seconds(20)));
+  EXPECT_LE(dev_->budget().used_max(), kSmall.budget_bytes);
+  EXPECT_EQ(read(0, 5 * kBig), slice(0, 5 * kBig));
 }
 
 }  // namespace

@@ -27,9 +27,16 @@ class MemSource final : public source::Source {
     {
       std::lock_guard lock(log_mu_);
       offsets_.push_back(offset);
+      in_flight_bytes_ += buf.size();
+      in_flight_bytes_max_ = std::max(in_flight_bytes_max_, in_flight_bytes_);
     }
     auto work = [this, offset, buf, done = std::move(done)] {
       if (delay_us_) ::usleep(delay_us_);
+      {
+        // Before done: done gives the buffer's budget back, and a new read may follow.
+        std::lock_guard lock(log_mu_);
+        in_flight_bytes_ -= buf.size();
+      }
       if (fail_) return done(Error::io("injected source failure"));
       std::copy_n(image_.begin() + static_cast<ptrdiff_t>(offset), buf.size(), buf.begin());
       done(ok());
@@ -57,9 +64,15 @@ class MemSource final : public source::Source {
   std::atomic<uint64_t> bytes_{0};
   std::atomic<bool> fail_{false};
   std::atomic<int> delay_us_{0};
-  bool inline_ = false;
+  bool inline_ = false;  // complete reads on the caller's thread (deterministic order)
   std::mutex log_mu_;
-  std::vector<uint64_t> offsets_;  // every read's offset, in the order asked  // complete reads on the caller's thread (deterministic order)
+  std::vector<uint64_t> offsets_;  // every read's offset, in the order asked
+  uint64_t in_flight_bytes_ = 0;   // asked and not answered (under log_mu_)
+  uint64_t in_flight_bytes_max_ = 0;
+  uint64_t in_flight_max() {
+    std::lock_guard lock(log_mu_);
+    return in_flight_bytes_max_;
+  }
 
  private:
   std::vector<std::byte> image_;
