@@ -72,8 +72,11 @@ source::Source* StreamingDevice::current_source() const {
 }
 
 void StreamingDevice::detach_source() {
-  std::lock_guard lock(mu_);
-  IMG_CHECK(claims_.empty() && store_.complete());
+  std::unique_lock lock(mu_);
+  IMG_CHECK(store_.complete());
+  // A fetch that made the last regions present may not have released its claim yet (it
+  // marks them present first): wait for it. No new claim can come, nothing is missing.
+  claims_empty_cv_.wait(lock, [&] { return claims_.empty(); });
   source_ = nullptr;
 }
 
@@ -125,6 +128,7 @@ void StreamingDevice::release(const Run& run, const Result<void>& r) {
       IMG_CHECK(it != claims_.end() && it->second == run.claim);
       claims_.erase(it);
     }
+    if (claims_.empty()) claims_empty_cv_.notify_all();
   }
   std::lock_guard lock(run.claim->m);
   run.claim->done = true;

@@ -208,6 +208,7 @@ class StreamingDevice final : public BlockDevice {
 
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, ClaimPtr> claims_;  // region -> the claim on it
+  std::condition_variable claims_empty_cv_;        // claims_ became empty (under mu_)
   source::Source* source_;                         // null once detached
   uint64_t demand_waiting_ = 0;
   // Prefetched regions not yet read (bit per region), null when not tracked.
