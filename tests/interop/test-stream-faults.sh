@@ -193,6 +193,6 @@ awk -v e="$elapsed" 'BEGIN { exit !(e <= 20) }' || fail "the streamer took ${ela
 wait "$client4" || true
 grep -Eq 'error|fail' "$T/wait4.out" || fail "the waiting client got no error: $(cat "$T/wait4.out")"
 kill -CONT "$src4_pid"
-expect_eq "$(st "$s4" state)" streaming "the store's state after the stop (not error: the source was let go for the stop)"
+expect_eq "$(st "$s4" stored_state)" streaming "the store's state after the stop (not error: the source was let go for the stop)"
 kill_source "$src4_pid" TERM
 pass "SIGTERM with a client waiting on a silent source: stopped in ${elapsed}s, the client got an error, the store is resumable"
