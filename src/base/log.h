@@ -1,5 +1,9 @@
 // A small logger: one line per message on stderr, "imgstream: LEVEL: text". The level is
 // process-wide, set once from the CLI (-v / -q); messages under it cost a load and a branch.
+//
+// Thread safety: any thread may log; g_level is an atomic read relaxed on every call and
+// written by set_log_level (the CLI, tests); each message is one write(2), so lines from
+// different threads never interleave. No lock is held.
 #pragma once
 
 #include <fmt/format.h>

@@ -1,5 +1,9 @@
 // A fixed set of threads that run posted tasks, for the work that may block (disk, network)
 // and must not stall an event loop. Tasks run in no particular order.
+//
+// Lock contract: mu_ guards queue_ and stopping_; post() may be called from any thread,
+// including from a task. Tasks run without mu_ held. The destructor must not run on a
+// pool thread (it joins them).
 #pragma once
 
 #include <condition_variable>

@@ -4,6 +4,11 @@
 //
 // A hold ends by release(), or by itself after its time limit, so that a migrate that
 // dies in the middle of a cutover never leaves the machine's disk stopped.
+//
+// Lock contract: mu_ guards held_, until_, the in-flight count and inner_; requests wait
+// on cv_ while held. hold()/release()/switch_to() may be called from any thread (the
+// migration control socket); switch_to() only while held with nothing in flight, so a
+// request never sees inner_ change under it.
 #pragma once
 
 #include <chrono>

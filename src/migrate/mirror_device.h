@@ -28,6 +28,15 @@
 //
 // The copier takes the tracker's bits directly, not through take/confirm: the two-phase
 // protocol is for a copier in another process, which may die.
+//
+// Lock contract (take in this order, never the other way):
+//   mode_mu_    shared by every request while it runs, exclusive in activate()/deactivate();
+//               guards target_ and the mode (active_ is also atomic for cheap reads)
+//   flush_mu_   one target flush at a time (seal, flush, confirm)
+//   lock_mu_    guards locked_ (range locks), waited on with lock_cv_; never held across I/O
+//   copier_mu_  guards stop_, copier_idle_ and copy_workers_; copier_cv_ wakes the copier
+// The copier thread (copier_thread_) runs from activate() to deactivate(); the counters
+// are atomics read by status without a lock.
 #pragma once
 
 #include <atomic>

@@ -1,6 +1,9 @@
 // RemoteDevice: a BlockDevice on an NBD server (an NbdTarget): after a live migration's
 // cutover the served disk switches to it, so the machine goes on, on the target, without
 // reconnecting. Each request takes one of the target's connections (a small pool).
+//
+// Lock contract: mu_ guards free_ (the idle connections); a request waits on cv_ for one
+// and holds it, not the mutex, for its I/O. Any thread.
 #pragma once
 
 #include <condition_variable>

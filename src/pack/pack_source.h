@@ -5,6 +5,12 @@
 //
 // PackDevice: a read-only BlockDevice over a pack, for `imgstream serve NAME.pack`, with a
 // small cache of decoded chunks so that small reads do not decode a chunk each time.
+//
+// Lock contract. PackSource: read_async() may be called from any thread; reads run on
+// pool_'s threads holding mu_ shared, close() takes it exclusively (so no read is in the
+// pack while it closes); boot_mu_ guards the boot set state, waited on with boot_cv_
+// while one read loads it, and is never held across a fetch. PackDevice: mu_ guards the
+// chunk cache only (never held across a fetch or a decode).
 #pragma once
 
 #include <condition_variable>

@@ -21,6 +21,11 @@
 // - Under a rate limit batches are smaller (about a quarter second's worth each), so the
 //   rate is kept smoothly rather than in bursts of batch_bytes, and the fetched counters
 //   (status, its rate and ETA) move in small steps.
+//
+// Lock contract: one thread of its own runs the loop (start() to stop()); batches complete
+// on the source's threads (on_batch_done). Every field below mu_ is guarded by mu_; the
+// public methods take it and may be called from any thread; on_complete runs on the
+// loop's thread without mu_ held (it may call back into status but not stop()).
 #pragma once
 
 #include <chrono>
