@@ -315,19 +315,27 @@ void Connection::take_done() {
   for (Reply& r : got) outq_.push_back(std::move(r));
 }
 
-// Sends the batch and then the pool's replies, gathered into one sendmsg(), as far as
-// the socket takes them without waiting.
+// Sends the batch and the pool's replies, gathered into one sendmsg(), as far as the
+// socket takes them without waiting. A reply that has begun to go out goes on first:
+// bytes of another reply must never land in the middle of it (the batch may be refilled
+// while a pool reply is half sent).
 bool Connection::send_some() {
   while (output_pending()) {
     if (dead_) return false;
+    const bool queue_first = outq_sent_ > 0;
+    IMG_CHECK(!(queue_first && batch_sent_ > 0));  // one reply at a time is half sent
     iovec iov[kSendIovMax];
     size_t n_iov = 0;
+    auto add_queue = [&](size_t from, size_t count) {
+      for (size_t i = from; i < outq_.size() && i < from + count && n_iov < kSendIovMax; ++i) {
+        const size_t skip = i == 0 ? outq_sent_ : 0;
+        iov[n_iov++] = {outq_[i].bytes.data() + skip, outq_[i].bytes.size() - skip};
+      }
+    };
+    if (queue_first) add_queue(0, 1);
     if (batch_sent_ < batch_used_)
       iov[n_iov++] = {batch_.get() + batch_sent_, batch_used_ - batch_sent_};
-    for (size_t i = 0; i < outq_.size() && n_iov < kSendIovMax; ++i) {
-      const size_t skip = i == 0 ? outq_sent_ : 0;
-      iov[n_iov++] = {outq_[i].bytes.data() + skip, outq_[i].bytes.size() - skip};
-    }
+    add_queue(queue_first ? 1 : 0, kSendIovMax);
     msghdr m{};
     m.msg_iov = iov;
     m.msg_iovlen = n_iov;
@@ -339,28 +347,31 @@ bool Connection::send_some() {
       fail_socket();
       return false;
     }
-    // Account for what left: the batch first, then whole replies from the queue.
+    // Account for what left, in the order it was laid out.
     size_t left = static_cast<size_t>(n);
-    if (batch_sent_ < batch_used_) {
-      const size_t take = std::min(left, batch_used_ - batch_sent_);
-      batch_sent_ += take;
-      left -= take;
-      if (batch_sent_ == batch_used_) batch_used_ = batch_sent_ = batch_requests_ = 0;
-    }
-    while (left > 0) {
+    auto take_queue_front = [&] {
       IMG_CHECK(!outq_.empty());
       Reply& front = outq_.front();
       const size_t take = std::min(left, front.bytes.size() - outq_sent_);
       outq_sent_ += take;
       left -= take;
-      if (outq_sent_ == front.bytes.size()) {
-        IMG_CHECK(outstanding_ > 0 && outstanding_bytes_ >= front.charge);
-        --outstanding_;
-        outstanding_bytes_ -= front.charge;
-        outq_.pop_front();
-        outq_sent_ = 0;
-      }
+      if (outq_sent_ < front.bytes.size()) return false;
+      IMG_CHECK(outstanding_ > 0 && outstanding_bytes_ >= front.charge);
+      --outstanding_;
+      outstanding_bytes_ -= front.charge;
+      outq_.pop_front();
+      outq_sent_ = 0;
+      return true;
+    };
+    if (queue_first && !take_queue_front()) continue;
+    if (batch_sent_ < batch_used_) {
+      const size_t take = std::min(left, batch_used_ - batch_sent_);
+      batch_sent_ += take;
+      left -= take;
+      if (batch_sent_ < batch_used_) continue;
+      batch_used_ = batch_sent_ = batch_requests_ = 0;
     }
+    while (left > 0) take_queue_front();
   }
   return true;
 }

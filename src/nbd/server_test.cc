@@ -845,6 +845,48 @@ TEST_F(ServerTest, ClientsThatDoNotReadTheirRepliesHoldUpNobody) {
   expect_serves();
 }
 
+// Replies from the pool and inline replies, to a reader slower than the server: each
+// reply stays whole on the wire (a reply half sent is finished before any other bytes),
+// whichever path each request took. The device's fast path is switched on and off while
+// the requests run, so that both paths interleave at random.
+TEST_F(ServerTest, RepliesStayWholeWhenPoolAndInlineRepliesInterleave) {
+  RawClient c(address_);
+  int small = 16 * 1024;
+  ::setsockopt(c.fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  ASSERT_TRUE(c.handshake().has_value());
+  std::atomic<bool> done{false};
+  std::thread toggler([&] {
+    for (unsigned i = 0; !done; ++i) {
+      test_dev_->nowait = (i % 3) != 0;
+      ::usleep(300);
+    }
+    test_dev_->nowait = true;
+  });
+  constexpr uint32_t kLen = 256 * 1024;
+  constexpr int kRequests = 400, kDepth = 32;
+  int sent = 0, got = 0;
+  bool ok = true;
+  while (got < kRequests && ok) {
+    while (sent < kRequests && sent - got < kDepth) {
+      const uint64_t off = (uint64_t(sent) * kLen) % (kImageBytes - kLen);
+      ok = c.request(kCmdRead, sent, off, kLen);
+      ++sent;
+    }
+    auto r = c.reply(kLen);
+    ok = ok && r.has_value() && r->magic == kSimpleReplyMagic && r->error == 0 &&
+         r->cookie < uint64_t(sent);
+    if (!ok) break;
+    const uint64_t off = (r->cookie * kLen) % (kImageBytes - kLen);
+    ok = r->data == pattern(off, kLen);
+    ++got;
+    if (got % 16 == 0) ::usleep(1000);  // a slow reader: the socket fills
+  }
+  done = true;
+  toggler.join();
+  EXPECT_TRUE(ok) << "reply " << got << " of " << kRequests << " was not whole";
+  EXPECT_EQ(got, kRequests);
+}
+
 // The handshake as a whole has a deadline: a client that sends a byte now and then is
 // cut off when it passes, not kept for as long as it keeps trickling (point 20).
 TEST_F(ServerTest, TheWholeHandshakeHasADeadline) {
