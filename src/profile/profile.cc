@@ -10,6 +10,7 @@
 
 #include "base/check.h"
 #include "base/codec.h"
+#include "profile/file_header.h"
 #include "base/stop.h"
 
 namespace imgstream::profile {
@@ -18,17 +19,9 @@ namespace {
 
 // docs/profile-format.md; the header's framing is docs/framing.md's. Messages are
 // prefixed with "profile NAME: ".
-constexpr Frame kHeaderFrame{
-    .magic = std::string_view(kProfileMagic, sizeof kProfileMagic),
-    .bytes = kProfileHeaderBytes,
-    .version = kProfileVersion,
-    .size_field = true,
-    .text = {.truncated = "shorter than its header ({} bytes)",
-             .bad_magic = "not a profile file (bad magic)",
-             .bad_crc = "header CRC mismatch at byte 0",
-             .bad_version = "unsupported version {}",
-             .bad_size = "bad header size at byte 12"}};
-constexpr size_t kHeaderReservedAt = 40;
+constexpr Frame kHeaderFrame = file_header_frame(
+    std::string_view(kProfileMagic, sizeof kProfileMagic), kProfileVersion, "not a profile file (bad magic)");
+static_assert(kProfileHeaderBytes == kFileHeaderBytes);
 
 bool region_size_ok(uint64_t rs) {
   return rs >= kProfileRegionSizeMin && rs <= kProfileRegionSizeMax && std::has_single_bit(rs);
@@ -217,8 +210,7 @@ Result<Profile> parse_header(std::span<const std::byte> b, const std::string& na
   if (p.traces == 0 || p.traces > kProfileTracesMax) return corrupt(name, 28, "bad trace count");
   if (count > kProfileRegionsMax || count > image_regions(p.image_size, p.region_size))
     return corrupt(name, 32, "more regions than the image has");
-  const size_t reserved = kHeaderFrame.crc_at() - kHeaderReservedAt;
-  if (auto at = r.nonzero_at(kHeaderReservedAt, reserved))
+  if (auto at = file_header_nonzero_reserved(r))
     return corrupt(name, *at, "reserved header byte not zero");
   return p;
 }

@@ -4,6 +4,7 @@
 
 #include "base/check.h"
 #include "base/codec.h"
+#include "profile/file_header.h"
 #include "base/log.h"
 
 namespace imgstream::profile {
@@ -12,17 +13,9 @@ namespace {
 
 // docs/trace-format.md; the header's framing is docs/framing.md's. Messages are prefixed
 // with "trace NAME: ".
-constexpr Frame kHeaderFrame{
-    .magic = std::string_view(kTraceMagic, sizeof kTraceMagic),
-    .bytes = kTraceHeaderBytes,
-    .version = kTraceVersion,
-    .size_field = true,
-    .text = {.truncated = "shorter than its header ({} bytes)",
-             .bad_magic = "not a trace file (bad magic)",
-             .bad_crc = "header CRC mismatch at byte 0",
-             .bad_version = "unsupported version {}",
-             .bad_size = "bad header size at byte 12"}};
-constexpr size_t kHeaderReservedAt = 40;
+constexpr Frame kHeaderFrame = file_header_frame(
+    std::string_view(kTraceMagic, sizeof kTraceMagic), kTraceVersion, "not a trace file (bad magic)");
+static_assert(kTraceHeaderBytes == kFileHeaderBytes);
 // A record block: magic, record count, zero, then the CRC of the whole block with the CRC
 // field taken as zero; then the records.
 constexpr size_t kBlockCountAt = 4;
@@ -66,8 +59,7 @@ Result<TraceHeader> parse_header(std::span<const std::byte> b, const std::string
   if ((h.flags & ~kTraceFlagStreaming) != 0) return corrupt(name, 28, "unknown flags");
   if ((h.flags & kTraceFlagStreaming) && h.region_size == 0)
     return corrupt(name, 28, "streaming trace without a region size");
-  const size_t reserved = kHeaderFrame.crc_at() - kHeaderReservedAt;
-  if (auto at = r.nonzero_at(kHeaderReservedAt, reserved))
+  if (auto at = file_header_nonzero_reserved(r))
     return corrupt(name, *at, "reserved header byte not zero");
   return h;
 }
