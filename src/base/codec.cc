@@ -14,15 +14,6 @@ std::optional<size_t> ByteReader::nonzero_at(size_t at, size_t n) {
   return at + size_t(it - s.begin());
 }
 
-ByteReader ByteReader::sub(size_t at, size_t n) {
-  if (!fits(at, n)) {
-    ByteReader r({});
-    r.failed_ = true;
-    return r;
-  }
-  return ByteReader(b_.subspan(at, n));
-}
-
 uint32_t crc32c_without_field(std::span<const std::byte> b, size_t field_at) {
   IMG_CHECK(field_at <= b.size() && b.size() - field_at >= 4);
   constexpr std::byte kZeros[4] = {};

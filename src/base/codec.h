@@ -77,8 +77,6 @@ class ByteReader {
   // The offset of the first byte in [at, at + n) that is not zero, if any. A range past
   // the end fails the reader and names its start.
   std::optional<size_t> nonzero_at(size_t at, size_t n);
-  // A reader of [at, at + n): empty and failed, like this one, when that is out of range.
-  ByteReader sub(size_t at, size_t n);
 
  private:
   bool fits(size_t at, size_t n) {

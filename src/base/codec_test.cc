@@ -127,7 +127,7 @@ TEST(ByteReader, LengthsBeyondTheBufferAreRefusedBeforeAllocation) {
   for (std::byte c : out) EXPECT_EQ(c, std::byte{0});
 }
 
-TEST(ByteReader, SubReadersAndZeroRuns) {
+TEST(ByteReader, ZeroRuns) {
   auto b = counting(16);
   b[10] = b[11] = b[12] = std::byte{0};
   ByteReader r(b);
@@ -137,17 +137,6 @@ TEST(ByteReader, SubReadersAndZeroRuns) {
   EXPECT_TRUE(r.ok());
   EXPECT_EQ(r.nonzero_at(14, 3), 14u) << "past the end: named by its start";
   EXPECT_FALSE(r.ok());
-
-  ByteReader whole(b);
-  ByteReader s = whole.sub(4, 4);
-  EXPECT_EQ(s.u32(), 0x08070605u);
-  EXPECT_EQ(s.u8(), 0u);
-  EXPECT_FALSE(s.ok()) << "a sub-reader ends where it was cut";
-  EXPECT_TRUE(whole.ok());
-  ByteReader bad = whole.sub(10, 7);
-  EXPECT_FALSE(bad.ok());
-  EXPECT_EQ(bad.size(), 0u);
-  EXPECT_FALSE(whole.ok());
 }
 
 TEST(ByteWriter, WritesWhatTheReaderReads) {
