@@ -31,7 +31,8 @@ Error frame_error(const char* text, uint64_t found) {
 }  // namespace
 
 Result<ByteReader> open_frame(std::span<const std::byte> in, const Frame& f) {
-  IMG_CHECK(f.bytes >= Frame::kSizeAt + 4 + Frame::kCrcBytes && f.magic.size() <= Frame::kVersionAt);
+  IMG_CHECK(f.bytes >= Frame::kSizeAt + 4 + Frame::kCrcBytes &&
+            f.magic.size() <= Frame::kVersionAt);
   if (in.size() < f.bytes) return frame_error(f.text.truncated, in.size());
   ByteReader r(in.first(f.bytes));
   if (r.string_at(0, f.magic.size()) != f.magic) return frame_error(f.text.bad_magic, 0);

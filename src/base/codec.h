@@ -41,7 +41,9 @@ class ByteReader {
   std::span<const std::byte> all() const { return b_; }
 
   // Sequential reads, from pos() on.
-  uint8_t u8() { return take<uint8_t>(1, [](const std::byte* p) { return uint8_t(*p); }); }
+  uint8_t u8() {
+    return take<uint8_t>(1, [](const std::byte* p) { return uint8_t(*p); });
+  }
   uint16_t u16() { return take<uint16_t>(2, le::get16); }
   uint32_t u32() { return take<uint32_t>(4, le::get32); }
   uint64_t u64() { return take<uint64_t>(8, le::get64); }
@@ -67,8 +69,10 @@ class ByteReader {
   // Copies exactly out.size() bytes from `at` (zeros when they are not all there).
   void copy_at(size_t at, std::span<std::byte> out) {
     auto s = bytes_at(at, out.size());
-    if (s.empty()) std::memset(out.data(), 0, out.size());
-    else std::memcpy(out.data(), s.data(), s.size());
+    if (s.empty())
+      std::memset(out.data(), 0, out.size());
+    else
+      std::memcpy(out.data(), s.data(), s.size());
   }
   std::string_view string_at(size_t at, size_t n) {
     auto s = bytes_at(at, n);
@@ -80,7 +84,8 @@ class ByteReader {
 
  private:
   bool fits(size_t at, size_t n) {
-    if (at <= b_.size() && n <= b_.size() - at) [[likely]] return true;
+    if (at <= b_.size() && n <= b_.size() - at) [[likely]]
+      return true;
     failed_ = true;
     return false;
   }
@@ -105,12 +110,27 @@ class ByteWriter {
   size_t size() const { return b_.size(); }
 
   // Sequential writes, from pos() on.
-  void u8(uint8_t v) { u8_at(pos_, v); pos_ += 1; }
-  void u16(uint16_t v) { u16_at(pos_, v); pos_ += 2; }
-  void u32(uint32_t v) { u32_at(pos_, v); pos_ += 4; }
-  void u64(uint64_t v) { u64_at(pos_, v); pos_ += 8; }
+  void u8(uint8_t v) {
+    u8_at(pos_, v);
+    pos_ += 1;
+  }
+  void u16(uint16_t v) {
+    u16_at(pos_, v);
+    pos_ += 2;
+  }
+  void u32(uint32_t v) {
+    u32_at(pos_, v);
+    pos_ += 4;
+  }
+  void u64(uint64_t v) {
+    u64_at(pos_, v);
+    pos_ += 8;
+  }
   void f64(double v) { u64(std::bit_cast<uint64_t>(v)); }
-  void bytes(std::span<const std::byte> v) { bytes_at(pos_, v); pos_ += v.size(); }
+  void bytes(std::span<const std::byte> v) {
+    bytes_at(pos_, v);
+    pos_ += v.size();
+  }
   void skip(size_t n) { pos_ = room(pos_, n) + n; }  // leaves what is there (zeros)
 
   // Writes at an offset from the start; pos() does not move.

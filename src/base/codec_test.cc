@@ -53,10 +53,18 @@ TEST(ByteReader, EveryReadPastTheEndFailsCleanly) {
         ByteReader r(b);
         uint64_t v = 0;
         switch (width) {
-          case 1: v = r.u8_at(at); break;
-          case 2: v = r.u16_at(at); break;
-          case 4: v = r.u32_at(at); break;
-          case 8: v = r.u64_at(at); break;
+          case 1:
+            v = r.u8_at(at);
+            break;
+          case 2:
+            v = r.u16_at(at);
+            break;
+          case 4:
+            v = r.u32_at(at);
+            break;
+          case 8:
+            v = r.u64_at(at);
+            break;
         }
         const bool fits = at + width <= n;
         EXPECT_EQ(r.ok(), fits) << n << " " << width << " " << at;
@@ -69,10 +77,18 @@ TEST(ByteReader, EveryReadPastTheEndFailsCleanly) {
         EXPECT_EQ(s.ok(), at <= n);
         if (at > n) continue;
         switch (width) {
-          case 1: v = s.u8(); break;
-          case 2: v = s.u16(); break;
-          case 4: v = s.u32(); break;
-          case 8: v = s.u64(); break;
+          case 1:
+            v = s.u8();
+            break;
+          case 2:
+            v = s.u16();
+            break;
+          case 4:
+            v = s.u32();
+            break;
+          case 8:
+            v = s.u64();
+            break;
         }
         EXPECT_EQ(s.ok(), fits) << n << " " << width << " " << at;
         if (!fits) {
@@ -260,9 +276,8 @@ TEST(Frame, EachFaultHasItsMessageInOrder) {
 }
 
 TEST(Frame, WithoutVersionOrSizeThoseBytesAreTheFormats) {
-  constexpr Frame kBare{.magic = "SLOT",
-                        .bytes = 32,
-                        .text = {.truncated = "t", .bad_magic = "m", .bad_crc = "c"}};
+  constexpr Frame kBare{
+      .magic = "SLOT", .bytes = 32, .text = {.truncated = "t", .bad_magic = "m", .bad_crc = "c"}};
   auto b = new_frame(kBare);
   ByteWriter(b).u32_at(8, 77);
   ByteWriter(b).u32_at(12, 88);

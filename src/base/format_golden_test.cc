@@ -18,8 +18,8 @@
 #include "base/env_memory.h"
 #include "base/sha256.h"
 #include "migrate/track_format.h"
-#include "pack/pack_reader.h"
 #include "pack/pack_format.h"
+#include "pack/pack_reader.h"
 #include "profile/profile.h"
 #include "profile/trace.h"
 #include "store/store_format.h"
@@ -157,10 +157,15 @@ TEST(FormatGolden, StoreSlot) {
   s.bitmap.assign(slot_geometry().bitmap_bytes(), 0);
   s.bitmap[0] = 0x8d;
   s.bitmap[5] = 0x01;
-  s.counters = {.bytes_fetched_demand = 3 << 20, .bytes_fetched_background = 9 << 20,
-                .bytes_fetched_prefetch = 1 << 20, .prefetch_bytes_read = 4096,
-                .reads_local = 1234, .reads_waited = 56, .wait_ns = 789'000'000,
-                .bytes_seeded = 8192, .reads_failed = 2};
+  s.counters = {.bytes_fetched_demand = 3 << 20,
+                .bytes_fetched_background = 9 << 20,
+                .bytes_fetched_prefetch = 1 << 20,
+                .prefetch_bytes_read = 4096,
+                .reads_local = 1234,
+                .reads_waited = 56,
+                .wait_ns = 789'000'000,
+                .bytes_seeded = 8192,
+                .reads_failed = 2};
   check_store_slot("store-slot-typical.bin", s);
 
   s.generation = 1;
@@ -175,10 +180,14 @@ TEST(FormatGolden, StoreSlot) {
   s.bitmap.back() = 0x1f;  // regions 96 to 100
   s.state = store::StoreState::Complete;
   s.error_message = "";
-  s.counters = {.bytes_fetched_demand = UINT64_MAX, .bytes_fetched_background = UINT64_MAX - 1,
-                .bytes_fetched_prefetch = UINT64_MAX - 2, .prefetch_bytes_read = UINT64_MAX - 2,
-                .reads_local = UINT64_MAX / 2, .reads_waited = UINT64_MAX / 2 + 1,
-                .wait_ns = UINT64_MAX - 3, .bytes_seeded = UINT64_MAX - 4,
+  s.counters = {.bytes_fetched_demand = UINT64_MAX,
+                .bytes_fetched_background = UINT64_MAX - 1,
+                .bytes_fetched_prefetch = UINT64_MAX - 2,
+                .prefetch_bytes_read = UINT64_MAX - 2,
+                .reads_local = UINT64_MAX / 2,
+                .reads_waited = UINT64_MAX / 2 + 1,
+                .wait_ns = UINT64_MAX - 3,
+                .bytes_seeded = UINT64_MAX - 4,
                 .reads_failed = UINT64_MAX - 5};
   check_store_slot("store-slot-max.bin", s);
 }
@@ -417,8 +426,11 @@ TEST(FormatGolden, Profile) {
   check_profile("profile-empty.bin", p);
 
   p.traces = 4;
-  p.regions = {{0, 1.0, 0.5, 0}, {1, 0.75, 0.5, 1.5}, {2, 0.25, 2.25, 2},
-               {700, 0.5, 12.125, 3}, {5, 1.0, 100.0, 4.25}};
+  p.regions = {{0, 1.0, 0.5, 0},
+               {1, 0.75, 0.5, 1.5},
+               {2, 0.25, 2.25, 2},
+               {700, 0.5, 12.125, 3},
+               {5, 1.0, 100.0, 4.25}};
   check_profile("profile-typical.bin", p);
 
   p.image_size = UINT64_MAX;
@@ -493,8 +505,8 @@ TEST(FormatGolden, BinaryTrackFile) {
   EXPECT_EQ(file[h->bitmap_offset() + 6], std::byte{0x04});
   int valid = 0;
   for (uint32_t i = 0; i < migrate::kAlSlots; ++i) {
-    const auto bytes = std::span(file).subspan(h->al_offset() + i * migrate::kAlSlotBytes,
-                                               migrate::kAlSlotBytes);
+    const auto bytes =
+        std::span(file).subspan(h->al_offset() + i * migrate::kAlSlotBytes, migrate::kAlSlotBytes);
     auto t = migrate::decode_al(*h, bytes);
     if (!t) continue;
     ++valid;

@@ -181,8 +181,7 @@ void identity_start(Sha256& s, uint64_t image_size, uint32_t chunk_size) {
 
 // Entry i of the index from its 48 bytes, checked against the header. `boot` counts the
 // stored chunks in the boot range.
-Result<IndexEntry> decode_entry(const PackHeader& h, uint64_t i, ByteReader r,
-                                uint64_t& boot) {
+Result<IndexEntry> decode_entry(const PackHeader& h, uint64_t i, ByteReader r, uint64_t& boot) {
   IndexEntry e;
   r.copy_at(0, e.hash);
   e.offset = r.u64_at(32);

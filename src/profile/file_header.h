@@ -14,8 +14,7 @@ namespace imgstream::profile {
 inline constexpr size_t kFileHeaderBytes = 64;
 inline constexpr size_t kFileHeaderReservedAt = 40;
 
-constexpr Frame file_header_frame(std::string_view magic, uint32_t version,
-                                  const char* bad_magic) {
+constexpr Frame file_header_frame(std::string_view magic, uint32_t version, const char* bad_magic) {
   return Frame{.magic = magic,
                .bytes = kFileHeaderBytes,
                .version = version,

@@ -10,8 +10,8 @@
 
 #include "base/check.h"
 #include "base/codec.h"
-#include "profile/file_header.h"
 #include "base/stop.h"
+#include "profile/file_header.h"
 
 namespace imgstream::profile {
 
@@ -19,8 +19,9 @@ namespace {
 
 // docs/profile-format.md; the header's framing is docs/framing.md's. Messages are
 // prefixed with "profile NAME: ".
-constexpr Frame kHeaderFrame = file_header_frame(
-    std::string_view(kProfileMagic, sizeof kProfileMagic), kProfileVersion, "not a profile file (bad magic)");
+constexpr Frame kHeaderFrame =
+    file_header_frame(std::string_view(kProfileMagic, sizeof kProfileMagic), kProfileVersion,
+                      "not a profile file (bad magic)");
 static_assert(kProfileHeaderBytes == kFileHeaderBytes);
 
 bool region_size_ok(uint64_t rs) {

@@ -4,8 +4,8 @@
 
 #include "base/check.h"
 #include "base/codec.h"
-#include "profile/file_header.h"
 #include "base/log.h"
+#include "profile/file_header.h"
 
 namespace imgstream::profile {
 
@@ -13,8 +13,8 @@ namespace {
 
 // docs/trace-format.md; the header's framing is docs/framing.md's. Messages are prefixed
 // with "trace NAME: ".
-constexpr Frame kHeaderFrame = file_header_frame(
-    std::string_view(kTraceMagic, sizeof kTraceMagic), kTraceVersion, "not a trace file (bad magic)");
+constexpr Frame kHeaderFrame = file_header_frame(std::string_view(kTraceMagic, sizeof kTraceMagic),
+                                                 kTraceVersion, "not a trace file (bad magic)");
 static_assert(kTraceHeaderBytes == kFileHeaderBytes);
 // A record block: magic, record count, zero, then the CRC of the whole block with the CRC
 // field taken as zero; then the records.

@@ -28,7 +28,8 @@ constexpr Frame kSlotFrame{.magic = "IMGSLOT1",
                                     .bad_magic = "slot has no valid magic",
                                     .bad_crc = "slot header checksum mismatch"}};
 constexpr size_t kStringsAt = 92;
-static_assert(58 + kErrorMessageBytesMax <= kSlotHeaderBytes - Frame::kCrcBytes, "message fits the slot");
+static_assert(58 + kErrorMessageBytesMax <= kSlotHeaderBytes - Frame::kCrcBytes,
+              "message fits the slot");
 
 }  // namespace
 
