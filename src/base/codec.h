@@ -110,27 +110,12 @@ class ByteWriter {
   size_t size() const { return b_.size(); }
 
   // Sequential writes, from pos() on.
-  void u8(uint8_t v) {
-    u8_at(pos_, v);
-    pos_ += 1;
-  }
-  void u16(uint16_t v) {
-    u16_at(pos_, v);
-    pos_ += 2;
-  }
-  void u32(uint32_t v) {
-    u32_at(pos_, v);
-    pos_ += 4;
-  }
-  void u64(uint64_t v) {
-    u64_at(pos_, v);
-    pos_ += 8;
-  }
+  void u8(uint8_t v) { u8_at(advance(1), v); }
+  void u16(uint16_t v) { u16_at(advance(2), v); }
+  void u32(uint32_t v) { u32_at(advance(4), v); }
+  void u64(uint64_t v) { u64_at(advance(8), v); }
   void f64(double v) { u64(std::bit_cast<uint64_t>(v)); }
-  void bytes(std::span<const std::byte> v) {
-    bytes_at(pos_, v);
-    pos_ += v.size();
-  }
+  void bytes(std::span<const std::byte> v) { bytes_at(advance(v.size()), v); }
   void skip(size_t n) { pos_ = room(pos_, n) + n; }  // leaves what is there (zeros)
 
   // Writes at an offset from the start; pos() does not move.
@@ -145,6 +130,12 @@ class ByteWriter {
   void string_at(size_t at, std::string_view s) { bytes_at(at, std::as_bytes(std::span(s))); }
 
  private:
+  // Where a sequential write of n bytes goes; the write itself checks the room.
+  size_t advance(size_t n) {
+    const size_t at = pos_;
+    pos_ += n;
+    return at;
+  }
   // The encoder sized the buffer for what it writes: anything else is its bug.
   size_t room(size_t at, size_t n) const {
     IMG_CHECK_MSG(at <= b_.size() && n <= b_.size() - at, "encoder wrote past its buffer");
