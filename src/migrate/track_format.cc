@@ -1,19 +1,30 @@
 #include "migrate/track_format.h"
 
 #include <bit>
-#include <cstring>
 
 #include "base/check.h"
-#include "base/crc32c.h"
-#include "base/endian.h"
+#include "base/codec.h"
 
 namespace imgstream::migrate {
 
 namespace {
 
-constexpr char kHeaderMagic[8] = {'I', 'M', 'G', 'T', 'R', 'A', 'K', '1'};
-constexpr char kAlMagic[8] = {'I', 'M', 'G', 'T', 'A', 'L', '0', '1'};
-constexpr uint32_t kVersion = 1;
+// docs/track-format.md; the framing is docs/framing.md's.
+constexpr uint32_t kVersion = 1;  // named in bad_version below
+constexpr Frame kHeaderFrame{.magic = "IMGTRAK1",
+                             .bytes = kTrackHeaderBytes,
+                             .version = kVersion,
+                             .text = {.truncated = "tracking file header is truncated",
+                                      .bad_magic = "not a tracking file (bad magic)",
+                                      .bad_crc = "tracking file header checksum mismatch",
+                                      .bad_version = "tracking file version is not 1"}};
+constexpr Frame kAlFrame{.magic = "IMGTAL01",
+                         .bytes = kAlSlotBytes,
+                         .text = {.truncated = "activity-log slot is truncated",
+                                  .bad_magic = "activity-log slot is empty",
+                                  .bad_crc = "activity-log slot checksum mismatch"}};
+constexpr size_t kAlExtentsAt = 24;
+static_assert(kAlExtentsAt + 8 * kAlExtentsMax <= kAlSlotBytes - Frame::kCrcBytes);
 
 }  // namespace
 
@@ -32,68 +43,60 @@ Result<void> validate(const TrackHeader& h) {
 
 std::vector<std::byte> encode_track_header(const TrackHeader& h) {
   IMG_CHECK(validate(h).has_value());
-  std::vector<std::byte> b(kTrackHeaderBytes);
-  std::byte* p = b.data();
-  std::memcpy(p, kHeaderMagic, 8);
-  le::put32(p + 8, kVersion);
-  le::put32(p + 12, h.region_size);
-  le::put64(p + 16, h.image_size);
-  le::put32(p + 24, h.extent_regions);
-  le::put32(p + 28, h.al_extents);
-  le::put64(p + 32, h.regions());
-  le::put64(p + 40, h.al_offset());
-  le::put32(p + kTrackHeaderBytes - 4, crc32c(std::span(b).first(kTrackHeaderBytes - 4)));
+  std::vector<std::byte> b = new_frame(kHeaderFrame);
+  ByteWriter w(b);
+  w.u32_at(12, h.region_size);
+  w.u64_at(16, h.image_size);
+  w.u32_at(24, h.extent_regions);
+  w.u32_at(28, h.al_extents);
+  w.u64_at(32, h.regions());
+  w.u64_at(40, h.al_offset());
+  seal_frame(b, kHeaderFrame);
   return b;
 }
 
 Result<TrackHeader> decode_track_header(std::span<const std::byte> b) {
-  if (b.size() < kTrackHeaderBytes) return Error::invalid("tracking file header is truncated");
-  const std::byte* p = b.data();
-  if (std::memcmp(p, kHeaderMagic, 8) != 0) return Error::invalid("not a tracking file (bad magic)");
-  if (le::get32(p + kTrackHeaderBytes - 4) != crc32c(b.first(kTrackHeaderBytes - 4)))
-    return Error::invalid("tracking file header checksum mismatch");
-  if (le::get32(p + 8) != kVersion) return Error::invalid("tracking file version is not 1");
+  ByteReader r = TRY(open_frame(b, kHeaderFrame));
   TrackHeader h;
-  h.region_size = le::get32(p + 12);
-  h.image_size = le::get64(p + 16);
-  h.extent_regions = le::get32(p + 24);
-  h.al_extents = le::get32(p + 28);
+  h.region_size = r.u32_at(12);
+  h.image_size = r.u64_at(16);
+  h.extent_regions = r.u32_at(24);
+  h.al_extents = r.u32_at(28);
   TRY(validate(h));
-  if (le::get64(p + 32) != h.regions() || le::get64(p + 40) != h.al_offset())
+  if (r.u64_at(32) != h.regions() || r.u64_at(40) != h.al_offset())
     return Error::invalid("tracking file geometry is inconsistent");
   return h;
 }
 
 std::vector<std::byte> encode_al(const TrackHeader& h, const AlTransaction& t) {
   IMG_CHECK(t.seq > 0 && t.extents.size() <= h.al_extents);
-  std::vector<std::byte> b(kAlSlotBytes);
-  std::byte* p = b.data();
-  std::memcpy(p, kAlMagic, 8);
-  le::put64(p + 8, t.seq);
-  le::put32(p + 16, static_cast<uint32_t>(t.extents.size()));
-  for (size_t i = 0; i < t.extents.size(); ++i) {
-    IMG_CHECK(t.extents[i] < h.extents());
-    le::put64(p + 24 + 8 * i, t.extents[i]);
+  std::vector<std::byte> b = new_frame(kAlFrame);
+  ByteWriter w(b);
+  w.u64_at(8, t.seq);
+  w.u32_at(16, static_cast<uint32_t>(t.extents.size()));
+  w.skip(kAlExtentsAt);
+  for (uint64_t e : t.extents) {
+    IMG_CHECK(e < h.extents());
+    w.u64(e);
   }
-  le::put32(p + kAlSlotBytes - 4, crc32c(std::span(b).first(kAlSlotBytes - 4)));
+  seal_frame(b, kAlFrame);
   return b;
 }
 
 Result<AlTransaction> decode_al(const TrackHeader& h, std::span<const std::byte> b) {
-  if (b.size() < kAlSlotBytes) return Error::invalid("activity-log slot is truncated");
-  const std::byte* p = b.data();
-  if (std::memcmp(p, kAlMagic, 8) != 0) return Error::invalid("activity-log slot is empty");
-  if (le::get32(p + kAlSlotBytes - 4) != crc32c(b.first(kAlSlotBytes - 4)))
-    return Error::invalid("activity-log slot checksum mismatch");
+  ByteReader r = TRY(open_frame(b, kAlFrame));
   AlTransaction t;
-  t.seq = le::get64(p + 8);
-  const uint32_t n = le::get32(p + 16);
+  t.seq = r.u64_at(8);
+  const uint32_t n = r.u32_at(16);
   if (t.seq == 0 || n > h.al_extents) return Error::invalid("activity-log slot is malformed");
+  r.skip(kAlExtentsAt);
   for (uint32_t i = 0; i < n; ++i) {
-    const uint64_t e = le::get64(p + 24 + 8 * i);
+    const uint64_t e = r.u64();
     if (e >= h.extents()) return Error::invalid("activity-log extent out of range");
     t.extents.push_back(e);
   }
+  // A header that validated holds at most kAlExtentsMax, which fit the slot.
+  if (!r.ok()) return Error::invalid("activity-log slot is malformed");
   return t;
 }
 

@@ -7,16 +7,26 @@
 #include <memory>
 
 #include "base/check.h"
-#include "base/crc32c.h"
-#include "base/endian.h"
+#include "base/codec.h"
 #include "base/stop.h"
 
 namespace imgstream::pack {
 
 namespace {
 
-constexpr char kMagic[8] = {'I', 'M', 'G', 'P', 'A', 'C', 'K', '1'};
-constexpr size_t kCrcAt = kPackHeaderBytes - 4;
+// docs/pack-format.md; the framing is docs/framing.md's.
+static_assert(kPackVersion == 2, "bad_version names the version read");
+constexpr Frame kHeaderFrame{
+    .magic = kPackMagic,
+    .bytes = kPackHeaderBytes,
+    .version = kPackVersion,
+    .text = {.truncated = "pack header is truncated",
+             .bad_magic = "not a pack (bad magic)",
+             .bad_crc = "pack header checksum mismatch",
+             .bad_version = "pack format version {} is not supported (this imgstream reads "
+                            "version 2)"}};
+constexpr size_t kBaseHintAt = 178;
+static_assert(kBaseHintAt + kBaseHintBytesMax <= kPackHeaderBytes - Frame::kCrcBytes);
 constexpr char kIdentityTag[] = "imgstream pack identity v1";  // hashed with its NUL
 // The index is mostly SHA-256 hashes, which no level compresses; the rest (zero entries,
 // growing offsets) any level does. A fast one keeps packing a large image's index cheap.
@@ -44,53 +54,43 @@ uint32_t PackHeader::chunk_bytes(uint64_t i) const {
 
 std::vector<std::byte> encode_header(const PackHeader& h) {
   IMG_CHECK(h.base_hint.size() <= kBaseHintBytesMax);
-  std::vector<std::byte> b(kPackHeaderBytes);
-  std::byte* p = b.data();
-  std::memcpy(p, kMagic, 8);
-  le::put32(p + 8, kPackVersion);
-  le::put32(p + 12, h.flags);
-  le::put64(p + 16, h.image_size);
-  le::put32(p + 24, h.chunk_size);
-  le::put32(p + 28, h.level);
-  le::put64(p + 32, h.chunk_count());
-  le::put64(p + 40, h.index_offset);
-  le::put64(p + 48, h.index_length);
-  le::put64(p + 56, h.boot_begin);
-  le::put64(p + 64, h.boot_end);
-  le::put64(p + 72, h.boot_chunks);
-  std::memcpy(p + 80, h.identity.data(), 32);
-  std::memcpy(p + 112, h.index_hash.data(), 32);
-  std::memcpy(p + 144, h.base_identity.data(), 32);
-  le::put16(p + 176, static_cast<uint16_t>(h.base_hint.size()));
-  std::memcpy(p + 178, h.base_hint.data(), h.base_hint.size());
-  le::put32(p + kCrcAt, crc32c(std::span(b).first(kCrcAt)));
+  std::vector<std::byte> b = new_frame(kHeaderFrame);
+  ByteWriter w(b);
+  w.u32_at(12, h.flags);
+  w.u64_at(16, h.image_size);
+  w.u32_at(24, h.chunk_size);
+  w.u32_at(28, h.level);
+  w.u64_at(32, h.chunk_count());
+  w.u64_at(40, h.index_offset);
+  w.u64_at(48, h.index_length);
+  w.u64_at(56, h.boot_begin);
+  w.u64_at(64, h.boot_end);
+  w.u64_at(72, h.boot_chunks);
+  w.bytes_at(80, h.identity);
+  w.bytes_at(112, h.index_hash);
+  w.bytes_at(144, h.base_identity);
+  w.u16_at(176, static_cast<uint16_t>(h.base_hint.size()));
+  w.string_at(kBaseHintAt, h.base_hint);
+  seal_frame(b, kHeaderFrame);
   return b;
 }
 
 Result<PackHeader> decode_header(std::span<const std::byte> b) {
-  if (b.size() < kPackHeaderBytes) return Error::invalid("pack header is truncated");
-  const std::byte* p = b.data();
-  if (std::memcmp(p, kMagic, 8) != 0) return Error::invalid("not a pack (bad magic)");
-  if (le::get32(p + kCrcAt) != crc32c(b.first(kCrcAt)))
-    return Error::invalid("pack header checksum mismatch");
-  if (le::get32(p + 8) != kPackVersion)
-    return Error::invalid("pack format version " + std::to_string(le::get32(p + 8)) +
-                          " is not supported (this imgstream reads version " +
-                          std::to_string(kPackVersion) + ")");
+  ByteReader r = TRY(open_frame(b, kHeaderFrame));
   PackHeader h;
-  h.flags = le::get32(p + 12);
-  h.image_size = le::get64(p + 16);
-  h.chunk_size = le::get32(p + 24);
-  h.level = le::get32(p + 28);
-  h.index_offset = le::get64(p + 40);
-  h.index_length = le::get64(p + 48);
-  h.boot_begin = le::get64(p + 56);
-  h.boot_end = le::get64(p + 64);
-  h.boot_chunks = le::get64(p + 72);
-  std::memcpy(h.identity.data(), p + 80, 32);
-  std::memcpy(h.index_hash.data(), p + 112, 32);
-  std::memcpy(h.base_identity.data(), p + 144, 32);
-  const size_t hint = le::get16(p + 176);
+  h.flags = r.u32_at(12);
+  h.image_size = r.u64_at(16);
+  h.chunk_size = r.u32_at(24);
+  h.level = r.u32_at(28);
+  h.index_offset = r.u64_at(40);
+  h.index_length = r.u64_at(48);
+  h.boot_begin = r.u64_at(56);
+  h.boot_end = r.u64_at(64);
+  h.boot_chunks = r.u64_at(72);
+  r.copy_at(80, h.identity);
+  r.copy_at(112, h.index_hash);
+  r.copy_at(144, h.base_identity);
+  const size_t hint = r.u16_at(176);
   if (h.flags & ~kFlagHasBase) return Error::invalid("pack header has unknown flags");
   if (h.chunk_size < kChunkBytesMin || h.chunk_size > kChunkBytesMax ||
       !std::has_single_bit(h.chunk_size))
@@ -98,7 +98,7 @@ Result<PackHeader> decode_header(std::span<const std::byte> b) {
                           " is not a power of two from 4 KiB to 16 MiB");
   if (h.image_size == 0) return Error::invalid("pack image size is zero");
   if (h.image_size > kChunksMax * h.chunk_size) return Error::invalid("pack image is too large");
-  if (le::get64(p + 32) != h.chunk_count())
+  if (r.u64_at(32) != h.chunk_count())
     return Error::invalid("pack header geometry is inconsistent");
   if (h.index_length == 0 || h.index_length > ZSTD_compressBound(h.index_raw_bytes()))
     return Error::invalid("pack index length " + std::to_string(h.index_length) +
@@ -114,7 +114,8 @@ Result<PackHeader> decode_header(std::span<const std::byte> b) {
   if (hint > kBaseHintBytesMax) return Error::invalid("pack base hint is too long");
   if (!h.has_base() && (hint != 0 || !is_zero(h.base_identity)))
     return Error::invalid("pack names a base without the base flag");
-  h.base_hint.assign(reinterpret_cast<const char*>(p + 178), hint);
+  h.base_hint = r.string_at(kBaseHintAt, hint);
+  IMG_CHECK(r.ok());  // the longest hint fits the frame (static_assert above)
   return h;
 }
 
@@ -128,13 +129,13 @@ Result<void> check_header_fits(const PackHeader& h, uint64_t file_size) {
 
 std::vector<std::byte> encode_index(const std::vector<IndexEntry>& entries) {
   std::vector<std::byte> b(entries.size() * kIndexEntryBytes);
-  for (size_t i = 0; i < entries.size(); ++i) {
-    const IndexEntry& e = entries[i];
-    std::byte* p = b.data() + i * kIndexEntryBytes;
-    std::memcpy(p, e.hash.data(), 32);
-    le::put64(p + 32, e.offset);
-    le::put32(p + 40, e.length);
-    p[44] = std::byte(static_cast<uint8_t>(e.kind));
+  ByteWriter w(b);
+  for (const IndexEntry& e : entries) {
+    w.bytes(e.hash);
+    w.u64(e.offset);
+    w.u32(e.length);
+    w.u8(static_cast<uint8_t>(e.kind));
+    w.skip(3);  // zeros
   }
   std::vector<std::byte> z(ZSTD_compressBound(b.size()));
   const size_t n = ZSTD_compress(z.data(), z.size(), b.data(), b.size(), kIndexLevel);
@@ -172,22 +173,21 @@ namespace {
 void identity_start(Sha256& s, uint64_t image_size, uint32_t chunk_size) {
   s.update(std::as_bytes(std::span(kIdentityTag, sizeof kIdentityTag)));
   std::byte sizes[12];
-  le::put64(sizes, image_size);
-  le::put32(sizes + 8, chunk_size);
+  ByteWriter w(sizes);
+  w.u64(image_size);
+  w.u32(chunk_size);
   s.update(sizes);
 }
 
 // Entry i of the index from its 48 bytes, checked against the header. `boot` counts the
 // stored chunks in the boot range.
-Result<IndexEntry> decode_entry(const PackHeader& h, uint64_t i, const std::byte* p,
-                                uint64_t& boot) {
+Result<IndexEntry> decode_entry(const PackHeader& h, uint64_t i, ByteReader r, uint64_t& boot) {
   IndexEntry e;
-  std::memcpy(e.hash.data(), p, 32);
-  e.offset = le::get64(p + 32);
-  e.length = le::get32(p + 40);
-  const uint8_t kind = std::to_integer<uint8_t>(p[44]);
-  if (kind > static_cast<uint8_t>(ChunkKind::Base) || p[45] != std::byte{0} ||
-      p[46] != std::byte{0} || p[47] != std::byte{0})
+  r.copy_at(0, e.hash);
+  e.offset = r.u64_at(32);
+  e.length = r.u32_at(40);
+  const uint8_t kind = r.u8_at(44);
+  if (kind > static_cast<uint8_t>(ChunkKind::Base) || r.nonzero_at(45, 3) || !r.ok())
     return Error::invalid("pack index entry " + std::to_string(i) + " is malformed");
   e.kind = static_cast<ChunkKind>(kind);
   const uint32_t bytes = h.chunk_bytes(i);
@@ -262,7 +262,8 @@ Result<ChunkIndex> decode_index(const PackHeader& h, std::span<const std::byte> 
     for (size_t at = 0; at < whole; at += kIndexEntryBytes) {
       const uint64_t i = index.size();
       if (i == n) return Error::invalid("pack index holds more entries than chunks");
-      const IndexEntry e = TRY(decode_entry(h, i, out.data() + at, boot));
+      const ByteReader entry{std::span<const std::byte>(out).subspan(at, kIndexEntryBytes)};
+      const IndexEntry e = TRY(decode_entry(h, i, entry, boot));
       identity.update(std::span(e.hash));
       index.push(e);
     }

@@ -9,15 +9,20 @@
 #include <unordered_map>
 
 #include "base/check.h"
-#include "base/crc32c.h"
-#include "base/endian.h"
+#include "base/codec.h"
 #include "base/stop.h"
+#include "profile/file_header.h"
 
 namespace imgstream::profile {
 
 namespace {
 
-constexpr size_t kHeaderCrcAt = kProfileHeaderBytes - 4;
+// docs/profile-format.md; the header's framing is docs/framing.md's. Messages are
+// prefixed with "profile NAME: ".
+constexpr Frame kHeaderFrame =
+    file_header_frame(std::string_view(kProfileMagic, sizeof kProfileMagic), kProfileVersion,
+                      "not a profile file (bad magic)");
+static_assert(kProfileHeaderBytes == kFileHeaderBytes);
 
 bool region_size_ok(uint64_t rs) {
   return rs >= kProfileRegionSizeMin && rs <= kProfileRegionSizeMax && std::has_single_bit(rs);
@@ -118,13 +123,6 @@ Error corrupt(const std::string& name, uint64_t at, std::string_view what) {
                         std::to_string(at));
 }
 
-void put_double(std::byte* p, double v) {
-  le::put64(p, std::bit_cast<uint64_t>(v));
-}
-double get_double(const std::byte* p) {
-  return std::bit_cast<double>(le::get64(p));
-}
-
 uint32_t trace_count(const ProfileRegion& r, uint32_t traces) {
   return uint32_t(std::llround(r.frequency * double(traces)));
 }
@@ -176,26 +174,25 @@ Result<Profile> merge(std::span<const Trace> traces, const MergeOptions& o) {
 
 std::vector<std::byte> encode_profile(const Profile& p) {
   const size_t n = p.regions.size();
-  std::vector<std::byte> b(kProfileHeaderBytes + n * kProfileRecordBytes + kProfileTrailerBytes);
-  std::memcpy(b.data(), kProfileMagic, sizeof kProfileMagic);
-  le::put32(b.data() + 8, kProfileVersion);
-  le::put32(b.data() + 12, kProfileHeaderBytes);
-  le::put64(b.data() + 16, p.image_size);
-  le::put32(b.data() + 24, p.region_size);
-  le::put32(b.data() + 28, p.traces);
-  le::put64(b.data() + 32, n);
-  le::put32(b.data() + kHeaderCrcAt, crc32c(std::span(b).first(kHeaderCrcAt)));
-  std::byte* q = b.data() + kProfileHeaderBytes;
+  std::vector<std::byte> b =
+      new_frame(kHeaderFrame, kProfileHeaderBytes + n * kProfileRecordBytes + kProfileTrailerBytes);
+  ByteWriter w(b);
+  w.u64_at(16, p.image_size);
+  w.u32_at(24, p.region_size);
+  w.u32_at(28, p.traces);
+  w.u64_at(32, n);
+  seal_frame(b, kHeaderFrame);
+  w.skip(kProfileHeaderBytes);
   for (const ProfileRegion& r : p.regions) {
-    le::put64(q, r.region);
-    le::put32(q + 8, trace_count(r, p.traces));
-    le::put32(q + 12, 0);
-    put_double(q + 16, r.mean_first_read_ms);
-    put_double(q + 24, r.mean_rank);
-    q += kProfileRecordBytes;
+    w.u64(r.region);
+    w.u32(trace_count(r, p.traces));
+    w.u32(0);
+    w.f64(r.mean_first_read_ms);
+    w.f64(r.mean_rank);
   }
   const auto records = std::span(b).subspan(kProfileHeaderBytes, n * kProfileRecordBytes);
-  le::put32(q, crc32c(records));
+  w.u32(crc32c(records));
+  IMG_CHECK(w.pos() == b.size());
   return b;
 }
 
@@ -203,43 +200,35 @@ namespace {
 
 Result<Profile> parse_header(std::span<const std::byte> b, const std::string& name,
                              uint64_t& count) {
-  if (b.size() < kProfileHeaderBytes)
-    return Error::invalid("profile " + name + ": shorter than its header (" +
-                          std::to_string(b.size()) + " bytes)");
-  if (std::memcmp(b.data(), kProfileMagic, sizeof kProfileMagic) != 0)
-    return Error::invalid("profile " + name + ": not a profile file (bad magic)");
-  if (crc32c(b.first(kHeaderCrcAt)) != le::get32(b.data() + kHeaderCrcAt))
-    return corrupt(name, 0, "header CRC mismatch");
-  const uint32_t version = le::get32(b.data() + 8);
-  if (version != kProfileVersion)
-    return Error::invalid("profile " + name + ": unsupported version " + std::to_string(version));
-  if (le::get32(b.data() + 12) != kProfileHeaderBytes) return corrupt(name, 12, "bad header size");
+  ByteReader r = TRY_CTX(open_frame(b, kHeaderFrame), "profile " + name);
   Profile p;
-  p.image_size = le::get64(b.data() + 16);
-  p.region_size = le::get32(b.data() + 24);
-  p.traces = le::get32(b.data() + 28);
-  count = le::get64(b.data() + 32);
+  p.image_size = r.u64_at(16);
+  p.region_size = r.u32_at(24);
+  p.traces = r.u32_at(28);
+  count = r.u64_at(32);
   if (p.image_size == 0) return corrupt(name, 16, "image size is 0");
   if (!region_size_ok(p.region_size)) return corrupt(name, 24, "bad region size");
   if (p.traces == 0 || p.traces > kProfileTracesMax) return corrupt(name, 28, "bad trace count");
   if (count > kProfileRegionsMax || count > image_regions(p.image_size, p.region_size))
     return corrupt(name, 32, "more regions than the image has");
-  for (size_t i = 40; i < kHeaderCrcAt; ++i)
-    if (b[i] != std::byte{0}) return corrupt(name, i, "reserved header byte not zero");
+  if (auto at = file_header_nonzero_reserved(r))
+    return corrupt(name, *at, "reserved header byte not zero");
   return p;
 }
 
-Result<ProfileRegion> parse_record(const std::byte* q, const Profile& p, const std::string& name,
+// The record at `at`; the caller checked that the records are all there.
+Result<ProfileRegion> parse_record(ByteReader& q, const Profile& p, const std::string& name,
                                    uint64_t at) {
   ProfileRegion r;
-  r.region = le::get64(q);
-  const uint32_t count = le::get32(q + 8);
-  r.mean_first_read_ms = get_double(q + 16);
-  r.mean_rank = get_double(q + 24);
+  r.region = q.u64();
+  const uint32_t count = q.u32();
+  const uint32_t reserved = q.u32();
+  r.mean_first_read_ms = q.f64();
+  r.mean_rank = q.f64();
   const uint64_t regions = image_regions(p.image_size, p.region_size);
   if (r.region >= regions) return corrupt(name, at, "region outside the image");
   if (count == 0 || count > p.traces) return corrupt(name, at + 8, "bad trace count");
-  if (le::get32(q + 12) != 0) return corrupt(name, at + 12, "reserved field not zero");
+  if (reserved != 0) return corrupt(name, at + 12, "reserved field not zero");
   if (!std::isfinite(r.mean_first_read_ms) || r.mean_first_read_ms < 0)
     return corrupt(name, at + 16, "bad first-read time");
   if (!std::isfinite(r.mean_rank) || r.mean_rank < 0 || r.mean_rank >= double(regions))
@@ -258,17 +247,20 @@ Result<Profile> parse_profile(std::span<const std::byte> bytes, const std::strin
     return Error::invalid("profile " + name + ": truncated (" + std::to_string(bytes.size()) +
                           " bytes, " + std::to_string(want) + " expected)");
   if (bytes.size() > want) return corrupt(name, want, "trailing bytes after the profile");
-  const auto records = bytes.subspan(kProfileHeaderBytes, count * kProfileRecordBytes);
-  if (crc32c(records) != le::get32(bytes.data() + want - kProfileTrailerBytes))
+  ByteReader in(bytes);
+  const auto records = in.bytes_at(kProfileHeaderBytes, count * kProfileRecordBytes);
+  if (crc32c(records) != in.u32_at(want - kProfileTrailerBytes))
     return corrupt(name, want - kProfileTrailerBytes, "region records CRC mismatch");
   p.regions.reserve(count);
+  in.skip(kProfileHeaderBytes);
   for (uint64_t i = 0; i < count; ++i) {
-    const uint64_t at = kProfileHeaderBytes + i * kProfileRecordBytes;
-    ProfileRegion r = TRY(parse_record(bytes.data() + at, p, name, at));
+    const uint64_t at = in.pos();
+    ProfileRegion r = TRY(parse_record(in, p, name, at));
     if (!p.regions.empty() && !by_first_read(p.regions.back(), r))
       return corrupt(name, at, "regions out of order");
     p.regions.push_back(r);
   }
+  IMG_CHECK(in.ok());  // bytes.size() == want
   std::vector<uint64_t> ids;
   ids.reserve(count);
   for (const ProfileRegion& r : p.regions) ids.push_back(r.region);

@@ -1,30 +1,43 @@
 #include "profile/trace.h"
 
-#include <cstring>
 #include <string_view>
 
 #include "base/check.h"
-#include "base/crc32c.h"
-#include "base/endian.h"
+#include "base/codec.h"
 #include "base/log.h"
+#include "profile/file_header.h"
 
 namespace imgstream::profile {
 
 namespace {
 
-constexpr size_t kHeaderCrcAt = kTraceHeaderBytes - 4;
+// docs/trace-format.md; the header's framing is docs/framing.md's. Messages are prefixed
+// with "trace NAME: ".
+constexpr Frame kHeaderFrame = file_header_frame(std::string_view(kTraceMagic, sizeof kTraceMagic),
+                                                 kTraceVersion, "not a trace file (bad magic)");
+static_assert(kTraceHeaderBytes == kFileHeaderBytes);
+// A record block: magic, record count, zero, then the CRC of the whole block with the CRC
+// field taken as zero; then the records.
+constexpr size_t kBlockCountAt = 4;
+constexpr size_t kBlockReservedAt = 8;
+constexpr size_t kBlockCrcAt = 12;
 constexpr uint32_t kRegionSizeMin = 4096;
 constexpr uint32_t kRegionSizeMax = 1u << 30;
 
-void put_record(std::byte* p, const TraceRecord& r) {
-  le::put64(p, r.time_ns);
-  le::put64(p + 8, r.offset);
-  le::put32(p + 16, r.length);
-  le::put32(p + 20, r.flags);
+void put_record(ByteWriter& w, const TraceRecord& r) {
+  w.u64(r.time_ns);
+  w.u64(r.offset);
+  w.u32(r.length);
+  w.u32(r.flags);
 }
 
-TraceRecord get_record(const std::byte* p) {
-  return TraceRecord{le::get64(p), le::get64(p + 8), le::get32(p + 16), le::get32(p + 20)};
+TraceRecord get_record(ByteReader& r) {
+  TraceRecord t;
+  t.time_ns = r.u64();
+  t.offset = r.u64();
+  t.length = r.u32();
+  t.flags = r.u32();
+  return t;
 }
 
 Error corrupt(const std::string& name, uint64_t at, std::string_view what) {
@@ -33,22 +46,12 @@ Error corrupt(const std::string& name, uint64_t at, std::string_view what) {
 }
 
 Result<TraceHeader> parse_header(std::span<const std::byte> b, const std::string& name) {
-  if (b.size() < kTraceHeaderBytes)
-    return Error::invalid("trace " + name + ": shorter than its header (" +
-                          std::to_string(b.size()) + " bytes)");
-  if (std::memcmp(b.data(), kTraceMagic, sizeof kTraceMagic) != 0)
-    return Error::invalid("trace " + name + ": not a trace file (bad magic)");
-  if (crc32c(b.first(kHeaderCrcAt)) != le::get32(b.data() + kHeaderCrcAt))
-    return corrupt(name, 0, "header CRC mismatch");
-  const uint32_t version = le::get32(b.data() + 8);
-  if (version != kTraceVersion)
-    return Error::invalid("trace " + name + ": unsupported version " + std::to_string(version));
-  if (le::get32(b.data() + 12) != kTraceHeaderBytes) return corrupt(name, 12, "bad header size");
+  ByteReader r = TRY_CTX(open_frame(b, kHeaderFrame), "trace " + name);
   TraceHeader h;
-  h.image_size = le::get64(b.data() + 16);
-  h.region_size = le::get32(b.data() + 24);
-  h.flags = le::get32(b.data() + 28);
-  h.start_time_ns = le::get64(b.data() + 32);
+  h.image_size = r.u64_at(16);
+  h.region_size = r.u32_at(24);
+  h.flags = r.u32_at(28);
+  h.start_time_ns = r.u64_at(32);
   const bool region_ok =
       h.region_size == 0 || (h.region_size >= kRegionSizeMin && h.region_size <= kRegionSizeMax &&
                              (h.region_size & (h.region_size - 1)) == 0);
@@ -56,8 +59,8 @@ Result<TraceHeader> parse_header(std::span<const std::byte> b, const std::string
   if ((h.flags & ~kTraceFlagStreaming) != 0) return corrupt(name, 28, "unknown flags");
   if ((h.flags & kTraceFlagStreaming) && h.region_size == 0)
     return corrupt(name, 28, "streaming trace without a region size");
-  for (size_t i = 40; i < kHeaderCrcAt; ++i)
-    if (b[i] != std::byte{0}) return corrupt(name, i, "reserved header byte not zero");
+  if (auto at = file_header_nonzero_reserved(r))
+    return corrupt(name, *at, "reserved header byte not zero");
   return h;
 }
 
@@ -69,27 +72,27 @@ bool record_valid(const TraceHeader& h, const TraceRecord& r) {
 }  // namespace
 
 std::vector<std::byte> encode_trace_header(const TraceHeader& h) {
-  std::vector<std::byte> b(kTraceHeaderBytes);
-  std::memcpy(b.data(), kTraceMagic, sizeof kTraceMagic);
-  le::put32(b.data() + 8, kTraceVersion);
-  le::put32(b.data() + 12, kTraceHeaderBytes);
-  le::put64(b.data() + 16, h.image_size);
-  le::put32(b.data() + 24, h.region_size);
-  le::put32(b.data() + 28, h.flags);
-  le::put64(b.data() + 32, h.start_time_ns);
-  le::put32(b.data() + kHeaderCrcAt, crc32c(std::span(b).first(kHeaderCrcAt)));
+  std::vector<std::byte> b = new_frame(kHeaderFrame);
+  ByteWriter w(b);
+  w.u64_at(16, h.image_size);
+  w.u32_at(24, h.region_size);
+  w.u32_at(28, h.flags);
+  w.u64_at(32, h.start_time_ns);
+  seal_frame(b, kHeaderFrame);
   return b;
 }
 
 std::vector<std::byte> encode_trace_block(std::span<const TraceRecord> records) {
   IMG_CHECK(!records.empty() && records.size() <= kTraceBlockRecordsMax);
   std::vector<std::byte> b(kTraceBlockHeaderBytes + records.size() * kTraceRecordBytes);
-  le::put32(b.data(), kTraceBlockMagic);
-  le::put32(b.data() + 4, static_cast<uint32_t>(records.size()));
-  for (size_t i = 0; i < records.size(); ++i)
-    put_record(b.data() + kTraceBlockHeaderBytes + i * kTraceRecordBytes, records[i]);
-  // The CRC covers the block with its CRC field zero.
-  le::put32(b.data() + 12, crc32c(b));
+  ByteWriter w(b);
+  w.u32(kTraceBlockMagic);
+  w.u32(static_cast<uint32_t>(records.size()));
+  w.skip(kTraceBlockHeaderBytes - kBlockReservedAt);  // zero, and the CRC's place
+  for (const TraceRecord& r : records) put_record(w, r);
+  IMG_CHECK(w.pos() == b.size());
+  // The CRC covers the block with its CRC field zero (as it is here).
+  w.u32_at(kBlockCrcAt, crc32c(b));
   return b;
 }
 
@@ -98,14 +101,14 @@ Result<Trace> parse_trace(std::span<const std::byte> bytes, const std::string& n
   t.header = TRY(parse_header(bytes, name));
   uint64_t at = kTraceHeaderBytes;
   while (at < bytes.size()) {
-    const std::span<const std::byte> rest = bytes.subspan(at);
+    ByteReader rest(bytes.subspan(at));
     if (rest.size() < kTraceBlockHeaderBytes) {
       t.torn_tail = true;
       break;
     }
-    const uint32_t count = le::get32(rest.data() + 4);
-    const bool shape_ok = le::get32(rest.data()) == kTraceBlockMagic && count > 0 &&
-                          count <= kTraceBlockRecordsMax && le::get32(rest.data() + 8) == 0;
+    const uint32_t count = rest.u32_at(kBlockCountAt);
+    const bool shape_ok = rest.u32_at(0) == kTraceBlockMagic && count > 0 &&
+                          count <= kTraceBlockRecordsMax && rest.u32_at(kBlockReservedAt) == 0;
     const size_t len = kTraceBlockHeaderBytes + size_t{count} * kTraceRecordBytes;
     // A block that runs past the end is the torn tail; one that fits must check out
     // unless it is the last (a torn write may leave a full-length block of garbage).
@@ -113,14 +116,8 @@ Result<Trace> parse_trace(std::span<const std::byte> bytes, const std::string& n
       t.torn_tail = true;
       break;
     }
-    bool crc_ok = false;
-    if (shape_ok) {
-      constexpr std::byte kZeros[4] = {};
-      uint32_t c = crc32c(rest.first(12));
-      c = crc32c(kZeros, c);
-      c = crc32c(rest.subspan(kTraceBlockHeaderBytes, len - kTraceBlockHeaderBytes), c);
-      crc_ok = c == le::get32(rest.data() + 12);
-    }
+    const bool crc_ok = shape_ok && crc32c_without_field(rest.all().first(len), kBlockCrcAt) ==
+                                        rest.u32_at(kBlockCrcAt);
     if (!shape_ok || !crc_ok) {
       if (shape_ok && len == rest.size()) {
         t.torn_tail = true;
@@ -128,12 +125,14 @@ Result<Trace> parse_trace(std::span<const std::byte> bytes, const std::string& n
       }
       return corrupt(name, at, shape_ok ? "record block CRC mismatch" : "bad record block header");
     }
+    rest.skip(kTraceBlockHeaderBytes);
     for (uint32_t i = 0; i < count; ++i) {
-      const uint64_t rec_at = kTraceBlockHeaderBytes + uint64_t{i} * kTraceRecordBytes;
-      TraceRecord r = get_record(rest.data() + rec_at);
+      const uint64_t rec_at = rest.pos();
+      const TraceRecord r = get_record(rest);
       if (!record_valid(t.header, r)) return corrupt(name, at + rec_at, "invalid record");
       t.records.push_back(r);
     }
+    IMG_CHECK(rest.ok());  // len <= rest.size()
     at += len;
   }
   return t;
