@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything imgstream needs to build, test and benchmark on Debian 12, from
 # Debian's own packages: the toolchain and libraries, the real peers the tests run
-# against (qemu, nbdkit, libnbd tools, fio, nginx), and what the bootable test disk is
-# made of (syslinux, extlinux, a kernel, busybox). Safe to run again; does nothing when
-# everything is there already.
+# against (qemu, nbdkit, libnbd tools, fio, nginx), and what the bootable test disks are
+# made of (syslinux, extlinux, a kernel, busybox; debootstrap for the Debian one). Safe to
+# run again; does nothing when everything is there already.
 set -euo pipefail
 
 packages=(
@@ -17,6 +17,8 @@ packages=(
   python3 jq e2fsprogs util-linux procps psmisc iproute2
   # the bootable test disk
   syslinux-common extlinux linux-image-amd64 busybox-static fdisk cpio kmod xz-utils
+  # the Debian test disk (tests/fixtures/make-distro-disk.sh: debootstrap from the mirror)
+  debootstrap debian-archive-keyring mount passwd
 )
 
 missing=()

@@ -14,9 +14,13 @@
 #   IMGSTREAM-BOOT-OK <md5>       success (guest read and verified its data)
 #   IMGSTREAM-BOOT-FAIL <reason>  guest-side failure: stop at once
 #
+# or, with BOOT_MARKER=IMGSTREAM-DISTRO, the one of the Debian disk of
+# tests/fixtures/make-distro-disk.sh (IMGSTREAM-DISTRO-OK <md5> ... /
+# IMGSTREAM-DISTRO-FAIL <reason>).
+#
 # On success it prints to stdout
 #   elapsed_seconds=<seconds from qemu start to the marker, 2 decimals>
-#   IMGSTREAM-BOOT-OK <md5>
+#   IMGSTREAM-BOOT-OK <md5>       (the whole marker line)
 # and returns 0. It returns 1 if the marker is missing (timeout, qemu exited,
 # guest FAIL, md5 mismatch) and 2 on usage errors; the serial log tail goes to
 # stderr. QEMU is always killed (by PID: TERM, then KILL) before returning,
@@ -37,10 +41,17 @@
 #       driver=nbd,server.type=unix,server.path=/tmp/x.sock,if=virtio,readonly=on
 #
 # Environment:
+#   BOOT_MARKER=PREFIX   wait for PREFIX-OK / PREFIX-FAIL (default
+#                        IMGSTREAM-BOOT; IMGSTREAM-DISTRO for the Debian disk)
 #   BOOT_LOG=FILE        keep the serial log there (default: temp, deleted)
 #   BOOT_EXPECT_MD5=HEX  also require this md5 in the marker (e.g. the
 #                        content of OUT.img.md5 from make-boot-disk.sh)
-#   BOOT_READONLY=0      do not add readonly=on for paths/URIs
+#   BOOT_READONLY=0      do not add readonly=on for paths/URIs (a guest that
+#                        writes, like the Debian disk, needs it)
+#   BOOT_WAIT_EXIT=SECS  after the OK marker, wait up to SECS for QEMU to exit
+#                        by itself (the guest powers off, -no-reboot), print
+#                        exit_seconds=<marker to exit> after elapsed_seconds,
+#                        and fail if it does not (default: kill at the marker)
 #   BOOT_MEM=512         guest memory in MiB
 #   BOOT_QEMU=qemu-system-x86_64   QEMU binary
 #   BOOT_QEMU_ARGS="..."  extra QEMU arguments (word-split)
@@ -50,6 +61,7 @@
 # and read back the exact bytes" is the end-to-end check, and the elapsed
 # time is a rough performance signal (TCG; noisy on a loaded host).
 
+# The markers are set from BOOT_MARKER when a boot starts (_boot_check_args).
 BOOT_MARKER_OK=IMGSTREAM-BOOT-OK
 BOOT_MARKER_FAIL=IMGSTREAM-BOOT-FAIL
 
@@ -105,6 +117,16 @@ _boot_check_args() {
         _boot_log "usage: boot.sh DRIVE_SPEC TIMEOUT_SECONDS"
         return 2
     fi
+    if [[ ! ${BOOT_MARKER:-IMGSTREAM-BOOT} =~ ^[A-Za-z0-9_-]+$ ]]; then
+        _boot_log "BOOT_MARKER '$BOOT_MARKER' must be letters, digits, '-' or '_'"
+        return 2
+    fi
+    if [[ -n ${BOOT_WAIT_EXIT:-} && ! $BOOT_WAIT_EXIT =~ ^[0-9]+([.][0-9]+)?$ ]]; then
+        _boot_log "BOOT_WAIT_EXIT '$BOOT_WAIT_EXIT' is not a number of seconds"
+        return 2
+    fi
+    BOOT_MARKER_OK=${BOOT_MARKER:-IMGSTREAM-BOOT}-OK
+    BOOT_MARKER_FAIL=${BOOT_MARKER:-IMGSTREAM-BOOT}-FAIL
     _boot_drive=$(boot_drive_arg "$1") || return 2
     _boot_qemu=${BOOT_QEMU:-qemu-system-x86_64}
     command -v "$_boot_qemu" >/dev/null || { _boot_log "$_boot_qemu not found"; return 2; }
@@ -182,6 +204,23 @@ _boot_run() {
     done
     end=$(_boot_now)
     elapsed=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }')
+    local exit_line=
+    if [[ $status == ok && -n ${BOOT_WAIT_EXIT:-} ]]; then
+        # The guest powers off after its marker: give it the time to, so
+        # that its disk is left clean (then it can be fsck'ed).
+        deadline=$(awk -v s="$end" -v t="$BOOT_WAIT_EXIT" 'BEGIN { printf "%.6f", s + t }')
+        while kill -0 "$_boot_qpid" 2>/dev/null; do
+            now=$(_boot_now)
+            if awk -v n="$now" -v d="$deadline" 'BEGIN { exit !(n >= d) }'; then
+                status=noexit
+                break
+            fi
+            sleep 0.05
+        done
+        now=$(_boot_now)
+        [[ $status == ok ]] &&
+            exit_line="exit_seconds=$(awk -v s="$end" -v e="$now" 'BEGIN { printf "%.2f", e - s }')"
+    fi
     _boot_kill "$_boot_qpid"
     _boot_qpid=
 
@@ -196,6 +235,7 @@ _boot_run() {
     fi
 
     echo "elapsed_seconds=$elapsed"
+    if [[ -n $exit_line ]]; then echo "$exit_line"; fi
     if [[ -n $line ]]; then echo "$line"; fi
     [[ $status == ok ]] && exit 0
     case $status in
@@ -203,6 +243,7 @@ _boot_run() {
         exited)  _boot_log "FAILED: qemu exited before the marker" ;;
         fail)    _boot_log "FAILED: guest reported: $line" ;;
         md5)     _boot_log "FAILED: data integrity (md5) mismatch" ;;
+        noexit)  _boot_log "FAILED: qemu still running ${BOOT_WAIT_EXIT}s after the marker (no poweroff)" ;;
     esac
     if [[ ${BOOT_QUIET:-0} != 1 ]]; then
         if [[ -s $log.qemu-out ]]; then
