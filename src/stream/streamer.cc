@@ -92,13 +92,11 @@ std::vector<std::pair<uint64_t, uint64_t>> pack_boot_ranges(const pack::Pack& p)
   return ranges;
 }
 
-Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions& o) {
-  std::unique_ptr<Streamer> s(new Streamer(env, o));
-  // Someone's directory that is no store is refused before anything is written in it.
-  TRY(store::LocalStore::check_dir(env, o.store_dir));
-  // A store that is already whole needs no source at all: run from the local disk.
-  auto existing = store::LocalStore::read_status(env, o.store_dir);
-  const bool whole = existing && existing->slot.count_present() == existing->header.regions();
+// The store to open or make: a whole one as it is (no source needed), else for the
+// source, opened here. `existing`: the store's status on disk, when it has one.
+Result<store::StoreOptions> Streamer::store_options(const std::optional<store::StoreStatus>& existing,
+                                                   bool whole) {
+  const StreamerOptions& o = opt_;
   store::StoreOptions so;
   so.dir = o.store_dir;
   // 0 means: the store's own region size when resuming, the default when new.
@@ -112,44 +110,78 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     so.fingerprint_kind = existing->header.fingerprint_kind;
     so.source_uri = existing->header.source_uri;
     so.region_size = existing->header.region_size;
-    TRY(s->check_whole_store_source(existing->header));
-  } else {
-    TRY_CTX(s->open_sources(), "source " + o.source);
-    so.image_size = s->demand_src_->size();
-    so.source_uri = s->demand_src_->uri();
-    // A pack names its image (identity); other sources are fingerprinted by their bytes.
-    // A store being resumed was fingerprinted its own way (older stores: Ends; for a
-    // pack's identity the kind means nothing and is kept as it was).
-    so.fingerprint_kind = existing ? existing->header.fingerprint_kind
-                                   : store::FingerprintKind::Sampled;
-    if (auto id = s->demand_src_->identity()) so.fingerprint = *id;
-    else so.fingerprint = TRY(fingerprint(*s->demand_src_, so.fingerprint_kind));
-    if (auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get())) {
-      // Regions of the pack's chunk size, so that a region is one verified chunk.
-      if (!o.region_size && !existing) so.region_size = ps->pack().header().chunk_size;
-      if (s->opt_.prefetch_ranges.empty() && o.background_boot_prefetch)
-        s->opt_.prefetch_ranges = pack_boot_ranges(ps->pack());
-    }
+    TRY(check_whole_store_source(existing->header));
+    return so;
   }
-  // What can be checked before the store is made is checked before.
-  auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get());
-  if (!o.seed.empty() && !ps)
+  TRY_CTX(open_sources(), "source " + o.source);
+  so.image_size = demand_src_->size();
+  so.source_uri = demand_src_->uri();
+  // A pack names its image (identity); other sources are fingerprinted by their bytes.
+  // A store being resumed was fingerprinted its own way (older stores: Ends; for a
+  // pack's identity the kind means nothing and is kept as it was).
+  so.fingerprint_kind = existing ? existing->header.fingerprint_kind
+                                 : store::FingerprintKind::Sampled;
+  if (auto id = demand_src_->identity()) so.fingerprint = *id;
+  else so.fingerprint = TRY(fingerprint(*demand_src_, so.fingerprint_kind));
+  if (auto* ps = dynamic_cast<pack::PackSource*>(demand_src_.get())) {
+    // Regions of the pack's chunk size, so that a region is one verified chunk.
+    if (!o.region_size && !existing) so.region_size = ps->pack().header().chunk_size;
+    if (opt_.prefetch_ranges.empty() && o.background_boot_prefetch)
+      opt_.prefetch_ranges = pack_boot_ranges(ps->pack());
+  }
+  return so;
+}
+
+// What can be checked before the store is made is checked before.
+Result<void> Streamer::check_before_store(const store::StoreOptions& so) const {
+  if (!opt_.seed.empty() && !dynamic_cast<pack::PackSource*>(demand_src_.get()))
     return Error::invalid("--seed works with a pack source (NAME.pack or an http URL)");
-  if (o.prefetch_image_size && o.prefetch_image_size != so.image_size)
+  if (opt_.prefetch_image_size && opt_.prefetch_image_size != so.image_size)
     return Error::invalid("the profile was made for an image of " +
-                          std::to_string(o.prefetch_image_size) + " bytes, this one has " +
+                          std::to_string(opt_.prefetch_image_size) + " bytes, this one has " +
                           std::to_string(so.image_size));
-  s->store_ = TRY(store::LocalStore::open_or_create(env, so));
-  if (!o.seed.empty()) {
-    // A seed fills a store before anything is fetched; one being resumed has its regions.
-    if (!s->store_->created())
-      return Error{EEXIST, "--seed needs a new store: " + o.store_dir +
-                               " holds one already (run without --seed to resume it)"};
-    auto r = TRY(pack::seed_store(env, ps->pack(), *s->store_, o.seed));
-    LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", o.seed, r.chunks, r.bytes);
-    s->store_->add_seeded(r.bytes);
-    TRY(s->store_->commit());
+  return ok();
+}
+
+// A seed fills a store before anything is fetched; one being resumed has its regions.
+Result<void> Streamer::seed_store() {
+  if (!store_->created())
+    return Error{EEXIST, "--seed needs a new store: " + opt_.store_dir +
+                             " holds one already (run without --seed to resume it)"};
+  auto* ps = dynamic_cast<pack::PackSource*>(demand_src_.get());
+  auto r = TRY(pack::seed_store(env_, ps->pack(), *store_, opt_.seed));
+  LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", opt_.seed, r.chunks, r.bytes);
+  store_->add_seeded(r.bytes);
+  return store_->commit();
+}
+
+// The hydrator: the profile's ranges first (as the store's regions), then the rest.
+void Streamer::make_hydrator() {
+  HydratorOptions ho = opt_.hydrate;
+  ho.prefetch_only = !opt_.background;
+  const uint64_t rs = store_->region_size(), size = store_->header().image_size;
+  for (auto [off, len] : opt_.prefetch_ranges) {
+    if (len == 0 || off >= size) continue;
+    const uint64_t first = off / rs, end = (std::min(off + len, size) + rs - 1) / rs;
+    ho.prefetch.push_back(PrefetchRun{first, end - first});
   }
+  source::Source& bg = background_src_ ? *background_src_ : *demand_src_;
+  hydrator_ = std::make_unique<Hydrator>(*device_, *store_, bg, std::move(ho),
+                                         [this] { on_complete(); });
+}
+
+Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions& o) {
+  std::unique_ptr<Streamer> s(new Streamer(env, o));
+  // Someone's directory that is no store is refused before anything is written in it.
+  TRY(store::LocalStore::check_dir(env, o.store_dir));
+  // A store that is already whole needs no source at all: run from the local disk.
+  std::optional<store::StoreStatus> existing;
+  if (auto st = store::LocalStore::read_status(env, o.store_dir)) existing = std::move(*st);
+  const bool whole = existing && existing->slot.count_present() == existing->header.regions();
+  const store::StoreOptions so = TRY(s->store_options(existing, whole));
+  TRY(s->check_before_store(so));
+  s->store_ = TRY(store::LocalStore::open_or_create(env, so));
+  if (!o.seed.empty()) TRY(s->seed_store());
   const bool prefetching = !whole && !s->opt_.prefetch_ranges.empty();
   s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching);
   if (whole) {
@@ -160,19 +192,7 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     s->store_->set_state(StoreState::Streaming);  // resuming is a new try
   }
   TRY(s->store_->commit());
-  if (!whole && (o.background || prefetching)) {
-    HydratorOptions ho = o.hydrate;
-    ho.prefetch_only = !o.background;
-    const uint64_t rs = s->store_->region_size(), size = s->store_->header().image_size;
-    for (auto [off, len] : s->opt_.prefetch_ranges) {
-      if (len == 0 || off >= size) continue;
-      const uint64_t first = off / rs, end = (std::min(off + len, size) + rs - 1) / rs;
-      ho.prefetch.push_back(PrefetchRun{first, end - first});
-    }
-    source::Source& bg = s->background_src_ ? *s->background_src_ : *s->demand_src_;
-    s->hydrator_ = std::make_unique<Hydrator>(*s->device_, *s->store_, bg, std::move(ho),
-                                              [p = s.get()] { p->on_complete(); });
-  }
+  if (!whole && (o.background || prefetching)) s->make_hydrator();
   return s;
 }
 

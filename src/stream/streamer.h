@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -87,6 +88,12 @@ class Streamer {
 
  private:
   Streamer(Env& env, StreamerOptions o) : env_(env), opt_(std::move(o)) {}
+  // The pieces of open(), in order.
+  Result<store::StoreOptions> store_options(const std::optional<store::StoreStatus>& existing,
+                                            bool whole);
+  Result<void> check_before_store(const store::StoreOptions& so) const;
+  Result<void> seed_store();
+  void make_hydrator();
   Result<void> open_sources();
   Result<void> check_whole_store_source(const store::StoreHeader& h);
   void on_complete();
