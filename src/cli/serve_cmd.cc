@@ -88,9 +88,9 @@ Result<std::unique_ptr<BlockDevice>> open_image(const ServeArgs& args, bool pack
 
 // Binds the listening addresses (an address in use fails before anything is opened or
 // created) and checks that the control socket's path is free: it is bound later, once
-// the tracker it drives exists.
-Result<void> bind_listen(const ServeArgs& args, nbd::ServerOptions& opt) {
-  BoundListen bound;
+// the tracker it drives exists. `bound` keeps what it made (a captive run's private
+// socket directory) while the server runs.
+Result<void> bind_listen(const ServeArgs& args, nbd::ServerOptions& opt, BoundListen& bound) {
   TRY(bound.bind(std::move(opt.listen), !args.run.empty()));
   opt.listen = bound.addresses;
   opt.bound = std::move(bound.listeners);
@@ -122,7 +122,8 @@ int run_serve(const ServeArgs& args) {
   const bool read_only = args.read_only || pack;
   nbd::ServerOptions opt;
   if (int rc = check_serve_usage(args, read_only, opt.listen); rc != kExitOk) return rc;
-  if (auto r = bind_listen(args, opt); !r) {
+  BoundListen bound;
+  if (auto r = bind_listen(args, opt, bound); !r) {
     print_error("serve " + args.image + ": " + r.error().message);
     return kExitFailure;
   }
