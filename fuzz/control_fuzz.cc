@@ -5,14 +5,17 @@
 // it, through control_reply() to the streamer and then to the migration handler. The
 // streamer is made once (an image in an in-memory Env whose path holds an invalid UTF-8
 // byte, so that every status carries one); the served disk is made fresh for each input,
-// with a few regions written. The whole input is also parsed as JSON (as a control reply
-// a client reads) and taken apart with the typed readers.
+// with a few regions written. Each line is also decoded as a request of either socket
+// (control/stream_messages.h, control/migration_messages.h), and the whole input parsed
+// as JSON (a control reply a client reads) and decoded as every reply type and taken
+// apart with the typed readers.
 // Invariants: nothing throws (a handler exception would show as "internal error" in the
 // reply); every reply is one line holding a JSON object of valid UTF-8 whose "error", if
 // any, is a string (or null, in a status); lines that are not UTF-8 or hold control characters
 // never reach a handler; a status has the same fields as a store's status read from disk; taken
 // runs are inside the disk, in order, apart, and no more than asked; the tracker's counts stay
-// within the disk.
+// within the disk; a request or reply that decodes encodes to one that decodes to the same
+// value (one definition of each message, on both sides).
 #include <cstring>
 #include <memory>
 #include <set>
@@ -22,6 +25,8 @@
 #include "base/env_memory.h"
 #include "base/log.h"
 #include "fuzz_check.h"
+#include "control/migration_messages.h"
+#include "control/stream_messages.h"
 #include "io/control.h"
 #include "migrate/dirty_tracking_device.h"
 #include "migrate/migration_control.h"
@@ -64,7 +69,7 @@ struct StreamerUnderTest {
     streamer = std::move(*s);
     auto stored = stream::stored_status(env, "/store");
     FUZZ_CHECK(stored);
-    stored_keys = keys(*stored);
+    stored_keys = keys(stored->to_json());
   }
 };
 
@@ -116,7 +121,8 @@ void check_runs(const json& r, const std::string& line, uint64_t regions) {
   auto runs = get_u64_pairs(r, "runs");
   FUZZ_CHECK(runs.has_value());
   const auto w = command_words(line);
-  const uint64_t max = parse_u64_word(w.at(2), "MAX").value();
+  FUZZ_CHECK(w.size() >= 3);
+  const uint64_t max = parse_u64_word(w[2], "MAX").value();
   uint64_t total = 0, end = 0;
   for (auto [first, count] : *runs) {
     FUZZ_CHECK(count > 0 && first >= end && first + count <= regions);
@@ -126,12 +132,26 @@ void check_runs(const json& r, const std::string& line, uint64_t regions) {
   FUZZ_CHECK(total <= max);
 }
 
+// A line as a request of either socket: what decodes survives its encoding.
+void decode_as_requests(const std::string& line) {
+  if (auto r = control::decode_stream_request(line)) {
+    auto again = control::decode_stream_request(control::encode(*r));
+    FUZZ_CHECK(again && control::encode(*again) == control::encode(*r));
+  }
+  namespace mig = control::migration;
+  if (auto r = mig::decode_request(line)) {
+    auto again = mig::decode_request(mig::encode(*r));
+    FUZZ_CHECK(again && *again == *r);
+  }
+}
+
 void feed(StreamerUnderTest& st, DiskUnderTest& d, const std::string& raw, bool complete) {
   std::string line = raw.substr(0, raw.find('\n'));
   if (!line.empty() && line.back() == '\r') line.pop_back();
   const bool clean = valid_utf8(line) && std::none_of(line.begin(), line.end(), [](char c) {
                        return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
                      });
+  decode_as_requests(line);
   bool reached = false;
   auto via = [&](const std::function<json(const std::string&)>& h) {
     reached = false;
@@ -152,11 +172,26 @@ void feed(StreamerUnderTest& st, DiskUnderTest& d, const std::string& raw, bool 
   FUZZ_CHECK(d.tracker->dirty_count() <= regions && d.tracker->pending_count() <= regions);
 }
 
-// The input as a reply a client reads: the typed readers never throw.
+// A reply type's decoder on `j`: what decodes encodes to what decodes to the same.
+template <class Reply>
+void decode_as(const json& j) {
+  auto r = Reply::from_json(j);
+  if (!r) return;
+  auto again = Reply::from_json(json::parse(dump_json(r->to_json()), nullptr, false));
+  FUZZ_CHECK(again && *again == *r);
+}
+
+// The input as a reply a client reads: the typed decoders and readers never throw.
 void read_as_reply(const uint8_t* data, size_t size) {
   const json j = json::parse(reinterpret_cast<const char*>(data),
                              reinterpret_cast<const char*>(data) + size, nullptr, false);
   (void)dump_json(j);
+  decode_as<control::StreamStatus>(j);
+  decode_as<control::migration::InfoReply>(j);
+  decode_as<control::migration::TakeReply>(j);
+  decode_as<control::migration::ResumeReply>(j);
+  (void)control::Ok::from_json(j);
+  (void)control::reply_error(j);
   for (const char* k : {"runs", "dirty", "image", "error", "switched", "state", "eta_s"}) {
     (void)get_u64(j, k);
     (void)get_bool(j, k);

@@ -2,24 +2,22 @@
 // (docs/pack-format.md).
 #include <nlohmann/json.hpp>
 
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
-#include <thread>
 #include <unordered_set>
 
 #include "base/env.h"
 #include "base/log.h"
 #include "base/output_check.h"
 #include "base/stop.h"
-#include "base/thread_pool.h"
 #include "base/units.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
 #include "cli/stop_signals.h"
 #include "device/file_device.h"
+#include "io/control.h"
 #include "pack/pack_reader.h"
+#include "pack/pack_tools.h"
 #include "pack/pack_writer.h"
 #include "profile/profile.h"
 
@@ -38,23 +36,8 @@ int refuse(const std::string& what, const Error& e) {
   return kExitUsage;
 }
 
-// unpack writes raw images: no magic tells them from any other file.
-constexpr OutputKind kRawImageOutput{"raw image", ""};
-
 Overwrite overwrite_mode(bool force) {
   return force ? Overwrite::Force : Overwrite::SameKind;
-}
-
-// The files a pack reads from: it and every pack of its base chain (URLs are skipped by
-// check_output: not local).
-std::vector<std::string> chain_files(const pack::Pack& p) {
-  std::vector<std::string> files;
-  for (const pack::Pack* b = &p; b; b = b->base()) files.push_back(b->uri());
-  return files;
-}
-
-Error interrupted() {
-  return Error{EINTR, "interrupted"};
 }
 
 // --- pack ---------------------------------------------------------------------------
@@ -74,7 +57,7 @@ int check_pack_output(const PackArgs& a) {
   if (!a.base.empty()) {
     auto b = pack::Pack::open(*Env::posix(), a.base);
     if (!b) return fail("pack --base " + a.base, b.error());
-    for (std::string& f : chain_files(**b)) inputs.push_back(std::move(f));
+    for (std::string& f : pack::chain_files(**b)) inputs.push_back(std::move(f));
   }
   auto r = check_output(a.output, inputs, pack::kPackOutput, overwrite_mode(a.force));
   return r ? kExitOk : refuse("pack " + a.image, r.error());
@@ -127,115 +110,42 @@ int run_pack(const PackArgs& a) {
 
 // --- pack diff ----------------------------------------------------------------------
 
-// What a store holding OLD must fetch to hold NEW: NEW's distinct non-zero chunks that
-// OLD's chain does not have, and their stored (compressed) bytes.
 int run_diff(const std::string& old_path, const std::string& new_path, bool json) {
   auto o = pack::Pack::open(*Env::posix(), old_path);
   if (!o) return fail("pack diff", o.error());
   auto n = pack::Pack::open(*Env::posix(), new_path);
   if (!n) return fail("pack diff", n.error());
-  std::unordered_set<Digest, DigestHash> seen;
-  uint64_t chunks = 0, shared = 0, changed = 0, changed_bytes = 0, image_bytes = 0;
-  for (uint64_t i = 0; i < (*n)->index().size(); ++i) {
-    const pack::Pack::Location loc = (*n)->locate(i);
-    if (loc.kind == pack::ChunkKind::Zero || !seen.insert(loc.hash).second) continue;
-    ++chunks;
-    if ((*o)->has_chunk(loc.hash)) {
-      ++shared;
-    } else {
-      ++changed;
-      changed_bytes += loc.length;
-      image_bytes += (*n)->header().chunk_bytes(i);
-    }
-  }
+  const pack::PackDiff d = pack::diff_packs(**o, **n);
   if (json) {
-    nlohmann::json j{{"distinct_chunks", chunks},     {"shared_chunks", shared},
-                     {"new_chunks", changed},         {"new_bytes_stored", changed_bytes},
-                     {"new_bytes_image", image_bytes}, {"same_image", (*o)->header().identity ==
-                                                                           (*n)->header().identity}};
-    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
-  } else {
-    std::printf("%s -> %s: %llu of %llu distinct chunks are new: %s to fetch (%s of image data); "
-                "%llu shared\n",
-                old_path.c_str(), new_path.c_str(), static_cast<unsigned long long>(changed),
-                static_cast<unsigned long long>(chunks), format_size(changed_bytes).c_str(),
-                format_size(image_bytes).c_str(), static_cast<unsigned long long>(shared));
+    std::printf("%s\n", dump_json(d.to_json()).c_str());
+    return kExitOk;
   }
+  std::printf("%s -> %s: %llu of %llu distinct chunks are new: %s to fetch (%s of image data); "
+              "%llu shared\n",
+              old_path.c_str(), new_path.c_str(), static_cast<unsigned long long>(d.new_chunks),
+              static_cast<unsigned long long>(d.distinct_chunks),
+              format_size(d.new_bytes_stored).c_str(), format_size(d.new_bytes_image).c_str(),
+              static_cast<unsigned long long>(d.shared_chunks));
   return kExitOk;
 }
 
 // --- unpack -------------------------------------------------------------------------
 
-inline constexpr uint64_t kUnpackBatchChunks = 32;
-
 int run_unpack(const std::string& where, const std::string& output, bool quiet, bool force) {
   auto p = pack::Pack::open(*Env::posix(), where);
   if (!p) return fail("unpack", p.error());
-  // Before any work: never over the pack or its chain, never over an existing file
-  // unless --force (raw images have no magic to recognise them by).
-  if (auto r = check_output(output, chain_files(**p), kRawImageOutput, overwrite_mode(force)); !r)
-    return refuse("unpack " + where, r.error());
+  pack::UnpackOptions o;
+  o.output = output;
+  o.overwrite = overwrite_mode(force);
+  if (auto r = pack::check_unpack_output(**p, o); !r) return refuse("unpack " + where, r.error());
   set_graceful_stop();  // the first SIGINT stops within a batch and removes OUTPUT.tmp
-  const pack::PackHeader& h = (*p)->header();
-  const std::string tmp = output + ".tmp";
-  TempFile tmp_file(tmp);  // removed on every failure and on a forced exit
-  auto f = Env::posix()->open(tmp, OpenMode::CreateOrOpen);
-  if (!f) return fail("unpack", f.error());
-  std::shared_ptr<File> out = std::move(*f);
-  if (auto r = out->truncate(0); !r) return fail("unpack", r.error());
-  if (auto r = out->truncate(h.image_size); !r) return fail("unpack", r.error());
   Progress progress("unpack", quiet);
-  std::mutex mu;
-  std::condition_variable cv;
-  Result<void> failed = ok();
-  uint64_t done = 0;
-  size_t in_flight = 0;
-  {
-    const unsigned threads = std::max(2u, std::thread::hardware_concurrency());
-    ThreadPool pool(threads);
-    const uint64_t n = h.chunk_count();
-    for (uint64_t first = 0; first < n; first += kUnpackBatchChunks) {
-      {
-        // Bounded memory: a few batches per thread at most.
-        std::unique_lock lock(mu);
-        cv.wait(lock, [&] { return in_flight < 2 * threads; });
-        if (failed && stop_requested()) failed = interrupted();
-        if (!failed) break;
-        ++in_flight;
-      }
-      pool.post([&, first] {
-        const uint64_t count = std::min(kUnpackBatchChunks, n - first);
-        const uint64_t off = first * h.chunk_size;
-        const uint64_t bytes = std::min<uint64_t>(count * h.chunk_size, h.image_size - off);
-        std::vector<std::byte> buf(bytes);
-        Result<void> r =
-            stop_requested() ? Result<void>(interrupted()) : (*p)->read_chunks(first, count, buf);
-        // Zero chunks stay holes in the output.
-        for (uint64_t c = first; r && c < first + count; ++c) {
-          if ((*p)->index()[c].kind == pack::ChunkKind::Zero) continue;
-          const uint64_t at = (c - first) * h.chunk_size;
-          r = write_all_at(*out, off + at,
-                           std::span<const std::byte>(buf).subspan(at, h.chunk_bytes(c)));
-        }
-        std::lock_guard lock(mu);
-        if (!r && failed) failed = std::move(r);
-        done += bytes;
-        --in_flight;
-        progress.update(done, h.image_size);
-        cv.notify_all();
-      });
-    }
-  }  // the pool joins here
+  o.progress = [&](uint64_t done, uint64_t total) { progress.update(done, total); };
+  auto r = pack::unpack(*Env::posix(), **p, o);
   progress.finish();
-  if (failed && stop_requested()) failed = interrupted();
-  if (!failed) return fail("unpack " + where, failed.error());
-  if (auto r = out->sync(); !r) return fail("unpack", r.error());
-  out.reset();
-  if (auto r = Env::posix()->rename(tmp, output); !r) return fail("unpack", r.error());
-  tmp_file.keep();
+  if (!r) return fail("unpack " + where, r.error());
   if (!quiet)
-    std::printf("%s: %s written from %s\n", output.c_str(), format_size(h.image_size).c_str(),
-                where.c_str());
+    std::printf("%s: %s written from %s\n", output.c_str(), format_size(*r).c_str(), where.c_str());
   return kExitOk;
 }
 
@@ -304,7 +214,7 @@ int run_info(const std::string& where, bool json) {
                    {"boot_range", {h.boot_begin, h.boot_end}},
                    {"base_chain", chain}};
   if (json) {
-    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    std::printf("%s\n", dump_json(j).c_str());
     return kExitOk;
   }
   std::printf("pack: %s (%s)\nidentity: %s\nimage: %s in %llu chunks of %s\n", where.c_str(),

@@ -86,6 +86,35 @@ Result<std::unique_ptr<BlockDevice>> open_image(const ServeArgs& args, bool pack
   return pack ? open_pack_device(args.image) : open_file_device(args.image, args.read_only);
 }
 
+// Binds the listening addresses (an address in use fails before anything is opened or
+// created) and checks that the control socket's path is free: it is bound later, once
+// the tracker it drives exists. `bound` keeps what it made (a captive run's private
+// socket directory) while the server runs.
+Result<void> bind_listen(const ServeArgs& args, nbd::ServerOptions& opt, BoundListen& bound) {
+  TRY(bound.bind(std::move(opt.listen), !args.run.empty()));
+  opt.listen = bound.addresses;
+  opt.bound = std::move(bound.listeners);
+  if (!args.control.empty()) {
+    Address c{.kind = Address::Kind::Unix, .path = args.control};
+    if (auto r = check_listen_path(c); !r)
+      return Error{r.error().code, "control socket " + r.error().message};
+  }
+  return ok();
+}
+
+// The migration control socket (migrate/migration_control.h) over the stack's tracker,
+// mirror and hold; `migration` must outlive the server returned.
+Result<std::unique_ptr<ControlServer>> start_control(const ServeArgs& args,
+                                                     stack::DeviceStack& devices,
+                                                     std::unique_ptr<migrate::Migration>& migration) {
+  migration.reset(new migrate::Migration{absolute_path(args.image), args.track,
+                                         *devices.tracker(), *devices.mirror(), *devices.hold()});
+  migrate::Migration* m = migration.get();
+  return ControlServer::start(args.control, [m](const std::string& line) {
+    return migrate::migration_command(line, *m);
+  });
+}
+
 int run_serve(const ServeArgs& args) {
   set_graceful_stop();
   // A pack (docs/pack-format.md) is served read-only: its chunks are immutable.
@@ -93,21 +122,10 @@ int run_serve(const ServeArgs& args) {
   const bool read_only = args.read_only || pack;
   nbd::ServerOptions opt;
   if (int rc = check_serve_usage(args, read_only, opt.listen); rc != kExitOk) return rc;
-  // Bound first: an address in use fails before anything is opened or created.
   BoundListen bound;
-  if (auto r = bound.bind(std::move(opt.listen), !args.run.empty()); !r) {
+  if (auto r = bind_listen(args, opt, bound); !r) {
     print_error("serve " + args.image + ": " + r.error().message);
     return kExitFailure;
-  }
-  opt.listen = bound.addresses;
-  opt.bound = std::move(bound.listeners);
-  if (!args.control.empty()) {
-    // Bound later, once the tracker it drives exists: known to be free before it is made.
-    Address c{.kind = Address::Kind::Unix, .path = args.control};
-    if (auto r = check_listen_path(c); !r) {
-      print_error("serve " + args.image + ": control socket " + r.error().message);
-      return kExitFailure;
-    }
   }
   auto dev = open_image(args, pack);
   if (!dev) {
@@ -133,12 +151,7 @@ int run_serve(const ServeArgs& args) {
   std::unique_ptr<migrate::Migration> migration;
   std::unique_ptr<ControlServer> control;
   if (!args.control.empty()) {
-    migration.reset(new migrate::Migration{absolute_path(args.image), args.track,
-                                           *devices.tracker(), *devices.mirror(),
-                                           *devices.hold()});
-    auto c = ControlServer::start(args.control, [&](const std::string& line) {
-      return migrate::migration_command(line, *migration);
-    });
+    auto c = start_control(args, devices, migration);
     if (!c) {
       print_error(c.error().message);
       return kExitFailure;

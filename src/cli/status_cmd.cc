@@ -13,6 +13,7 @@
 #include "base/units.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
+#include "control/stream_messages.h"
 #include "io/control.h"
 #include "stream/streamer.h"
 
@@ -25,7 +26,7 @@ namespace {
 constexpr unsigned kWatchSilentTicksMax = 10;
 
 struct Status {
-  nlohmann::json j;
+  control::StreamStatus s;
   bool live = false;  // from the running streamer (else read from the store)
 };
 
@@ -33,72 +34,60 @@ bool nobody_listens(const Error& e) {
   return e.code == ECONNREFUSED || e.code == ENOENT;
 }
 
-// The running streamer's status, or the store's when none runs. A streamer that exists
-// but does not answer in time is an error (EAGAIN / ETIMEDOUT), not "none runs".
+// The running streamer's status, or the store's when none runs (or what answers is no
+// streamer: its reply is no status). A streamer that exists but does not answer in
+// time is an error (EAGAIN / ETIMEDOUT), not "none runs".
 Result<Status> current_status(const std::string& dir) {
-  auto live = stream::control_request(dir, "status");
-  if (live && live->contains("state")) return Status{std::move(*live), true};
-  if (!live && !nobody_listens(live.error()))
+  auto live = control::request_status(dir);
+  if (live) return Status{std::move(*live), true};
+  if (!nobody_listens(live.error()) && live.error().code != EBADMSG)
     return Error{ETIMEDOUT, "the streamer does not answer (" + live.error().message + ")"};
   return Status{TRY(stream::stored_status(*Env::posix(), dir)), false};
 }
 
-uint64_t u64(const nlohmann::json& j, const char* k) {
-  return u64_or(j, k, 0);
-}
-
 // The progress line, in fields that give way to the terminal's width (the least useful
 // first: the region counts, the prefetch, then demand and background).
-std::vector<LineField> progress_fields(const nlohmann::json& j) {
+std::vector<LineField> progress_fields(const control::StreamStatus& s) {
   std::vector<LineField> f;
-  f.push_back({fmt::format("{:>9}", string_or(j, "state", "?")), 0});
-  f.push_back({fmt::format("{:5.1f}%", double_or(j, "percent", 0)), 0});
-  f.push_back(
-      {fmt::format("{}/{} regions", u64(j, "regions_present"), u64(j, "regions_total")), 6});
-  f.push_back({"demand " + format_size(u64(j, "bytes_fetched_demand")), 4});
-  f.push_back({"background " + format_size(u64(j, "bytes_fetched_background")), 4});
-  if (u64(j, "bytes_prefetched") > 0)
-    f.push_back({fmt::format("prefetch {} ({:.0f}% read)", format_size(u64(j, "bytes_prefetched")),
-                             100.0 * double_or(j, "prefetch_precision", 0.0)),
+  f.push_back({fmt::format("{:>9}", s.state), 0});
+  f.push_back({fmt::format("{:5.1f}%", s.percent), 0});
+  f.push_back({fmt::format("{}/{} regions", s.regions_present, s.regions_total), 6});
+  f.push_back({"demand " + format_size(s.bytes_fetched_demand), 4});
+  f.push_back({"background " + format_size(s.bytes_fetched_background), 4});
+  if (s.bytes_prefetched > 0)
+    f.push_back({fmt::format("prefetch {} ({:.0f}% read)", format_size(s.bytes_prefetched),
+                             100.0 * s.prefetch_precision.value_or(0.0)),
                  5});
-  if (const double rate = double_or(j, "rate_bytes_per_s", 0); rate > 0)
-    f.push_back({fmt::format("{:.1f} MB/s", rate / 1e6), 1});
-  if (auto eta = get_double(j, "eta_s"); eta && *eta > 0)
-    f.push_back({"ETA " + format_eta(*eta), 1});
-  if (auto e = get_string(j, "error")) f.push_back({"error: " + *e, 3});
-  if (auto retry = get_double(j, "retry_in_s"))
-    f.push_back({fmt::format("retry in {:.0f} s", std::ceil(*retry)), 2});
+  if (s.rate_bytes_per_s > 0) f.push_back({fmt::format("{:.1f} MB/s", s.rate_bytes_per_s / 1e6), 1});
+  if (s.eta_s && *s.eta_s > 0) f.push_back({"ETA " + format_eta(*s.eta_s), 1});
+  if (s.error) f.push_back({"error: " + *s.error, 3});
+  if (s.retry_in_s) f.push_back({fmt::format("retry in {:.0f} s", std::ceil(*s.retry_in_s)), 2});
   return f;
 }
 
 // Reads: how many were served locally, and what the others cost in waiting.
-std::string reads_line(const nlohmann::json& j) {
-  const uint64_t total = u64(j, "reads_total"), waited = u64(j, "reads_waited");
-  std::string line = fmt::format("reads: {} total, {:.1f}% local, {} waited on the source", total,
-                                 100.0 * double_or(j, "hit_ratio", 1.0), waited);
-  if (waited > 0) {
-    const double s = double_or(j, "wait_seconds", 0.0);
-    line += fmt::format(" ({:.3f} s in all, {:.1f} ms each)", s, 1e3 * s / double(waited));
-  }
-  if (const uint64_t failed = u64(j, "reads_failed"); failed > 0)
-    line += fmt::format(", {} failed", failed);
-  if (u64(j, "bytes_prefetched") > 0)
-    line += fmt::format("; prefetched {}, {:.1f}% of it read since",
-                        format_size(u64(j, "bytes_prefetched")),
-                        100.0 * double_or(j, "prefetch_precision", 0.0));
+std::string reads_line(const control::StreamStatus& s) {
+  std::string line = fmt::format("reads: {} total, {:.1f}% local, {} waited on the source",
+                                 s.reads_total, 100.0 * s.hit_ratio.value_or(1.0), s.reads_waited);
+  if (s.reads_waited > 0)
+    line += fmt::format(" ({:.3f} s in all, {:.1f} ms each)", s.wait_seconds,
+                        1e3 * s.wait_seconds / double(s.reads_waited));
+  if (s.reads_failed > 0) line += fmt::format(", {} failed", s.reads_failed);
+  if (s.bytes_prefetched > 0)
+    line += fmt::format("; prefetched {}, {:.1f}% of it read since", format_size(s.bytes_prefetched),
+                        100.0 * s.prefetch_precision.value_or(0.0));
   return line;
 }
 
-void print_once(const Status& s, bool json) {
+void print_once(const Status& st, bool json) {
   if (json) {
-    std::printf("%s\n", dump_json(s.j).c_str());
+    std::printf("%s\n", dump_json(st.s.to_json()).c_str());
     return;
   }
-  std::printf("%s\n%s\nsource: %s\nstore: %s (%s)\n", fit_line(progress_fields(s.j), 0).c_str(),
-              reads_line(s.j).c_str(), string_or(s.j, "source", "").c_str(),
-              string_or(s.j, "store", "").c_str(),
-              s.live ? "streamer running" : "no streamer running");
-  if (auto hint = get_string(s.j, "hint")) std::printf("hint: %s\n", hint->c_str());
+  std::printf("%s\n%s\nsource: %s\nstore: %s (%s)\n", fit_line(progress_fields(st.s), 0).c_str(),
+              reads_line(st.s).c_str(), st.s.source.c_str(), st.s.store.c_str(),
+              st.live ? "streamer running" : "no streamer running");
+  if (st.s.hint) std::printf("hint: %s\n", st.s.hint->c_str());
 }
 
 // --watch: a live line until the stream is detached, or the streamer goes (exit 1).
@@ -109,18 +98,19 @@ int watch(const std::string& dir, bool json, double interval_s, Status s) {
   for (;;) {
     if (silent == 0) {  // a fresh status: redrawn (a terminal) or one more line
       const size_t width = tty ? terminal_columns(STDOUT_FILENO) : 0;
-      const std::string line = json ? dump_json(s.j) : fit_line(progress_fields(s.j), width);
+      const std::string line =
+          json ? dump_json(s.s.to_json()) : fit_line(progress_fields(s.s), width);
       std::printf(tty ? "\r%s\033[K" : "%s\n", line.c_str());
       std::fflush(stdout);
     }
-    const std::string state = string_or(s.j, "state", "");
+    const std::string& state = s.s.state;
     if (state == "detached" || state == "complete") {
       if (tty) std::printf("\n");
       return kExitOk;
     }
     if (!s.live) {
       if (tty) std::printf("\n");
-      const std::string stored = string_or(s.j, "stored_state", state);
+      const std::string& stored = s.s.stored_state;
       print_error("status " + dir + ": " +
                   (was_live ? "streamer gone (it stopped or was killed) before the stream was "
                               "complete; state '" +
@@ -209,14 +199,16 @@ Runner add_ctl(CLI::App& app) {
                   "'); a rate is set with 'imgstream ctl DIR rate RATE'");
       return kExitUsage;
     }
-    const std::string command = a->action == "rate" ? "rate " + a->rate : a->action;
-    auto r = stream::control_request(a->dir, command);
-    if (!r) {
-      print_error("ctl " + a->dir + ": no streamer running on this store (" + r.error().message + ")");
+    control::StreamRequest request = control::PauseRequest{};
+    if (a->action == "resume") request = control::ResumeRequest{};
+    if (a->action == "rate") request = control::RateRequest{parse_size(a->rate).value()};
+    auto r = control::request(a->dir, request);
+    if (!r && (r.error().code == EREMOTEIO || r.error().code == EBADMSG)) {  // it answered
+      print_error("ctl " + a->dir + ": " + r.error().message);
       return kExitFailure;
     }
-    if (r->contains("error")) {
-      print_error("ctl " + a->dir + ": " + string_or(*r, "error", dump_json((*r)["error"])));
+    if (!r) {
+      print_error("ctl " + a->dir + ": no streamer running on this store (" + r.error().message + ")");
       return kExitFailure;
     }
     return kExitOk;

@@ -1,12 +1,12 @@
 #include "migrate/migration_control.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "base/log.h"
+#include "control/migration_messages.h"
 #include "io/control.h"
 
 namespace imgstream::migrate {
@@ -14,156 +14,126 @@ namespace imgstream::migrate {
 namespace {
 
 using nlohmann::json;
-using Words = std::vector<std::string_view>;
+namespace msg = control::migration;
 
-json error_reply(const std::string& message) {
-  return json{{"error", message}};
-}
-
-// Words [min_args, max_args] after the command, or an error naming its usage.
-Result<void> arity(const Words& w, size_t min_args, size_t max_args, const char* usage) {
-  if (w.size() - 1 < min_args || w.size() - 1 > max_args)
-    return Error::invalid(fmt::format("usage: {}", usage));
-  return ok();
-}
-
-// The optional number at w[i], bounded by max_value; `fallback` when absent.
-Result<uint64_t> number_at(const Words& w, size_t i, const char* what, uint64_t fallback,
-                           uint64_t max_value) {
-  if (i >= w.size()) return fallback;
-  const uint64_t v = TRY(parse_u64_word(w[i], what));
-  if (v > max_value) return Error::invalid(fmt::format("{} {} is over {}", what, v, max_value));
-  return v;
-}
-
-Result<json> info(Migration& m) {
+Result<msg::InfoReply> handle(const msg::InfoRequest&, Migration& m) {
   const DirtyTracker& t = m.tracker;
   const auto st = m.mirror.stats();
-  return json{{"image", m.image},
-              {"track", m.track},
-              {"size", t.header().image_size},
-              {"region_size", t.header().region_size},
-              {"dirty", t.dirty_count()},
-              {"pending", t.pending_count()},
-              {"unflushed", t.unflushed_count()},
-              {"held", m.hold.held()},
-              {"active", m.mirror.active()},
-              {"mirrored_bytes", st.mirrored_bytes},
-              {"copied_bytes", st.copied_bytes},
-              {"mirror_failures", st.mirror_failures},
-              {"copy_failures", st.copy_failures},
-              {"switched", m.switched != nullptr},
-              {"switched_to", m.switched_to}};
+  msg::InfoReply r;
+  r.image = m.image;
+  r.track = m.track;
+  r.size = t.header().image_size;
+  r.region_size = t.header().region_size;
+  r.dirty = t.dirty_count();
+  r.pending = t.pending_count();
+  r.unflushed = t.unflushed_count();
+  r.held = m.hold.held();
+  r.active = m.mirror.active();
+  r.mirrored_bytes = st.mirrored_bytes;
+  r.copied_bytes = st.copied_bytes;
+  r.mirror_failures = st.mirror_failures;
+  r.copy_failures = st.copy_failures;
+  r.switched = m.switched != nullptr;
+  r.switched_to = m.switched_to;
+  return r;
 }
 
-Result<json> take(const Words& w, DirtyTracker& t) {
-  TRY(arity(w, 2, 3, "take FROM MAX [END]"));
-  const uint64_t from = TRY(number_at(w, 1, "FROM", 0, UINT64_MAX));
-  const uint64_t max = TRY(number_at(w, 2, "MAX", 0, UINT64_MAX));
-  const uint64_t end = TRY(number_at(w, 3, "END", UINT64_MAX, UINT64_MAX));
-  std::vector<std::pair<uint64_t, uint64_t>> runs;  // (first, count)
-  for (uint64_t r : t.take(from, std::min<uint64_t>(max, kControlTakeMax), end)) {
-    if (!runs.empty() && runs.back().first + runs.back().second == r)
-      ++runs.back().second;
+Result<control::Ok> handle(const msg::BeginRequest& b, Migration& m) {
+  m.mirror.deactivate();  // a dead migrate's active mode: its copier is no one's now
+  m.tracker.release();
+  if (b.mode == msg::BeginRequest::Mode::Fresh)
+    while (!m.tracker.take(0, SIZE_MAX).empty()) m.tracker.confirm();
+  return control::Ok{};
+}
+
+Result<msg::TakeReply> handle(const msg::TakeRequest& t, Migration& m) {
+  msg::TakeReply r;
+  const uint64_t max = std::min<uint64_t>(t.max, msg::kTakeMax);
+  for (uint64_t region : m.tracker.take(t.from, max, t.end.value_or(UINT64_MAX))) {
+    if (!r.runs.empty() && r.runs.back().first + r.runs.back().second == region)
+      ++r.runs.back().second;
     else
-      runs.emplace_back(r, 1);
+      r.runs.emplace_back(region, 1);
   }
-  return json{{"ok", true}, {"runs", runs}};
+  return r;
 }
 
-Result<json> activate(const Words& w, Migration& m) {
-  TRY(arity(w, 1, 2, "active URI [CONNS]"));
-  uint64_t conns =
-      TRY(number_at(w, 2, "CONNS", kControlConnectionsDefault, kControlConnectionsMax));
-  conns = std::max<uint64_t>(2, conns);  // one for the machine's writes, the others copy
-  auto target = TRY(m.open_target(std::string(w[1]), unsigned(conns), kConnectTimeoutDefault));
+Result<control::Ok> handle(const msg::ConfirmRequest&, Migration& m) {
+  m.tracker.confirm();
+  TRY(m.tracker.flush());
+  return control::Ok{};
+}
+
+Result<control::Ok> handle(const msg::ReleaseRequest&, Migration& m) {
+  m.tracker.release();
+  return control::Ok{};
+}
+
+Result<control::Ok> handle(const msg::ActiveRequest& a, Migration& m) {
+  // One connection for the machine's writes, the others copy.
+  const auto conns = unsigned(std::max<uint64_t>(2, a.connections));
+  auto target = TRY(m.open_target(a.uri, conns, kConnectTimeoutDefault));
   if (!target->note().empty()) LOG_WARN("{}", target->note());
   TRY(m.mirror.activate(std::move(target)));
-  return json{{"ok", true}};
+  return control::Ok{};
 }
 
-Result<json> switch_to(const Words& w, Migration& m) {
-  TRY(arity(w, 1, 2, "switch URI [CONNS]"));
-  const uint64_t conns =
-      TRY(number_at(w, 2, "CONNS", kControlConnectionsDefault, kControlConnectionsMax));
+Result<control::Ok> handle(const msg::DrainRequest& d, Migration& m) {
+  TRY(m.mirror.drain(d.limit()));
+  return control::Ok{};
+}
+
+Result<control::Ok> handle(const msg::PassiveRequest&, Migration& m) {
+  m.mirror.deactivate();
+  return control::Ok{};
+}
+
+Result<control::Ok> handle(const msg::HoldRequest& h, Migration& m) {
+  m.hold.hold(h.limit());
+  return control::Ok{};
+}
+
+Result<msg::ResumeReply> handle(const msg::ResumeRequest&, Migration& m) {
+  const bool expired = !m.hold.held();
+  m.hold.release();
+  return msg::ResumeReply{expired};
+}
+
+Result<control::Ok> handle(const msg::SwitchRequest& s, Migration& m) {
   if (!m.hold.held()) return Error::invalid("switch needs the disk held");
-  const std::string uri(w[1]);
-  auto target =
-      TRY(m.open_target(uri, unsigned(std::max<uint64_t>(1, conns)), kSwitchConnectTimeout));
+  const auto conns = unsigned(std::max<uint64_t>(1, s.connections));
+  auto target = TRY(m.open_target(s.uri, conns, kSwitchConnectTimeout));
   if (!target->note().empty()) LOG_WARN("{}", target->note());
   m.mirror.deactivate();  // the disk is no longer the source of anything
   m.switched = std::make_unique<RemoteDevice>(std::move(target), m.tracker.header().image_size);
-  m.switched_to = uri;
+  m.switched_to = s.uri;
   m.hold.switch_to(*m.switched);
-  LOG_INFO("the disk is now {}: requests go there", uri);
-  return json{{"ok", true}};
+  LOG_INFO("the disk is now {}: requests go there", s.uri);
+  return control::Ok{};
 }
 
-Result<json> run(const Words& w, Migration& m) {
+// Whether the line asks for what a switched disk no longer does (checked before the
+// line is decoded, so that even a malformed one says why).
+bool migrating(std::string_view line) {
+  const auto w = command_words(line);
   const std::string_view cmd = w.empty() ? std::string_view() : w[0];
-  const bool migrating = cmd == "begin" || cmd == "take" || cmd == "active" || cmd == "switch";
-  if (migrating && m.switched)
+  return cmd == "begin" || cmd == "take" || cmd == "active" || cmd == "switch";
+}
+
+Result<json> run(const std::string& line, Migration& m) {
+  if (m.switched && migrating(line))
     return Error{EALREADY, "the disk was switched to " + m.switched_to +
                                " by a completed migration: it runs there now"};
-  const json done{{"ok", true}};
-  if (cmd == "info") {
-    TRY(arity(w, 0, 0, "info"));
-    return info(m);
-  }
-  if (cmd == "begin") {
-    TRY(arity(w, 1, 1, "begin fresh|resume"));
-    if (w[1] != "fresh" && w[1] != "resume") return Error::invalid("usage: begin fresh|resume");
-    m.mirror.deactivate();  // a dead migrate's active mode: its copier is no one's now
-    m.tracker.release();
-    if (w[1] == "fresh")
-      while (!m.tracker.take(0, SIZE_MAX).empty()) m.tracker.confirm();
-    return done;
-  }
-  if (cmd == "take") return take(w, m.tracker);
-  if (cmd == "confirm") {
-    TRY(arity(w, 0, 0, "confirm"));
-    m.tracker.confirm();
-    TRY(m.tracker.flush());
-    return done;
-  }
-  if (cmd == "release") {
-    TRY(arity(w, 0, 0, "release"));
-    m.tracker.release();
-    return done;
-  }
-  if (cmd == "active") return activate(w, m);
-  if (cmd == "drain") {
-    TRY(arity(w, 0, 1, "drain [MS]"));
-    const uint64_t ms = TRY(number_at(w, 1, "MS", kControlHoldMsDefault, kControlHoldMsMax));
-    TRY(m.mirror.drain(std::chrono::milliseconds(ms)));
-    return done;
-  }
-  if (cmd == "passive") {
-    TRY(arity(w, 0, 0, "passive"));
-    m.mirror.deactivate();
-    return done;
-  }
-  if (cmd == "hold") {
-    TRY(arity(w, 0, 1, "hold [MS]"));
-    const uint64_t ms = TRY(number_at(w, 1, "MS", kControlHoldMsDefault, kControlHoldMsMax));
-    m.hold.hold(std::chrono::milliseconds(ms));
-    return done;
-  }
-  if (cmd == "switch") return switch_to(w, m);
-  if (cmd == "resume") {
-    TRY(arity(w, 0, 0, "resume"));
-    const bool expired = !m.hold.held();
-    m.hold.release();
-    return json{{"ok", true}, {"expired", expired}};
-  }
-  return Error::invalid("unknown command '" + std::string(cmd) + "'");
+  const msg::Request request = TRY(msg::decode_request(line));
+  return std::visit([&](const auto& r) -> Result<json> { return TRY(handle(r, m)).to_json(); },
+                    request);
 }
 
 }  // namespace
 
 nlohmann::json migration_command(const std::string& line, Migration& m) {
-  auto r = run(command_words(line), m);
-  if (!r) return error_reply(r.error().message);
+  auto r = run(line, m);
+  if (!r) return control::error_reply(r.error().message);
   return std::move(*r);
 }
 

@@ -10,6 +10,7 @@
 #include "base/image_lock.h"
 #include "base/log.h"
 #include "base/units.h"
+#include "control/migration_messages.h"
 #include "io/control.h"
 #include "migrate/nbd_target.h"
 
@@ -26,29 +27,8 @@ struct Piece {
 };
 
 // The server side of a live migration, over its control socket.
-class Control {
- public:
-  explicit Control(std::string path) : path_(std::move(path)) {}
-  Result<nlohmann::json> call(const std::string& cmd, int timeout_s = 30) {
-    auto r = control_call(path_, cmd, timeout_s);
-    if (!r && (r.error().code == ECONNREFUSED || r.error().code == ENOENT))
-      return Error{r.error().code,
-                   "no imgstream serve --control answers at " + path_ + " (" + r.error().message +
-                       "); a migration stopped with its server continues when both run again"};
-    auto j = TRY_CTX(std::move(r), "control socket " + path_);
-    if (j.contains("error"))
-      return Error::io(path_ + ": " + cmd + ": " + string_or(j, "error", dump_json(j["error"])));
-    return j;
-  }
-  // A field of a reply: an error naming the command and the field when it is missing or
-  // of another type (a malformed reply must fail the migration, never abort it).
-  static Result<uint64_t> u64(const nlohmann::json& j, const char* cmd, const char* key) {
-    return TRY_CTX(get_u64(j, key), std::string("reply to '") + cmd + "'");
-  }
-
- private:
-  std::string path_;
-};
+namespace msg = control::migration;
+using Control = msg::Client;
 
 class Copier {
  public:
@@ -174,39 +154,26 @@ std::optional<State> read_state(Env& env, const std::string& path) {
 // switch went. With --finish hold and all done, the disk stays held (the caller releases
 // it), which is checked: a hold that outlived its limit has lapsed and the machine wrote
 // meanwhile. Otherwise the disk resumes. Returns the pause in ms.
-Result<double> end_cutover(Control& ctl, const MigrateOptions& o, Clock::time_point held_at,
+Result<double> end_cutover(const Control& ctl, const MigrateOptions& o, Clock::time_point held_at,
                            Result<void> done) {
   if (done && o.finish == MigrateOptions::Finish::Hold) {
-    auto info = TRY(ctl.call("info"));
-    if (!bool_or(info, "held", false))
+    if (!TRY(ctl.call(msg::InfoRequest{})).held)
       return Error{ETIMEDOUT, "the cutover took longer than the hold limit: run migrate again"};
     return since(held_at) * 1e3;
   }
-  auto resumed = ctl.call("resume");
+  auto resumed = ctl.call(msg::ResumeRequest{});
   const double pause_ms = since(held_at) * 1e3;
   TRY(done);
   TRY(resumed);
-  if (resumed->value("expired", false))
+  if (resumed->expired)
     return Error{ETIMEDOUT, fmt::format("the cutover took longer than the hold limit ({} ms): the "
                                         "disk was written meanwhile; run migrate again",
                                         o.hold_limit.count())};
   return pause_ms;
 }
 
-// The counts of an "info" reply that active mode watches.
-struct MirrorInfo {
-  uint64_t dirty = 0, copied = 0, mirrored = 0, copy_failures = 0;
-};
-
-Result<MirrorInfo> mirror_info(Control& ctl) {
-  const auto j = TRY(ctl.call("info"));
-  MirrorInfo i;
-  i.dirty = TRY(Control::u64(j, "info", "dirty"));
-  i.copied = TRY(Control::u64(j, "info", "copied_bytes"));
-  i.mirrored = TRY(Control::u64(j, "info", "mirrored_bytes"));
-  i.copy_failures = u64_or(j, "copy_failures", 0);
-  return i;
-}
+// A request that may wait for the hold limit: given that long, and a few seconds more.
+int hold_timeout_s(const MigrateOptions& o) { return int(o.hold_limit.count() / 1000) + 5; }
 
 void total_up(MigrateReport& rep, Clock::time_point t_start) {
   rep.bytes_total = rep.cutover_bytes;
@@ -214,27 +181,20 @@ void total_up(MigrateReport& rep, Clock::time_point t_start) {
   rep.seconds = since(t_start);
 }
 
-// After round 0, in active mode: the server mirrors and copies; this waits until the
-// changes left are few, then holds the disk while the server's copier finishes them.
-// `connections`: what the target took when migrate connected (the server asks for no more).
-Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint64_t region_size,
-                                     unsigned connections, Clock::time_point t_start,
-                                     MigrateReport rep,
-                                     const std::function<void(const std::string&)>& say) {
-  rep.active = true;
-  TRY(ctl.call(fmt::format("active {} {}", o.target, connections), 60));
-  // New writes are mirrored, so the changed set only shrinks: wait until what is left
-  // copies in about 50 ms at the copier's pace (or --converge), then cut over.
-  RoundReport ra;
+// Active mode's wait: new writes are mirrored, so the changed set only shrinks; this
+// returns the server's counts once what is left copies in about 50 ms at the copier's
+// pace (or --converge), and gives up (mirroring off) when nothing moves for stall_limit.
+Result<msg::InfoReply> wait_converged(const Control& ctl, const MigrateOptions& o,
+                                      uint64_t region_size,
+                                      const std::function<void(const std::string&)>& say) {
   const auto t = Clock::now();
   auto last_progress = t, last_say = t, last_sample = t;
   uint64_t last_moved = 0, last_dirty = UINT64_MAX, sample_copied = 0;
   double copy_rate = 0;  // bytes/s of the server's copier, smoothed
-  MirrorInfo info;
   for (;;) {
-    info = TRY(mirror_info(ctl));
-    const uint64_t dirty = info.dirty, copied = info.copied;
-    const uint64_t moved = copied + info.mirrored;
+    const msg::InfoReply info = TRY(ctl.call(msg::InfoRequest{}));
+    const uint64_t dirty = info.dirty, copied = info.copied_bytes;
+    const uint64_t moved = copied + info.mirrored_bytes;
     if (const double dt = since(last_sample); dt >= 0.5) {
       const double r = double(copied - std::min(copied, sample_copied)) / dt;
       copy_rate = copy_rate == 0 ? r : 0.5 * copy_rate + 0.5 * r;
@@ -244,10 +204,10 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
     const uint64_t converge = o.converge_bytes
                                   ? o.converge_bytes
                                   : std::max<uint64_t>(64u << 10, uint64_t(copy_rate * 0.05));
-    if (dirty * region_size <= converge) break;
+    if (dirty * region_size <= converge) return info;
     if (moved != last_moved || dirty < last_dirty) last_progress = Clock::now();
     if (Clock::now() - last_progress > o.stall_limit) {
-      (void)ctl.call("passive");
+      (void)ctl.call(msg::PassiveRequest{});
       return Error{ETIMEDOUT, fmt::format("active mode: nothing reached the target for {} s ({} "
                                           "copies failed); run migrate again",
                                           o.stall_limit.count() / 1000, info.copy_failures)};
@@ -257,25 +217,26 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
     if (Clock::now() - last_say > std::chrono::seconds(1)) {
       last_say = Clock::now();
       say(fmt::format("active: {} changed regions left; {} mirrored, {} copied", dirty,
-                      format_size(info.mirrored), format_size(info.copied)));
+                      format_size(info.mirrored_bytes), format_size(copied)));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  ra.seconds = since(t);
-  const uint64_t copied_before = info.copied;
+}
 
-  // Cutover: held, the copier finishes, the server flushes the target.
+// Active mode's cutover: held, the server's copier finishes, the server flushes the
+// target, then switches (or mirroring goes off). Returns the pause in ms.
+Result<double> active_cutover(const Control& ctl, const MigrateOptions& o, unsigned connections,
+                              const std::function<void(const std::string&)>& say) {
   const auto tp = Clock::now();
-  TRY(ctl.call(fmt::format("hold {}", o.hold_limit.count()), int(o.hold_limit.count() / 1000) + 5));
+  TRY(ctl.call(msg::HoldRequest{uint64_t(o.hold_limit.count())}, hold_timeout_s(o)));
   const double held_ms = since(tp) * 1e3;  // the requests in flight finished
-  auto drained = ctl.call(fmt::format("drain {}", o.hold_limit.count()),
-                          int(o.hold_limit.count() / 1000) + 5);
+  auto drained = ctl.call(msg::DrainRequest{uint64_t(o.hold_limit.count())}, hold_timeout_s(o));
   const double drained_ms = since(tp) * 1e3;  // copied, and the target flushed
-  Result<nlohmann::json> finished = nlohmann::json::object();
+  Result<control::Ok> finished = control::Ok{};
   if (drained && o.finish == MigrateOptions::Finish::Switch)
-    finished = ctl.call(fmt::format("switch {} {}", o.target, connections));
+    finished = ctl.call(msg::SwitchRequest{o.target, connections});
   else
-    finished = ctl.call("passive");
+    finished = ctl.call(msg::PassiveRequest{});
   say(fmt::format("cutover: held after {:.1f} ms, drained after {:.1f} ms, {} after {:.1f} ms",
                   held_ms, drained_ms,
                   o.finish == MigrateOptions::Finish::Switch ? "switched" : "mirroring off",
@@ -283,12 +244,28 @@ Result<MigrateReport> migrate_active(Control& ctl, const MigrateOptions& o, uint
   Result<void> done = ok();
   if (!drained) done = std::move(drained).error();
   else if (!finished) done = std::move(finished).error();
-  rep.pause_ms = TRY(end_cutover(ctl, o, tp, std::move(done)));
-  auto after = mirror_info(ctl);  // the counters; the migration is done either way
-  const MirrorInfo& end = after ? *after : info;
-  rep.mirrored_bytes = end.mirrored;
-  const uint64_t copied = end.copied;
-  rep.cutover_bytes = copied - std::min(copied, copied_before);
+  return end_cutover(ctl, o, tp, std::move(done));
+}
+
+// After round 0, in active mode: the server mirrors and copies; this waits until the
+// changes left are few, then holds the disk while the server's copier finishes them.
+// `connections`: what the target took when migrate connected (the server asks for no more).
+Result<MigrateReport> migrate_active(const Control& ctl, const MigrateOptions& o,
+                                     uint64_t region_size, unsigned connections,
+                                     Clock::time_point t_start, MigrateReport rep,
+                                     const std::function<void(const std::string&)>& say) {
+  rep.active = true;
+  TRY(ctl.call(msg::ActiveRequest{o.target, connections}, 60));
+  RoundReport ra;
+  const auto t = Clock::now();
+  const msg::InfoReply info = TRY(wait_converged(ctl, o, region_size, say));
+  ra.seconds = since(t);
+  const uint64_t copied_before = info.copied_bytes;
+  rep.pause_ms = TRY(active_cutover(ctl, o, connections, say));
+  auto after = ctl.call(msg::InfoRequest{});  // the counters; the migration is done either way
+  const msg::InfoReply& end = after ? *after : info;
+  rep.mirrored_bytes = end.mirrored_bytes;
+  rep.cutover_bytes = end.copied_bytes - std::min(end.copied_bytes, copied_before);
   ra.bytes = rep.mirrored_bytes + copied_before;
   rep.rounds.push_back(ra);
   total_up(rep, t_start);
@@ -343,15 +320,15 @@ constexpr uint64_t kOfflineRegionBytes = 4096;
 // The server's view of the disk (live), the image, the target.
 Result<void> connect(Run& m) {
   if (m.live) {
-    auto info = TRY(m.ctl.call("info"));
+    const msg::InfoReply info = TRY(m.ctl.call(msg::InfoRequest{}));
     // A disk already switched runs on its target: another copy would be of nothing.
-    if (bool_or(info, "switched", false))
+    if (info.switched)
       return Error{EALREADY, "the disk served at " + m.o.control + " was switched to " +
-                                 string_or(info, "switched_to", "?") +
+                                 info.switched_to +
                                  " by a completed migration and runs there: nothing to migrate"};
-    m.image_path = TRY_CTX(get_string(info, "image"), "reply to 'info'");
-    m.region_size = TRY(Control::u64(info, "info", "region_size"));
-    m.state_path = TRY_CTX(get_string(info, "track"), "reply to 'info'") + ".migration";
+    m.image_path = info.image;
+    m.region_size = info.region_size;
+    m.state_path = info.track + ".migration";
     if (m.region_size == 0) return Error::io("reply to 'info': region_size 0");
   }
   if (!m.live) m.region_size = kOfflineRegionBytes;  // no tracker: segments of whole pages
@@ -376,12 +353,14 @@ Result<State> begin(Run& m) {
   auto old = read_state(m.env, m.state_path);
   if (!old || old->target != m.o.target || old->baseline_next > m.size ||
       (m.region_size && old->baseline_next % m.region_size && old->baseline_next != m.size)) {
-    TRY(m.ctl.call("begin fresh"));  // the full copy covers every change made before it
+    // The full copy covers every change made before it.
+    TRY(m.ctl.call(msg::BeginRequest{msg::BeginRequest::Mode::Fresh}));
     TRY(write_state(m.env, m.state_path, st));
     return st;
   }
   m.rep.resumed = true;
-  TRY(m.ctl.call("begin resume"));  // a dead migrate's taken regions: dirty again
+  // A dead migrate's taken regions: dirty again.
+  TRY(m.ctl.call(msg::BeginRequest{msg::BeginRequest::Mode::Resume}));
   m.say(fmt::format("continuing the migration to {} (full copy {})", m.o.target,
                     old->baseline_done ? "done" : "at " + format_size(old->baseline_next)));
   // The stopped run's last writes may still be queued at the target, on connections
@@ -424,9 +403,9 @@ Result<RoundReport> full_copy(Run& m, Copier& copier, State st) {
     // The segment's changes so far are taken before it is read: this copy carries them.
     // A write from now on sets its bit again (bits are set after the data is written).
     if (m.live)
-      TRY(m.ctl.call(fmt::format("take {} {} {}", st.baseline_next / m.region_size,
-                                 (end - st.baseline_next) / m.region_size + 1,
-                                 (end + m.region_size - 1) / m.region_size)));
+      TRY(m.ctl.call(msg::TakeRequest{st.baseline_next / m.region_size,
+                                      (end - st.baseline_next) / m.region_size + 1,
+                                      (end + m.region_size - 1) / m.region_size}));
     auto pieces = TRY(extents(*m.image, st.baseline_next, end, data));
     r0.bytes += TRY(copier.copy(pieces));
     segment = next_segment_bytes(end - st.baseline_next, since(ts));
@@ -438,7 +417,7 @@ Result<RoundReport> full_copy(Run& m, Copier& copier, State st) {
     if (st.baseline_done || since(last_checkpoint) >= m.o.checkpoint_seconds) {
       TRY(m.target->flush());
       if (m.live) {
-        TRY(m.ctl.call("confirm"));
+        TRY(m.ctl.call(msg::ConfirmRequest{}));
         TRY(write_state(m.env, m.state_path, st));
       }
       last_checkpoint = Clock::now();
@@ -455,8 +434,7 @@ Result<RoundReport> full_copy(Run& m, Copier& copier, State st) {
 Result<uint64_t> copy_changes(Run& m, Copier& copier, unsigned round, uint64_t total) {
   uint64_t bytes = 0;
   for (uint64_t from = 0;;) {
-    auto j = TRY(m.ctl.call(fmt::format("take {} {}", from, kTakeRegionsMax)));
-    auto runs = TRY_CTX(get_u64_pairs(j, "runs"), "reply to 'take'");
+    const msg::Runs runs = TRY(m.ctl.call(msg::TakeRequest{from, kTakeRegionsMax, {}})).runs;
     if (runs.empty()) break;
     for (auto [first, count] : runs)
       if (count == 0 || first < from || first > UINT64_MAX / m.region_size - count)
@@ -464,7 +442,7 @@ Result<uint64_t> copy_changes(Run& m, Copier& copier, unsigned round, uint64_t t
             fmt::format("reply to 'take': run [{}, +{}) is not after {}", first, count, from));
     bytes += TRY(copier.copy(pieces_of(runs, m.region_size, m.size)));
     TRY(m.target->flush());
-    TRY(m.ctl.call("confirm"));
+    TRY(m.ctl.call(msg::ConfirmRequest{}));
     from = runs.back().first + runs.back().second;
     m.progress(round, bytes, std::max(total, bytes));
   }
@@ -472,7 +450,7 @@ Result<uint64_t> copy_changes(Run& m, Copier& copier, unsigned round, uint64_t t
 }
 
 Result<uint64_t> dirty_regions(Run& m) {
-  return Control::u64(TRY(m.ctl.call("info")), "info", "dirty");
+  return TRY(m.ctl.call(msg::InfoRequest{})).dirty;
 }
 
 // Rounds of changes until they are few (converge), stop shrinking, or max_rounds.
@@ -505,8 +483,7 @@ Result<void> rounds(Run& m, Copier& copier) {
 // Holds the disk, copies the last changes, flushes the target, switches (or not).
 Result<void> cutover(Run& m, Copier& copier) {
   const auto tp = Clock::now();
-  TRY(m.ctl.call(fmt::format("hold {}", m.o.hold_limit.count()),
-                 int(m.o.hold_limit.count() / 1000) + 5));
+  TRY(m.ctl.call(msg::HoldRequest{uint64_t(m.o.hold_limit.count())}, hold_timeout_s(m.o)));
   auto last = copy_changes(m, copier, unsigned(m.rep.rounds.size()), 0);
   Result<void> done = ok();
   if (!last) {
@@ -515,7 +492,7 @@ Result<void> cutover(Run& m, Copier& copier) {
     done = std::move(flushed);
   } else if (m.o.finish == MigrateOptions::Finish::Switch) {
     m.target.reset();  // our connections go; the server opens its own
-    if (auto switched = m.ctl.call(fmt::format("switch {} {}", m.o.target, m.connections));
+    if (auto switched = m.ctl.call(msg::SwitchRequest{m.o.target, m.connections});
         !switched)
       done = std::move(switched).error();
   }

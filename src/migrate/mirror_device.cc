@@ -227,11 +227,46 @@ bool MirrorDevice::copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& r
   return false;
 }
 
+namespace {
+
+// Sorted regions -> runs [first, end) of consecutive ones, of at most run_max regions.
+std::vector<std::pair<uint64_t, uint64_t>> runs_of(const std::vector<uint64_t>& regions,
+                                                   uint64_t run_max) {
+  std::vector<std::pair<uint64_t, uint64_t>> runs;
+  for (size_t i = 0; i < regions.size();) {
+    size_t j = i + 1;
+    while (j < regions.size() && regions[j] == regions[j - 1] + 1 &&
+           regions[j] - regions[i] < run_max)
+      ++j;
+    runs.emplace_back(regions[i], regions[j - 1] + 1);
+    i = j;
+  }
+  return runs;
+}
+
+}  // namespace
+
+// Several runs at once, each under its own range lock (the runs are disjoint): one at a
+// time, scattered 4 KiB regions waited a round trip each, 20 MB/s behind a 1 Gbit/s link
+// in bench/migrate.sh.
+bool MirrorDevice::copy_in_parallel(const std::vector<std::pair<uint64_t, uint64_t>>& runs) {
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  auto work = [&] {
+    if (!copy_runs(runs, next, failed)) failed = true;
+  };
+  {
+    std::vector<std::jthread> helpers;
+    for (size_t k = 1; k < copy_workers_ && k < runs.size(); ++k) helpers.emplace_back(work);
+    work();
+  }  // the helpers join here
+  return !failed;
+}
+
 void MirrorDevice::copier() {
   std::shared_lock mode(mode_mu_);  // target_ stays while the copier runs
   const uint64_t rs = t_.header().region_size;
   const uint64_t run_max = std::max<uint64_t>(1, kCopyRunBytes / rs);
-  std::vector<std::pair<uint64_t, uint64_t>> runs;
   uint64_t cursor = 0;
   bool unflushed = false;
   uint64_t flushed_mirrored = 0;
@@ -277,28 +312,7 @@ void MirrorDevice::copier() {
       std::lock_guard l(copier_mu_);
       copier_idle_ = false;
     }
-    runs.clear();
-    for (size_t i = 0; i < regions.size();) {
-      size_t j = i + 1;
-      while (j < regions.size() && regions[j] == regions[j - 1] + 1 &&
-             regions[j] - regions[i] < run_max)
-        ++j;
-      runs.emplace_back(regions[i], regions[j - 1] + 1);
-      i = j;
-    }
-    // Several runs at once, each under its own range lock (the runs are disjoint): one at
-    // a time, scattered 4 KiB regions waited a round trip each, 20 MB/s behind a 1 Gbit/s
-    // link in bench/migrate.sh.
-    std::atomic<size_t> next{0};
-    std::atomic<bool> failed{false};
-    auto work = [&] {
-      if (!copy_runs(runs, next, failed)) failed = true;
-    };
-    {
-      std::vector<std::jthread> helpers;
-      for (size_t k = 1; k < copy_workers_ && k < runs.size(); ++k) helpers.emplace_back(work);
-      work();
-    }
+    const bool failed = !copy_in_parallel(runs_of(regions, run_max));
     unflushed = true;
     flush_now_and_then();
     cursor = regions.back() + 1;

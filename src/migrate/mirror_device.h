@@ -109,6 +109,9 @@ class MirrorDevice final : public ForwardingDevice {
   // Copies the runs of regions [first, end) still changed, taking them from `runs` at
   // `next` (shared by the workers) through one pipelined connection; false when the
   // target failed.
+  // Copies `runs` with copy_workers_ threads (this one among them); false when one failed.
+  // Called by the copier thread, holding mode_mu_ shared (target_ stays).
+  bool copy_in_parallel(const std::vector<std::pair<uint64_t, uint64_t>>& runs);
   bool copy_runs(const std::vector<std::pair<uint64_t, uint64_t>>& runs, std::atomic<size_t>& next,
                  const std::atomic<bool>& failed);
 

@@ -527,6 +527,49 @@ void Connection::dispatch(const Request& r, std::vector<std::byte> payload) {
   });
 }
 
+namespace {
+
+// A block status reply's descriptors (length, flags): the extents clipped to the request
+// (and to one extent with REQ_ONE), equal neighbours merged.
+std::vector<std::pair<uint32_t, uint32_t>> clip_extents(const std::vector<Extent>& extents,
+                                                        const Request& r) {
+  std::vector<std::pair<uint32_t, uint32_t>> desc;
+  uint64_t covered = 0;
+  for (const Extent& e : extents) {
+    if (covered >= r.length || e.length == 0) break;
+    const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(e.length, r.length - covered));
+    if (!desc.empty() && desc.back().second == e.flags && !(r.flags & kCmdFlagReqOne)) {
+      desc.back().first += len;
+    } else {
+      if ((r.flags & kCmdFlagReqOne) && !desc.empty()) break;
+      desc.emplace_back(len, e.flags);
+    }
+    covered += len;
+  }
+  IMG_CHECK(!desc.empty());
+  return desc;
+}
+
+// Appends one block status chunk (context `id`) to `out`; the last carries DONE.
+void append_block_status(std::vector<std::byte>& out, const Request& r, uint32_t id, bool last,
+                         const std::vector<std::pair<uint32_t, uint32_t>>& desc) {
+  const size_t len = 4 + 8 * desc.size();
+  const size_t at = out.size();
+  out.resize(at + kChunkHeaderBytes + len);
+  std::byte* p = out.data() + at;
+  p += encode_chunk_header(p, last ? kReplyFlagDone : 0, kChunkBlockStatus, r.cookie,
+                           static_cast<uint32_t>(len));
+  put_u32(p, id);
+  p += 4;
+  for (auto [l, f] : desc) {
+    put_u32(p, l);
+    put_u32(p + 4, f);
+    p += 8;
+  }
+}
+
+}  // namespace
+
 // Runs on a pool thread: one request that may wait. Returns its reply, to be sent by the
 // connection's thread.
 std::vector<std::byte> Connection::execute_blocking(const Request& r,
@@ -560,35 +603,8 @@ std::vector<std::byte> Connection::execute_blocking(const Request& r,
         extents.clear();
         res = dev_->block_status(neg_.contexts[i], r.offset, r.length, extents);
         if (!res) break;
-        // Clip to the request (and to one extent with REQ_ONE); merge equal neighbours.
-        std::vector<std::pair<uint32_t, uint32_t>> desc;
-        uint64_t covered = 0;
-        for (const Extent& e : extents) {
-          if (covered >= r.length || e.length == 0) break;
-          const uint32_t len = static_cast<uint32_t>(std::min<uint64_t>(e.length, r.length - covered));
-          if (!desc.empty() && desc.back().second == e.flags && !(r.flags & kCmdFlagReqOne)) {
-            desc.back().first += len;
-          } else {
-            if ((r.flags & kCmdFlagReqOne) && !desc.empty()) break;
-            desc.emplace_back(len, e.flags);
-          }
-          covered += len;
-        }
-        IMG_CHECK(!desc.empty());
-        const size_t len = 4 + 8 * desc.size();
-        const size_t at = out.size();
-        out.resize(at + kChunkHeaderBytes + len);
-        std::byte* p = out.data() + at;
-        const bool last = i + 1 == neg_.contexts.size();
-        p += encode_chunk_header(p, last ? kReplyFlagDone : 0, kChunkBlockStatus, r.cookie,
-                                 static_cast<uint32_t>(len));
-        put_u32(p, static_cast<uint32_t>(i));
-        p += 4;
-        for (auto [l, f] : desc) {
-          put_u32(p, l);
-          put_u32(p + 4, f);
-          p += 8;
-        }
+        append_block_status(out, r, static_cast<uint32_t>(i), i + 1 == neg_.contexts.size(),
+                            clip_extents(extents, r));
       }
       break;
     }

@@ -92,13 +92,11 @@ std::vector<std::pair<uint64_t, uint64_t>> pack_boot_ranges(const pack::Pack& p)
   return ranges;
 }
 
-Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions& o) {
-  std::unique_ptr<Streamer> s(new Streamer(env, o));
-  // Someone's directory that is no store is refused before anything is written in it.
-  TRY(store::LocalStore::check_dir(env, o.store_dir));
-  // A store that is already whole needs no source at all: run from the local disk.
-  auto existing = store::LocalStore::read_status(env, o.store_dir);
-  const bool whole = existing && existing->slot.count_present() == existing->header.regions();
+// The store to open or make: a whole one as it is (no source needed), else for the
+// source, opened here. `existing`: the store's status on disk, when it has one.
+Result<store::StoreOptions> Streamer::store_options(const std::optional<store::StoreStatus>& existing,
+                                                   bool whole) {
+  const StreamerOptions& o = opt_;
   store::StoreOptions so;
   so.dir = o.store_dir;
   // 0 means: the store's own region size when resuming, the default when new.
@@ -112,44 +110,78 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     so.fingerprint_kind = existing->header.fingerprint_kind;
     so.source_uri = existing->header.source_uri;
     so.region_size = existing->header.region_size;
-    TRY(s->check_whole_store_source(existing->header));
-  } else {
-    TRY_CTX(s->open_sources(), "source " + o.source);
-    so.image_size = s->demand_src_->size();
-    so.source_uri = s->demand_src_->uri();
-    // A pack names its image (identity); other sources are fingerprinted by their bytes.
-    // A store being resumed was fingerprinted its own way (older stores: Ends; for a
-    // pack's identity the kind means nothing and is kept as it was).
-    so.fingerprint_kind = existing ? existing->header.fingerprint_kind
-                                   : store::FingerprintKind::Sampled;
-    if (auto id = s->demand_src_->identity()) so.fingerprint = *id;
-    else so.fingerprint = TRY(fingerprint(*s->demand_src_, so.fingerprint_kind));
-    if (auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get())) {
-      // Regions of the pack's chunk size, so that a region is one verified chunk.
-      if (!o.region_size && !existing) so.region_size = ps->pack().header().chunk_size;
-      if (s->opt_.prefetch_ranges.empty() && o.background_boot_prefetch)
-        s->opt_.prefetch_ranges = pack_boot_ranges(ps->pack());
-    }
+    TRY(check_whole_store_source(existing->header));
+    return so;
   }
-  // What can be checked before the store is made is checked before.
-  auto* ps = dynamic_cast<pack::PackSource*>(s->demand_src_.get());
-  if (!o.seed.empty() && !ps)
+  TRY_CTX(open_sources(), "source " + o.source);
+  so.image_size = demand_src_->size();
+  so.source_uri = demand_src_->uri();
+  // A pack names its image (identity); other sources are fingerprinted by their bytes.
+  // A store being resumed was fingerprinted its own way (older stores: Ends; for a
+  // pack's identity the kind means nothing and is kept as it was).
+  so.fingerprint_kind = existing ? existing->header.fingerprint_kind
+                                 : store::FingerprintKind::Sampled;
+  if (auto id = demand_src_->identity()) so.fingerprint = *id;
+  else so.fingerprint = TRY(fingerprint(*demand_src_, so.fingerprint_kind));
+  if (auto* ps = dynamic_cast<pack::PackSource*>(demand_src_.get())) {
+    // Regions of the pack's chunk size, so that a region is one verified chunk.
+    if (!o.region_size && !existing) so.region_size = ps->pack().header().chunk_size;
+    if (opt_.prefetch_ranges.empty() && o.background_boot_prefetch)
+      opt_.prefetch_ranges = pack_boot_ranges(ps->pack());
+  }
+  return so;
+}
+
+// What can be checked before the store is made is checked before.
+Result<void> Streamer::check_before_store(const store::StoreOptions& so) const {
+  if (!opt_.seed.empty() && !dynamic_cast<pack::PackSource*>(demand_src_.get()))
     return Error::invalid("--seed works with a pack source (NAME.pack or an http URL)");
-  if (o.prefetch_image_size && o.prefetch_image_size != so.image_size)
+  if (opt_.prefetch_image_size && opt_.prefetch_image_size != so.image_size)
     return Error::invalid("the profile was made for an image of " +
-                          std::to_string(o.prefetch_image_size) + " bytes, this one has " +
+                          std::to_string(opt_.prefetch_image_size) + " bytes, this one has " +
                           std::to_string(so.image_size));
-  s->store_ = TRY(store::LocalStore::open_or_create(env, so));
-  if (!o.seed.empty()) {
-    // A seed fills a store before anything is fetched; one being resumed has its regions.
-    if (!s->store_->created())
-      return Error{EEXIST, "--seed needs a new store: " + o.store_dir +
-                               " holds one already (run without --seed to resume it)"};
-    auto r = TRY(pack::seed_store(env, ps->pack(), *s->store_, o.seed));
-    LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", o.seed, r.chunks, r.bytes);
-    s->store_->add_seeded(r.bytes);
-    TRY(s->store_->commit());
+  return ok();
+}
+
+// A seed fills a store before anything is fetched; one being resumed has its regions.
+Result<void> Streamer::seed_store() {
+  if (!store_->created())
+    return Error{EEXIST, "--seed needs a new store: " + opt_.store_dir +
+                             " holds one already (run without --seed to resume it)"};
+  auto* ps = dynamic_cast<pack::PackSource*>(demand_src_.get());
+  auto r = TRY(pack::seed_store(env_, ps->pack(), *store_, opt_.seed));
+  LOG_INFO("seed {}: {} chunks ({} bytes) copied instead of fetched", opt_.seed, r.chunks, r.bytes);
+  store_->add_seeded(r.bytes);
+  return store_->commit();
+}
+
+// The hydrator: the profile's ranges first (as the store's regions), then the rest.
+void Streamer::make_hydrator() {
+  HydratorOptions ho = opt_.hydrate;
+  ho.prefetch_only = !opt_.background;
+  const uint64_t rs = store_->region_size(), size = store_->header().image_size;
+  for (auto [off, len] : opt_.prefetch_ranges) {
+    if (len == 0 || off >= size) continue;
+    const uint64_t first = off / rs, end = (std::min(off + len, size) + rs - 1) / rs;
+    ho.prefetch.push_back(PrefetchRun{first, end - first});
   }
+  source::Source& bg = background_src_ ? *background_src_ : *demand_src_;
+  hydrator_ = std::make_unique<Hydrator>(*device_, *store_, bg, std::move(ho),
+                                         [this] { on_complete(); });
+}
+
+Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions& o) {
+  std::unique_ptr<Streamer> s(new Streamer(env, o));
+  // Someone's directory that is no store is refused before anything is written in it.
+  TRY(store::LocalStore::check_dir(env, o.store_dir));
+  // A store that is already whole needs no source at all: run from the local disk.
+  std::optional<store::StoreStatus> existing;
+  if (auto st = store::LocalStore::read_status(env, o.store_dir)) existing = std::move(*st);
+  const bool whole = existing && existing->slot.count_present() == existing->header.regions();
+  const store::StoreOptions so = TRY(s->store_options(existing, whole));
+  TRY(s->check_before_store(so));
+  s->store_ = TRY(store::LocalStore::open_or_create(env, so));
+  if (!o.seed.empty()) TRY(s->seed_store());
   const bool prefetching = !whole && !s->opt_.prefetch_ranges.empty();
   s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching);
   if (whole) {
@@ -160,19 +192,7 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
     s->store_->set_state(StoreState::Streaming);  // resuming is a new try
   }
   TRY(s->store_->commit());
-  if (!whole && (o.background || prefetching)) {
-    HydratorOptions ho = o.hydrate;
-    ho.prefetch_only = !o.background;
-    const uint64_t rs = s->store_->region_size(), size = s->store_->header().image_size;
-    for (auto [off, len] : s->opt_.prefetch_ranges) {
-      if (len == 0 || off >= size) continue;
-      const uint64_t first = off / rs, end = (std::min(off + len, size) + rs - 1) / rs;
-      ho.prefetch.push_back(PrefetchRun{first, end - first});
-    }
-    source::Source& bg = s->background_src_ ? *s->background_src_ : *s->demand_src_;
-    s->hydrator_ = std::make_unique<Hydrator>(*s->device_, *s->store_, bg, std::move(ho),
-                                              [p = s.get()] { p->on_complete(); });
-  }
+  if (!whole && (o.background || prefetching)) s->make_hydrator();
   return s;
 }
 
@@ -311,11 +331,13 @@ std::string absolute(const std::string& dir) {
   return ec ? dir : p.lexically_normal().string();
 }
 
-// What the user can do about the state, or null when there is nothing to say.
-nlohmann::json status_hint(StoreState state, bool running, const std::string& dir,
-                           const std::string& source, std::optional<double> retry_in_s) {
+// What the user can do about the state, or nothing when there is nothing to say.
+std::optional<std::string> status_hint(StoreState state, bool running, const std::string& dir,
+                                       const std::string& source,
+                                       std::optional<double> retry_in_s) {
   if (state == StoreState::Detached)
-    return running ? nullptr : nlohmann::json("complete: the store holds the whole image");
+    return running ? std::nullopt
+                   : std::optional<std::string>("complete: the store holds the whole image");
   if (!running)
     return "no streamer runs on this store: figures as of its last commit; `imgstream stream " +
            (source.empty() ? std::string("SOURCE") : source) + " --store " + dir + "` goes on";
@@ -327,76 +349,69 @@ nlohmann::json status_hint(StoreState state, bool running, const std::string& di
   if (state == StoreState::Error)
     return "the source failed: `imgstream ctl " + dir + " resume` tries again";
   if (state == StoreState::Paused) return "paused: `imgstream ctl " + dir + " resume` goes on";
-  return nullptr;
+  return std::nullopt;
+}
+
+std::optional<double> ratio(uint64_t part, uint64_t whole) {
+  return whole > 0 ? std::optional<double>(double(part) / double(whole)) : std::nullopt;
 }
 
 // The fields of DESIGN.md's status object, from a store's header and numbers; shared by
 // the live status and the status read from disk so that the two never differ in shape
 // (a value that is not known is null, never left out; README.md's status section).
-nlohmann::json status_json(const store::StoreHeader& h, StoreState state, uint64_t present,
-                           const store::Counters& c, const std::string& error,
-                           const std::string& dir, bool running) {
-  nlohmann::json j;
+control::StreamStatus status_of(const store::StoreHeader& h, StoreState state, uint64_t present,
+                                const store::Counters& c, const std::string& error,
+                                const std::string& dir, bool running) {
+  control::StreamStatus s;
   // `state` is what is happening now: an incomplete store that nothing streams is
   // "stopped", whatever it last committed; `stored_state` is that committed state.
-  j["state"] = running || state == StoreState::Detached ? store::state_name(state) : "stopped";
-  j["stored_state"] = store::state_name(state);
-  j["daemon_running"] = running;
-  j["image_size"] = h.image_size;
-  j["region_size"] = h.region_size;
-  j["regions_total"] = h.regions();
-  j["regions_present"] = present;
-  j["percent"] = h.regions() ? 100.0 * double(present) / double(h.regions()) : 100.0;
-  j["bytes_fetched_demand"] = c.bytes_fetched_demand;
-  j["bytes_fetched_background"] = c.bytes_fetched_background;
-  j["bytes_prefetched"] = c.bytes_fetched_prefetch;
-  j["prefetch_bytes_read"] = c.prefetch_bytes_read;
-  j["bytes_seeded"] = c.bytes_seeded;
-  j["prefetch_precision"] =
-      c.bytes_fetched_prefetch > 0
-          ? nlohmann::json(double(c.prefetch_bytes_read) / double(c.bytes_fetched_prefetch))
-          : nlohmann::json(nullptr);
-  j["reads_total"] = c.reads_total();
-  j["reads_local"] = c.reads_local;
-  j["reads_waited"] = c.reads_waited;
-  j["reads_failed"] = c.reads_failed;
-  j["wait_seconds"] = double(c.wait_ns) / 1e9;
-  j["hit_ratio"] = c.reads_total() > 0
-                       ? nlohmann::json(double(c.reads_local) / double(c.reads_total()))
-                       : nlohmann::json(nullptr);
-  j["source"] = h.source_uri;
-  j["store"] = absolute(dir);
-  j["error"] = error.empty() ? nlohmann::json(nullptr) : nlohmann::json(error);
-  // Live values; what a store on disk says when nothing runs.
-  j["rate_limit"] = nullptr;
-  j["rate_bytes_per_s"] = 0.0;
-  j["eta_s"] = present == h.regions() ? nlohmann::json(0.0) : nlohmann::json(nullptr);
-  j["retry_in_s"] = nullptr;
-  j["hint"] = status_hint(state, running, absolute(dir), h.source_uri, std::nullopt);
-  return j;
+  s.state = running || state == StoreState::Detached ? store::state_name(state) : "stopped";
+  s.stored_state = store::state_name(state);
+  s.daemon_running = running;
+  s.image_size = h.image_size;
+  s.region_size = h.region_size;
+  s.regions_total = h.regions();
+  s.regions_present = present;
+  s.percent = h.regions() ? 100.0 * double(present) / double(h.regions()) : 100.0;
+  s.bytes_fetched_demand = c.bytes_fetched_demand;
+  s.bytes_fetched_background = c.bytes_fetched_background;
+  s.bytes_prefetched = c.bytes_fetched_prefetch;
+  s.prefetch_bytes_read = c.prefetch_bytes_read;
+  s.bytes_seeded = c.bytes_seeded;
+  s.prefetch_precision = ratio(c.prefetch_bytes_read, c.bytes_fetched_prefetch);
+  s.reads_total = c.reads_total();
+  s.reads_local = c.reads_local;
+  s.reads_waited = c.reads_waited;
+  s.reads_failed = c.reads_failed;
+  s.wait_seconds = double(c.wait_ns) / 1e9;
+  s.hit_ratio = ratio(c.reads_local, c.reads_total());
+  s.source = h.source_uri;
+  s.store = absolute(dir);
+  if (!error.empty()) s.error = error;
+  // Live values (Streamer::status()); what a store on disk says when nothing runs.
+  if (present == h.regions()) s.eta_s = 0.0;
+  s.hint = status_hint(state, running, absolute(dir), h.source_uri, std::nullopt);
+  return s;
 }
 
 }  // namespace
 
-nlohmann::json Streamer::status() const {
+control::StreamStatus Streamer::status() const {
   const StoreState state = store_->state();
   const uint64_t present = store_->regions_present();
-  nlohmann::json j = status_json(store_->header(), state, present, store_->counters(),
-                                 store_->error_message(), opt_.store_dir, true);
-  j["rate_limit"] = hydrator_ ? hydrator_->rate() : 0;
+  control::StreamStatus s = status_of(store_->header(), state, present, store_->counters(),
+                                      store_->error_message(), opt_.store_dir, true);
+  s.rate_limit = hydrator_ ? hydrator_->rate() : 0;
   const uint64_t left_bytes = (store_->regions() - present) * store_->region_size();
   {
     std::lock_guard lock(rate_mu_);
-    j["rate_bytes_per_s"] = rate_.rate();
-    if (auto eta = rate_.eta_seconds(present == store_->regions() ? 0 : left_bytes))
-      j["eta_s"] = *eta;
+    s.rate_bytes_per_s = rate_.rate();
+    if (auto eta = rate_.eta_seconds(present == store_->regions() ? 0 : left_bytes)) s.eta_s = *eta;
   }
-  std::optional<double> retry_in;
-  if (hydrator_) retry_in = hydrator_->retry_in_seconds();
-  if (retry_in) j["retry_in_s"] = *retry_in;
-  j["hint"] =
-      status_hint(state, true, absolute(opt_.store_dir), store_->header().source_uri, retry_in);
-  return j;
+  if (hydrator_) s.retry_in_s = hydrator_->retry_in_seconds();
+  s.hint = status_hint(state, true, absolute(opt_.store_dir), store_->header().source_uri,
+                       s.retry_in_s);
+  return s;
 }
 
 void Streamer::sample_rate() {
@@ -405,35 +420,32 @@ void Streamer::sample_rate() {
   rate_.sample(fetched);
 }
 
-// One command per line, one JSON line back: "status", "pause", "resume", "rate BYTES".
-// Anything else, or a word too many, is an error reply (the control socket has checked
-// that the line is UTF-8 without control characters).
+// The control socket has checked that the line is UTF-8 without control characters.
 nlohmann::json Streamer::handle_command(const std::string& line) {
-  const auto w = command_words(line);
-  auto error = [](std::string message) { return nlohmann::json{{"error", std::move(message)}}; };
-  const std::string_view cmd = w.empty() ? std::string_view() : w[0];
-  if (cmd == "status" && w.size() == 1) return status();
-  if ((cmd == "pause" || cmd == "resume") && w.size() == 1) {
-    cmd == "pause" ? pause() : resume();
-  } else if (cmd == "rate" && w.size() == 2) {
-    auto r = parse_size(w[1]);
-    if (!r) return error(r.error().message);
-    set_rate(*r);
-  } else if (cmd == "status" || cmd == "pause" || cmd == "resume" || cmd == "rate") {
-    return error("usage: status | pause | resume | rate BYTES_PER_S");
-  } else {
-    return error("unknown command '" + std::string(cmd) + "'");
-  }
-  return nlohmann::json{{"ok", true}};
+  auto request = control::decode_stream_request(line);
+  if (!request) return control::error_reply(request.error().message);
+  struct Run {
+    Streamer& s;
+    nlohmann::json operator()(const control::StatusRequest&) const { return s.status().to_json(); }
+    nlohmann::json operator()(const control::PauseRequest&) const {
+      s.pause();
+      return control::Ok{}.to_json();
+    }
+    nlohmann::json operator()(const control::ResumeRequest&) const {
+      s.resume();
+      return control::Ok{}.to_json();
+    }
+    nlohmann::json operator()(const control::RateRequest& r) const {
+      s.set_rate(r.bytes_per_s);
+      return control::Ok{}.to_json();
+    }
+  };
+  return std::visit(Run{*this}, *request);
 }
 
-Result<nlohmann::json> control_request(const std::string& dir, const std::string& command) {
-  return control_call(dir + "/" + kControlSocketName, command);
-}
-
-Result<nlohmann::json> stored_status(Env& env, const std::string& dir) {
+Result<control::StreamStatus> stored_status(Env& env, const std::string& dir) {
   auto st = TRY(store::LocalStore::read_status(env, dir));
-  return status_json(st.header, st.slot.state, st.slot.count_present(), st.slot.counters,
+  return status_of(st.header, st.slot.state, st.slot.count_present(), st.slot.counters,
                      st.slot.error_message, dir, false);
 }
 

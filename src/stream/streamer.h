@@ -13,6 +13,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -20,6 +21,7 @@
 #include "base/env.h"
 #include "base/rate_meter.h"
 #include "base/unique_fd.h"
+#include "control/stream_messages.h"
 #include "io/control.h"
 #include "source/source.h"
 #include "store/local_store.h"
@@ -32,7 +34,7 @@ inline constexpr std::chrono::milliseconds kCommitInterval{1000};
 // Read statistics alone are committed every this many commit intervals (and at stop).
 inline constexpr uint64_t kCountersCommitTicks = 10;
 inline constexpr uint32_t kRegionSizeDefault = 1u << 20;
-inline constexpr const char* kControlSocketName = "ctl.sock";
+inline constexpr const char* kControlSocketName = control::kStreamSocketName;
 // A pack source's header and index, kept in the store (docs/pack-format.md).
 inline constexpr const char* kPackIndexName = "pack.index";
 
@@ -79,13 +81,19 @@ class Streamer {
   bool wait_detached(std::chrono::milliseconds timeout);
 
   // The status object of DESIGN.md (live values).
-  nlohmann::json status() const;
-  // Answers one line of the control socket (status, pause, resume, rate BYTES); public
-  // for fuzz/control_fuzz.cc. Never throws.
+  control::StreamStatus status() const;
+  // Answers one line of the control socket (control/stream_messages.h); public for
+  // fuzz/control_fuzz.cc. Never throws.
   nlohmann::json handle_command(const std::string& line);
 
  private:
   Streamer(Env& env, StreamerOptions o) : env_(env), opt_(std::move(o)) {}
+  // The pieces of open(), in order.
+  Result<store::StoreOptions> store_options(const std::optional<store::StoreStatus>& existing,
+                                            bool whole);
+  Result<void> check_before_store(const store::StoreOptions& so) const;
+  Result<void> seed_store();
+  void make_hydrator();
   Result<void> open_sources();
   Result<void> check_whole_store_source(const store::StoreHeader& h);
   void on_complete();
@@ -111,13 +119,9 @@ class Streamer {
   RateMeter rate_;  // bytes fetched per second, smoothed
 };
 
-// Sends one command to the streamer running on store `dir` and returns its JSON reply.
-// ECONNREFUSED / ENOENT when none runs.
-Result<nlohmann::json> control_request(const std::string& dir, const std::string& command);
-
 // The status of a store read from disk (no streamer needed): the same fields as
 // Streamer::status(), as of the last commit, with daemon_running false.
-Result<nlohmann::json> stored_status(Env& env, const std::string& dir);
+Result<control::StreamStatus> stored_status(Env& env, const std::string& dir);
 
 // Whether a SOURCE string names an NBD server (else it is a local path).
 bool is_nbd_uri(const std::string& s);
