@@ -145,8 +145,8 @@ Result<void> request(const std::string& dir, const StreamRequest& r) {
   const std::string line = encode(r);
   const json j = TRY(control_call(socket_of(dir), line));
   if (auto e = reply_error(j)) return Error{EREMOTEIO, *e};
-  if (auto r = Ok::from_json(j); !r)
-    return Error{EBADMSG, "reply to '" + line + "': " + r.error().message};
+  if (auto okay = Ok::from_json(j); !okay)
+    return Error{EBADMSG, "reply to '" + line + "': " + okay.error().message};
   return ok();
 }
 
