@@ -200,6 +200,10 @@ void Connection::transmission() {
         step = Step::BatchFull;
       }
     }
+    // process_buffer() may have waited inside (a large write's payload) and consumed the
+    // pool's wake-up: take what it woke for now, or the poll below would wait for it.
+    take_done();
+    if (!send_some()) return;
     if (!reading && !output_pending() && outstanding_ == 0) return;
     const bool want_in = reading && step == Step::NeedBytes;
     if (want_in && !output_pending() && outstanding_ == 0) {
@@ -297,6 +301,7 @@ bool Connection::wait(short events) {
     uint64_t n;
     ssize_t unused = ::read(wake_fd_.get(), &n, sizeof n);
     (void)unused;
+    take_done();  // the wake-up is consumed: so are the replies it was for
   }
   if (fds[0].revents & (POLLERR | POLLNVAL)) {
     fail_socket();
