@@ -7,6 +7,11 @@
 // or holds control characters gets an error reply without reaching the handler, replies
 // are dumped with invalid UTF-8 replaced (a stored path may hold any bytes), and the
 // replies a client reads are taken apart with the non-throwing readers below.
+//
+// Lock contract: ControlServer answers on one thread of its own (thread_), one connection
+// at a time, so the handler is never called concurrently with itself; it must be safe
+// against the threads of whatever it reads (the streamer, the migration). The destructor
+// stops and joins that thread. control_call() may be called from any thread.
 #pragma once
 
 #include <cstdint>

@@ -6,6 +6,13 @@
 // start() begins hydration and the timers, stop() ends them with a final commit. When
 // every region is present the source is closed and the state becomes `detached`; a store
 // already complete is opened without any source at all.
+//
+// Lock contract: open/start/stop from one thread (the command). The commit thread
+// (commit_thread_) runs from start() to stop(); mu_ guards stopping_/stopped_ and is
+// waited on with cv_ (the commit tick, wait_detached). on_complete() may run on the
+// hydrator's or the commit thread: completed_ makes it run once. rate_mu_ guards rate_,
+// sampled by the commit thread and read by status() on the control socket's thread.
+// status() and handle_command() may be called from any thread.
 #pragma once
 
 #include <atomic>
