@@ -204,6 +204,10 @@ void Connection::transmission() {
     // pool's wake-up: take what it woke for now, or the poll below would wait for it.
     take_done();
     if (!send_some()) return;
+    // What stopped process_buffer() may be gone by now (the batch sent, replies sent
+    // below the bounds): then go on at once, for nothing else would wake the poll.
+    if (reading && step == Step::BatchFull && batch_used_ == 0) continue;
+    if (reading && step == Step::AtBound && below_bounds()) continue;
     if (!reading && !output_pending() && outstanding_ == 0) return;
     const bool want_in = reading && step == Step::NeedBytes;
     if (want_in && !output_pending() && outstanding_ == 0) {
