@@ -5,7 +5,7 @@
 # fio's nbd engine over a unix socket, on a file of random data held in the
 # page cache (SIZE, default 1 GiB). Rows:
 #   4 KiB random read,  iodepth 32   (IOPS)
-#   1 MiB sequential read, iodepth 8 (MiB/s)
+#   1 MiB sequential read, iodepth 8 and 32 (MiB/s)
 #   4 KiB random write, iodepth 32   (IOPS)
 # Every repetition starts each server, runs every row against it and stops
 # it by PID, servers in turn, so that drift on the machine hits all alike.
@@ -18,7 +18,7 @@
 #   RAMP=1           fio ramp_time seconds (0 when RUNTIME < 3)
 #   SIZE=1G          size of the test file      BENCH_FILE=PATH  reuse a file
 #   IMGSTREAM=build/imgstream                   SERVERS="imgstream nbdkit qemu-nbd"
-#   QD_RANDREAD=32 QD_SEQREAD=8 QD_RANDWRITE=32
+#   QD_RANDREAD=32 QD_SEQREAD=8 QD_SEQREAD_DEEP=32 QD_RANDWRITE=32
 # Needs: fio (with the nbd engine), nbdkit, qemu-nbd, nbdinfo, python3.
 # The output is markdown, to paste into docs/BENCHMARKS.md.
 set -euo pipefail
@@ -36,6 +36,7 @@ IMGSTREAM="${IMGSTREAM:-$BENCH_REPO_ROOT/build/imgstream}"
 SERVERS="${SERVERS:-imgstream nbdkit qemu-nbd}"
 QD_RANDREAD="${QD_RANDREAD:-32}"
 QD_SEQREAD="${QD_SEQREAD:-8}"
+QD_SEQREAD_DEEP="${QD_SEQREAD_DEEP:-32}"
 QD_RANDWRITE="${QD_RANDWRITE:-32}"
 
 die() {
@@ -59,6 +60,7 @@ done
 ROWS=(
     "randread4k|4 KiB random read, QD $QD_RANDREAD|kIOPS|--rw=randread --bs=4k --iodepth=$QD_RANDREAD"
     "seqread1m|1 MiB sequential read, QD $QD_SEQREAD|MiB/s|--rw=read --bs=1m --iodepth=$QD_SEQREAD"
+    "seqread1m_deep|1 MiB sequential read, QD $QD_SEQREAD_DEEP|MiB/s|--rw=read --bs=1m --iodepth=$QD_SEQREAD_DEEP"
     "randwrite4k|4 KiB random write, QD $QD_RANDWRITE|kIOPS|--rw=randwrite --bs=4k --iodepth=$QD_RANDWRITE"
 )
 
@@ -104,7 +106,7 @@ run_row() {
         die "cannot parse fio output $out"
     case $id in
         randread4k) value="$(awk -v v="$r_iops" 'BEGIN { printf "%.2f", v / 1000 }')" ;;
-        seqread1m) value="$(awk -v v="$r_bw" 'BEGIN { printf "%.1f", v / 1048576 }')" ;;
+        seqread1m*) value="$(awk -v v="$r_bw" 'BEGIN { printf "%.1f", v / 1048576 }')" ;;
         randwrite4k) value="$(awk -v v="$w_iops" 'BEGIN { printf "%.2f", v / 1000 }')" ;;
     esac
     record "$server" "$id" "$value"
