@@ -50,6 +50,8 @@ inline constexpr size_t kBatchRequestsMax = 512;
 inline constexpr size_t kInflightMax = 256;
 // Two 32 MiB requests, or 64 1-MiB reads (8x what fio's QD 8 sequential row keeps in flight).
 inline constexpr size_t kConnectionBytesMax = 64u << 20;
+// Asked of the kernel for a unix socket's send buffer (server.cc says why).
+inline constexpr size_t kSendBufferBytes = 4u << 20;
 // The whole handshake, not each recv: qemu-nbd's --handshake-limit default is 10 s too.
 inline constexpr int kHandshakeSeconds = 10;
 // A client refused because the server is full gets this long to read why.

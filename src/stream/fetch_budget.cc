@@ -62,6 +62,15 @@ FetchBudget::Grant FetchBudget::acquire(uint64_t bytes, FetchPriority p) {
   return Grant(this, bytes);
 }
 
+FetchBudget::Grant FetchBudget::try_acquire(uint64_t bytes, FetchPriority p) {
+  IMG_CHECK(bytes > 0);
+  std::lock_guard lock(mu_);
+  if (head_[0] != next_[0] || head_[1] != next_[1] || !fits_locked(bytes, p)) return Grant();
+  used_ += bytes;
+  used_max_ = std::max(used_max_, used_);
+  return Grant(this, bytes);
+}
+
 void FetchBudget::give_back(uint64_t bytes) {
   {
     std::lock_guard lock(mu_);

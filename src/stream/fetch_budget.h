@@ -68,6 +68,9 @@ class FetchBudget {
   // Waits until `bytes` may be taken at priority `p`, and takes them. `bytes` must be
   // positive and at most what the class may hold (checked): a piece never asks for more.
   Grant acquire(uint64_t bytes, FetchPriority p);
+  // Takes `bytes` at priority `p` only when that needs no wait and nobody of either class
+  // is in line; else an empty grant. For work that is worth doing only now (read-ahead).
+  Grant try_acquire(uint64_t bytes, FetchPriority p);
 
   uint64_t total() const { return total_; }
   uint64_t background_max() const { return total_ - reserve_; }

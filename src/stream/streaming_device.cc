@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 
 #include "base/check.h"
 #include "base/log.h"
@@ -12,10 +13,22 @@ namespace imgstream::stream {
 
 using store::FetchKind;
 
+// One piece's buffer and the budget bytes it stands for. Members are destroyed in
+// reverse order: the buffer is freed before its bytes go back to the budget.
+struct StreamingDevice::Piece {
+  FetchBudget::Grant grant;
+  std::unique_ptr<std::byte[]> buf;
+  uint64_t offset = 0, bytes = 0;  // where in the image
+};
+
 struct StreamingDevice::Claim {
   std::mutex m;
   std::condition_variable cv;
   bool done = false;
+  // A run of one piece publishes the piece here once its bytes have landed, until the run
+  // is released: a reader that waits on the claim copies from it rather than wait for the
+  // store write.
+  std::shared_ptr<const Piece> landed;
 };
 
 namespace {
@@ -31,7 +44,8 @@ StreamingDevice::StreamingDevice(store::LocalStore& store, source::Source* sourc
       region_size_(store.region_size()),
       limits_(limits),
       budget_(limits.budget_bytes, limits.demand_reserve_bytes),
-      source_(source) {
+      source_(source),
+      writer_(store.data()) {
   IMG_CHECK(source != nullptr || store.complete());
   IMG_CHECK(limits.piece_bytes > 0 && limits.demand_reserve_bytes >= limits.piece_bytes &&
             limits.budget_bytes >= limits.demand_reserve_bytes + limits.piece_bytes);
@@ -54,8 +68,10 @@ StreamingDevice::~StreamingDevice() {
     std::unique_lock lock(cache_mu_);
     cache_cv_.wait(lock, [&] { return cache_in_flight_ == 0; });
   }
-  std::lock_guard lock(mu_);
-  IMG_CHECK(claims_.empty());
+  // Reads return before their store writes, and read-aheads are nobody's to wait for:
+  // their runs may still be in flight. Each ends by releasing its claim.
+  std::unique_lock lock(mu_);
+  claims_empty_cv_.wait(lock, [&] { return claims_.empty(); });
 }
 
 DeviceCaps StreamingDevice::caps() const {
@@ -103,9 +119,17 @@ StreamingDevice::ClaimSet StreamingDevice::claim(uint64_t first, uint64_t last) 
   ClaimSet set;
   std::lock_guard lock(mu_);
   for (uint64_t r = first; r <= last; ++r) {
-    if (store_.present(r)) continue;
+    if (store_.present(r)) {
+      if (!set.present.empty() && set.present.back().first + set.present.back().count == r)
+        ++set.present.back().count;
+      else
+        set.present.push_back(Span{r, 1, nullptr});
+      continue;
+    }
     if (auto it = claims_.find(r); it != claims_.end()) {
-      if (set.others.empty() || set.others.back() != it->second) set.others.push_back(it->second);
+      Span* o = set.others.empty() ? nullptr : &set.others.back();
+      if (o && o->claim == it->second && o->first + o->count == r) ++o->count;
+      else set.others.push_back(Span{r, 1, it->second});
       continue;
     }
     Run* run = set.mine.empty() ? nullptr : &set.mine.back();
@@ -131,6 +155,7 @@ void StreamingDevice::release(const Run& run, const Result<void>& r) {
     if (claims_.empty()) claims_empty_cv_.notify_all();
   }
   std::lock_guard lock(run.claim->m);
+  run.claim->landed.reset();  // in the store now: readers read it there
   run.claim->done = true;
   run.claim->cv.notify_all();
 }
@@ -139,10 +164,10 @@ void StreamingDevice::release_all(const std::vector<Run>& runs, const Result<voi
   for (const Run& run : runs) release(run, r);
 }
 
-void StreamingDevice::wait_for(const std::vector<ClaimPtr>& others) {
-  for (const ClaimPtr& c : others) {
-    std::unique_lock lock(c->m);
-    c->cv.wait(lock, [&] { return c->done; });
+void StreamingDevice::wait_for(const std::vector<Span>& others) {
+  for (const Span& o : others) {
+    std::unique_lock lock(o.claim->m);
+    o.claim->cv.wait(lock, [&] { return o.claim->done; });
   }
 }
 
@@ -160,27 +185,41 @@ Result<std::vector<StreamingDevice::Run>> StreamingDevice::claim_exclusive(uint6
 // --- fetching -----------------------------------------------------------------------
 
 // One run being fetched: its pieces land in any order; the last one finishes the run.
+// A piece first lands (its bytes came from the source: copied to the target, published
+// on the claim) and is then done (written to the store, or failed).
 struct StreamingDevice::RunFetch {
   Run run;
   FetchKind kind;
   std::function<void(Result<void>)> done;
+  ReadTarget target;  // empty buf: nobody reads along
+  bool one_piece = false;
   std::mutex m;
-  size_t left = 1;  // pieces not landed, +1 while fetch_run is still starting them
+  size_t left = 1;      // pieces not done, +1 while fetch_run is still starting them
+  size_t unlanded = 1;  // pieces not landed, +1 likewise
   Result<void> result;
+  Result<void> land_result;
 };
 
-// One piece's buffer and the budget bytes it stands for. Members are destroyed in
-// reverse order: the buffer is freed before its bytes go back to the budget.
-struct StreamingDevice::Piece {
-  FetchBudget::Grant grant;
-  std::unique_ptr<std::byte[]> buf;
-};
+namespace {
+
+// Copies the part of `from` (image bytes at from_offset) that falls in `to` (at to_offset).
+void copy_overlap(uint64_t from_offset, std::span<const std::byte> from, uint64_t to_offset,
+                  std::span<std::byte> to) {
+  const uint64_t a = std::max(from_offset, to_offset);
+  const uint64_t b = std::min(from_offset + from.size(), to_offset + to.size());
+  if (a >= b) return;
+  std::memcpy(to.data() + (a - to_offset), from.data() + (a - from_offset), b - a);
+}
+
+}  // namespace
 
 void StreamingDevice::fetch_run(const Run& run, FetchKind kind, FetchBudget::Grant& prepaid,
-                                std::function<void(Result<void>)> done) {
+                                std::function<void(Result<void>)> done,
+                                const ReadTarget* target) {
   source::Source* src = current_source();
   if (!src) {
     Result<void> r = Error{ESHUTDOWN, "source detached while regions are missing"};
+    if (target) target->served(r);
     release(run, r);
     done(r);
     return;
@@ -189,21 +228,25 @@ void StreamingDevice::fetch_run(const Run& run, FetchKind kind, FetchBudget::Gra
   f->run = run;
   f->kind = kind;
   f->done = std::move(done);
+  if (target) f->target = *target;
   const uint64_t offset = run.first * region_size_;
   const uint64_t end = std::min((run.first + run.count) * region_size_, size());
+  f->one_piece = end - offset <= limits_.piece_bytes;
   for (uint64_t pos = offset; pos < end;) {
     const uint64_t n = std::min(limits_.piece_bytes, end - pos);
     FetchBudget::Grant g = prepaid.bytes() >= n ? prepaid.take(n)
                                                 : budget_.acquire(n, FetchPriority::Demand);
     {
       std::lock_guard lock(f->m);
-      if (!f->result) break;  // an earlier piece failed: the run stays missing anyway
+      if (!f->result || !f->land_result) break;  // an earlier piece failed: the run stays missing
       ++f->left;
+      ++f->unlanded;
     }
     start_piece(*src, f, pos, std::move(g));
     pos += n;
   }
-  piece_done(f, ok());  // the starter's share
+  piece_landed(f, ok());  // the starter's shares
+  piece_done(f, ok());
 }
 
 void StreamingDevice::start_piece(source::Source& src, const std::shared_ptr<RunFetch>& f,
@@ -213,13 +256,47 @@ void StreamingDevice::start_piece(source::Source& src, const std::shared_ptr<Run
   p->grant = std::move(grant);
   // No zero fill: the source writes every byte, or the piece is dropped.
   p->buf = std::make_unique_for_overwrite<std::byte[]>(n);
+  p->offset = offset;
+  p->bytes = n;
   const std::span<std::byte> buf(p->buf.get(), n);
-  src.read_async(offset, buf, [this, f, offset, buf, p](Result<void> r) mutable {
-    if (r) r = write_all_at(store_.data(), offset, buf);
-    if (r) store_.add_fetched(f->kind, buf.size());
-    p.reset();  // the buffer and its budget go now, before the run's end (a big region)
-    piece_done(f, std::move(r));
+  // On the source's I/O thread: only copies and hand-offs here, the store write goes to
+  // the writer thread (store_writer.h says why).
+  src.read_async(offset, buf, [this, f, p](Result<void> r) mutable {
+    if (!r) {
+      piece_landed(f, r);
+      p.reset();
+      piece_done(f, std::move(r));
+      return;
+    }
+    store_.add_fetched(f->kind, p->bytes);
+    if (!f->target.buf.empty())
+      copy_overlap(p->offset, {p->buf.get(), p->bytes}, f->target.offset, f->target.buf);
+    if (f->one_piece) {
+      std::lock_guard lock(f->run.claim->m);
+      f->run.claim->landed = p;
+      f->run.claim->cv.notify_all();
+    }
+    // Submitted before the reader is told (piece_landed): a flush it sends next finds
+    // the write queued, and waits for it (flush()).
+    const uint64_t at = p->offset;  // read out before p moves (argument order)
+    const std::span<const std::byte> bytes(p->buf.get(), p->bytes);
+    // p moves: once the write is done the device may go (a read-ahead nobody waits for),
+    // and nothing here may hold its budget then. piece_landed touches only f.
+    writer_.submit(at, bytes, [this, f, p = std::move(p)](Result<void> w) mutable {
+      p.reset();  // the buffer and its budget go now, before the run's end (a big region)
+      piece_done(f, std::move(w));
+    });
+    piece_landed(f, ok());
   });
+}
+
+void StreamingDevice::piece_landed(const std::shared_ptr<RunFetch>& f, const Result<void>& r) {
+  std::unique_lock lock(f->m);
+  if (!r && f->land_result) f->land_result = r;
+  if (--f->unlanded > 0) return;
+  Result<void> result = f->land_result;
+  lock.unlock();
+  if (f->target.served) f->target.served(result);
 }
 
 void StreamingDevice::piece_done(const std::shared_ptr<RunFetch>& f, Result<void> r) {
@@ -242,51 +319,98 @@ void StreamingDevice::piece_done(const std::shared_ptr<RunFetch>& f, Result<void
   f->done(std::move(result));
 }
 
-// Makes every region of [first, last] present. Our own fetches run in parallel (as far
-// as the budget lets them: a piece waits only for pieces in flight); claims of other
-// requests (another reader, the hydrator) are waited for, and looked at again.
-Result<bool> StreamingDevice::ensure_present(uint64_t first, uint64_t last) {
-  {
-    std::lock_guard lock(mu_);
-    ++demand_waiting_;
-  }
-  struct Waiting {
-    StreamingDevice* d;
-    ~Waiting() {
-      std::lock_guard lock(d->mu_);
-      --d->demand_waiting_;
-    }
-  } waiting{this};
-
-  for (int round = 0; round < kClaimRoundsMax; ++round) {
-    ClaimSet set = claim(first, last);
-    if (set.mine.empty() && set.others.empty()) return round > 0;
-    // Start all our runs, then wait for them and for the others.
-    struct Pending {
-      std::mutex m;
-      std::condition_variable cv;
-      size_t left;
-      Result<void> result;
-    };
-    auto pending = std::make_shared<Pending>();
-    pending->left = set.mine.size();
+Result<void> StreamingDevice::read_cold(uint64_t offset, std::span<std::byte> buf,
+                                        uint64_t from, int round) {
+  if (round >= kClaimRoundsMax) return Error::io("regions could not be made present");
+  const uint64_t end = offset + buf.size();
+  const uint64_t first = offset / region_size_, last = (end - 1) / region_size_;
+  IMG_CHECK(from >= first && from <= last);
+  ClaimSet set = claim(from, last);
+  if (from > first) set.present.insert(set.present.begin(), Span{first, from - first, nullptr});
+  // The bytes of [first, first + count) that the read wants, as a part of buf.
+  auto part = [&](uint64_t f, uint64_t count) {
+    const uint64_t a = std::max(offset, f * region_size_);
+    const uint64_t b = std::min(end, (f + count) * region_size_);
+    return std::pair{a, buf.subspan(a - offset, b - a)};
+  };
+  // Our runs: fetched, each piece copied into buf as it lands.
+  struct Pending {
+    std::mutex m;
+    std::condition_variable cv;
+    size_t left = 0;
+    Result<void> result;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = set.mine.size();
+  const ReadTarget target{offset, buf, [pending](Result<void> r) {
+                            std::lock_guard lock(pending->m);
+                            if (!r && pending->result) pending->result = std::move(r);
+                            if (--pending->left == 0) pending->cv.notify_all();
+                          }};
+  for (const Run& run : set.mine) {
     FetchBudget::Grant none;
-    for (const Run& run : set.mine) {
-      fetch_run(run, FetchKind::Demand, none, [pending](Result<void> r) {
-        std::lock_guard lock(pending->m);
-        if (!r && pending->result) pending->result = std::move(r);
-        if (--pending->left == 0) pending->cv.notify_all();
-      });
-    }
-    {
-      std::unique_lock lock(pending->m);
-      pending->cv.wait(lock, [&] { return pending->left == 0; });
-      if (!pending->result) return std::move(pending->result).error();
-    }
-    wait_for(set.others);
-    if (all_present(first, last)) return true;
+    fetch_run(run, FetchKind::Demand, none, [](Result<void>) {}, &target);
   }
-  return Error::io("regions could not be made present");
+  // Meanwhile: present regions from the store, then what other requests fetch.
+  Result<void> result = ok();
+  for (const Span& sp : set.present) {
+    auto [at, into] = part(sp.first, sp.count);
+    result = read_exact_at(store_.data(), at, into);
+    if (!result) break;
+  }
+  for (size_t i = 0; result && i < set.others.size(); ++i) {
+    const Span& o = set.others[i];
+    std::shared_ptr<const Piece> landed;
+    {
+      std::unique_lock lock(o.claim->m);
+      o.claim->cv.wait(lock, [&] { return o.claim->done || o.claim->landed; });
+      if (!o.claim->done) landed = o.claim->landed;
+    }
+    auto [at, into] = part(o.first, o.count);
+    if (landed) copy_overlap(landed->offset, {landed->buf.get(), landed->bytes}, at, into);
+    else if (all_present(o.first, o.first + o.count - 1))
+      result = read_exact_at(store_.data(), at, into);
+    else  // its fetch failed, or was a write's: look again
+      result = read_cold(at, into, o.first, round + 1);
+  }
+  // Always: the callbacks write into buf until then.
+  std::unique_lock lock(pending->m);
+  pending->cv.wait(lock, [&] { return pending->left == 0; });
+  if (result && !pending->result) result = pending->result;
+  return result;
+}
+
+void StreamingDevice::read_ahead(uint64_t offset, uint64_t length) {
+  if (limits_.readahead_bytes == 0 || store_.complete()) return;
+  const uint64_t end = offset + length;
+  bool sequential = false;
+  for (std::atomic<uint64_t>& s : streams_) {
+    uint64_t expected = offset;
+    if (s.compare_exchange_strong(expected, end, std::memory_order_relaxed)) {
+      sequential = true;
+      break;
+    }
+  }
+  if (!sequential) {
+    streams_[stream_next_.fetch_add(1, std::memory_order_relaxed) % kReadStreamsMax].store(
+        end, std::memory_order_relaxed);
+    return;
+  }
+  // Look ahead once per region the reader enters, not at every read.
+  const uint64_t cur = (end - 1) / region_size_;
+  if (offset / region_size_ == cur && offset % region_size_ != 0) return;
+  const uint64_t window = std::max<uint64_t>(1, limits_.readahead_bytes / region_size_);
+  const uint64_t hi = std::min(store_.regions(), cur + 1 + window);
+  uint64_t m = cur + 1;
+  while (m < hi && store_.present(m)) ++m;
+  if (m >= hi) return;
+  const uint64_t bytes = std::min(limits_.piece_bytes, std::min(hi * region_size_, size()) - m * region_size_);
+  FetchBudget::Grant grant = budget_.try_acquire(bytes, FetchPriority::Background);
+  if (grant.bytes() == 0) return;  // the budget is busy: demand or hydration has it
+  const uint64_t regions = std::max<uint64_t>(1, bytes / region_size_);
+  ClaimSet set = claim(m, std::min(hi, m + regions) - 1);
+  // Counted as demand: a reader will want these bytes next.
+  for (const Run& run : set.mine) fetch_run(run, FetchKind::Demand, grant, [](Result<void>) {});
 }
 
 uint64_t StreamingDevice::fetch_background(uint64_t first, uint64_t count, FetchKind kind,
@@ -388,28 +512,39 @@ Result<void> StreamingDevice::read_nowait(uint64_t offset, std::span<std::byte> 
   if (!all_present(first, last)) return Error::would_block();
   TRY(store_.data().read_at_nowait(offset, buf));
   count_read(first, last, false, 0);  // only once served: a would-block read comes again
+  read_ahead(offset, buf.size());
   return ok();
 }
 
 Result<void> StreamingDevice::read(uint64_t offset, std::span<std::byte> buf) {
   IMG_CHECK(!buf.empty() && offset + buf.size() <= size());
   const uint64_t first = offset / region_size_, last = (offset + buf.size() - 1) / region_size_;
-  bool waited = false;
-  uint64_t wait_ns = 0;
-  if (!all_present(first, last)) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto present = ensure_present(first, last);
-    if (!present) {
-      store_.add_read_failed();  // counted in status: reads_failed
-      return std::move(present).error();
-    }
-    waited = *present;
-    wait_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                        std::chrono::steady_clock::now() - t0)
-                                        .count());
+  read_ahead(offset, buf.size());
+  uint64_t from = first;
+  while (from <= last && store_.present(from)) ++from;
+  if (from > last) {
+    TRY(read_exact_at(store_.data(), offset, buf));
+    count_read(first, last, false, 0);
+    return ok();
   }
-  TRY(read_exact_at(store_.data(), offset, buf));
-  count_read(first, last, waited, wait_ns);
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(mu_);
+    ++demand_waiting_;
+  }
+  Result<void> r = read_cold(offset, buf, from, 0);
+  {
+    std::lock_guard lock(mu_);
+    --demand_waiting_;
+  }
+  if (!r) {
+    store_.add_read_failed();  // counted in status: reads_failed
+    return r;
+  }
+  const auto wait_ns = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                 std::chrono::steady_clock::now() - t0)
+                                                 .count());
+  count_read(first, last, true, wait_ns);
   return ok();
 }
 
@@ -592,7 +727,12 @@ Result<void> StreamingDevice::trim(uint64_t offset, uint64_t length, Durability 
   });
 }
 
-Result<void> StreamingDevice::flush() { return store_.commit(); }
+// Fetched regions whose store write is queued are made present first, so that a read
+// followed by a flush commits what the read fetched (as before the writer thread).
+Result<void> StreamingDevice::flush() {
+  writer_.drain();
+  return store_.commit();
+}
 
 // --- block status -------------------------------------------------------------------
 
@@ -627,6 +767,9 @@ Result<void> StreamingDevice::status_allocation(uint64_t offset, uint64_t length
 Result<void> StreamingDevice::block_status(size_t context, uint64_t offset, uint64_t length,
                                            std::vector<Extent>& out) {
   IMG_CHECK(length > 0 && offset + length <= size() && context < 2);
+  // Both contexts tell what is local: a region whose read has returned is, once its
+  // queued store write is done (a client that reads, then asks, sees it present).
+  writer_.drain();
   if (context == 0) return status_allocation(offset, length, out);
   const uint64_t end = offset + length;
   for (uint64_t pos = offset; pos < end && out.size() < 4096;) {

@@ -53,6 +53,7 @@
 #include "source/source.h"
 #include "store/local_store.h"
 #include "stream/fetch_budget.h"
+#include "stream/store_writer.h"
 
 namespace imgstream::stream {
 
@@ -79,12 +80,21 @@ static_assert(kFetchBudgetBytes >= kFetchDemandReserveBytes + kFetchBytesMax,
 inline constexpr size_t kCacheRangesMax = 64;
 // Pieces (windows of at most kFetchBytesMax) the cache thread has in flight at most.
 inline constexpr unsigned kCacheWindowsInFlightMax = 4;
+// A sequential reader is read ahead by this much: the regions after the one it enters are
+// fetched while it reads, at background priority and only when the budget has room at
+// once (never waiting). bench/stream.sh row 1 (64 KiB reads at QD 1, 1 MiB regions, 2 ms
+// per source read) is bound by one source round trip per region without it.
+inline constexpr uint64_t kReadaheadBytes = 4u << 20;
+static_assert(kReadaheadBytes <= kFetchBytesMax, "a read-ahead is one piece at most");
+// Sequential streams followed at once (a few readers at different places).
+inline constexpr size_t kReadStreamsMax = 4;
 
 // The bounds above, as a device uses them (tests make them small).
 struct FetchLimits {
   uint64_t piece_bytes = kFetchBytesMax;
   uint64_t budget_bytes = kFetchBudgetBytes;
   uint64_t demand_reserve_bytes = kFetchDemandReserveBytes;
+  uint64_t readahead_bytes = kReadaheadBytes;  // 0: no read-ahead
 };
 
 class StreamingDevice final : public BlockDevice {
@@ -142,9 +152,15 @@ class StreamingDevice final : public BlockDevice {
     uint64_t first = 0, count = 0;
     ClaimPtr claim;
   };
+  // Consecutive regions present, or held by one claim of another request.
+  struct Span {
+    uint64_t first = 0, count = 0;
+    ClaimPtr claim;  // null for present regions
+  };
   struct ClaimSet {
-    std::vector<Run> mine;         // claimed now by this request, in order
-    std::vector<ClaimPtr> others;  // claims held by other requests
+    std::vector<Run> mine;       // claimed now by this request, in order
+    std::vector<Span> others;    // held by other requests' claims, in order
+    std::vector<Span> present;   // present already, in order
   };
 
   // Claims the missing, unclaimed regions of [first, last] in runs of at most one piece
@@ -153,7 +169,7 @@ class StreamingDevice final : public BlockDevice {
   // Drops the claim of a run; waiters wake and look again (a failed run stays missing).
   void release(const Run& run, const Result<void>& r);
   void release_all(const std::vector<Run>& runs, const Result<void>& r);
-  static void wait_for(const std::vector<ClaimPtr>& others);
+  static void wait_for(const std::vector<Span>& others);
   // Claims every missing region of [first, last] for a writer: when another request holds
   // a claim there, lets go of its own, waits and tries again, so that no request ever
   // holds a claim while it waits for another (no deadlock).
@@ -161,23 +177,39 @@ class StreamingDevice final : public BlockDevice {
 
   struct RunFetch;
   struct Piece;
+  // Where a demand read wants a run's bytes: each piece's part of [offset, offset +
+  // buf.size()) is copied into buf as the piece lands (on the source's thread), and
+  // served is called once every piece started has landed, before the store writes.
+  struct ReadTarget {
+    uint64_t offset = 0;
+    std::span<std::byte> buf;
+    std::function<void(Result<void>)> served;
+  };
   // Fetches a claimed run from the source into the data file in pieces, marks it present,
   // releases the claim and then calls done (last: the device may be gone after it). Each
   // piece's bytes come from `prepaid` while it holds enough, else from the budget at
   // demand priority (the run's claim is held: someone may wait on it). Returns once every
   // piece is started; may wait for budget, only on fetches in flight.
+  // A piece lands: its bytes go to the target (if any) and to the store writer.
   void fetch_run(const Run& run, store::FetchKind kind, FetchBudget::Grant& prepaid,
-                 std::function<void(Result<void>)> done);
+                 std::function<void(Result<void>)> done, const ReadTarget* target = nullptr);
   void start_piece(source::Source& src, const std::shared_ptr<RunFetch>& f, uint64_t offset,
                    FetchBudget::Grant grant);
+  // Counts a landed piece (its bytes copied to the target, published, queued for the
+  // store); the run's last one calls the target's served.
+  void piece_landed(const std::shared_ptr<RunFetch>& f, const Result<void>& r);
   void piece_done(const std::shared_ptr<RunFetch>& f, Result<void> r);
   // fetch_background's work, for the hydrator and the cache thread alike.
   uint64_t fetch_windows(uint64_t first, uint64_t count, store::FetchKind kind,
                          std::function<void(Result<void>)> done);
   void cache_loop();
-  // Makes every region of [first, last] present, fetching the missing ones.
-  // Returns whether it had to wait on the source (anything was missing or claimed).
-  Result<bool> ensure_present(uint64_t first, uint64_t last);
+  // Serves a read of which region `from` (and maybe more) was missing: claims what is
+  // missing, copies the fetched bytes straight into buf, reads present regions from the
+  // store meanwhile, and takes regions other requests fetch from their landed buffer (or
+  // the store, once written). Presence is looked at once, by the claim.
+  Result<void> read_cold(uint64_t offset, std::span<std::byte> buf, uint64_t from, int round);
+  // Follows sequential readers and fetches the regions ahead of them (kReadaheadBytes).
+  void read_ahead(uint64_t offset, uint64_t length);
   // Counts a read of [first, last] in the store's statistics: local or waited, and the
   // prefetched regions it reads for the first time.
   void count_read(uint64_t first, uint64_t last, bool waited, uint64_t wait_ns);
@@ -225,6 +257,13 @@ class StreamingDevice final : public BlockDevice {
   unsigned cache_in_flight_ = 0;         // windows started by cacher_, not landed
   bool cache_stopping_ = false;
   std::thread cacher_;
+
+  // End offsets of the last reads of up to kReadStreamsMax sequential readers.
+  std::atomic<uint64_t> streams_[kReadStreamsMax] = {};
+  std::atomic<uint64_t> stream_next_{0};
+
+  // Last: destroyed (its thread joined) first, before anything its jobs touch.
+  StoreWriter writer_;
 };
 
 }  // namespace imgstream::stream

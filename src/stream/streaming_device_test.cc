@@ -10,6 +10,8 @@
 #include <random>
 #include <thread>
 
+#include "base/env_fault.h"
+#include "base/env_memory.h"
 #include "stream/hydrator.h"
 #include "stream/testing.h"
 
@@ -42,7 +44,14 @@ class StreamingTest : public ::testing::Test {
     store_.reset();
     std::filesystem::remove_all(dir_);
   }
-  void open(uint32_t region = kRegion, bool track_prefetch = false, FetchLimits limits = {}) {
+  // No read-ahead unless a test asks: most tests count the source's reads exactly.
+  static FetchLimits no_readahead() {
+    FetchLimits l;
+    l.readahead_bytes = 0;
+    return l;
+  }
+  void open(uint32_t region = kRegion, bool track_prefetch = false,
+            FetchLimits limits = no_readahead()) {
     store::StoreOptions o;
     o.dir = dir_ + "/store";
     o.image_size = image_.size();
@@ -349,7 +358,7 @@ TEST_F(StreamingTest, BlockStatusShowsPresenceAndSourceHoles) {
 
 // Bounds small enough that the 8 MiB image is 32 pieces and 8 budgets: a piece of 256 KiB,
 // a budget of 1 MiB of which background fetches may hold 512 KiB (2 pieces).
-constexpr FetchLimits kSmall{256 * 1024, 1u << 20, 512 * 1024};
+constexpr FetchLimits kSmall{256 * 1024, 1u << 20, 512 * 1024, 0};
 constexpr uint64_t kSmallBackgroundMax = kSmall.budget_bytes - kSmall.demand_reserve_bytes;
 
 bool wait_until(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
@@ -448,4 +457,54 @@ TEST_F(StreamingTest, RegionsLargerThanAPieceAreFetchedInPieces) {
 }
 
 }  // namespace
+// The waiting reader is answered from the fetched bytes: even a store that cannot be
+// written serves a correct read (the region stays missing and is fetched again).
+TEST_F(StreamingTest, AReadIsAnsweredFromTheFetchNotFromTheStore) {
+  MemEnv mem;
+  FaultEnv env(mem);
+  store::StoreOptions o;
+  o.dir = "/store";
+  o.image_size = image_.size();
+  o.region_size = kRegion;
+  o.source_uri = src_->uri();
+  auto st = store::LocalStore::open_or_create(env, o);
+  ASSERT_TRUE(st) << st.error().message;
+  env.add_rule({.ops = FaultOp::Write, .path = "data", .times = FaultRule::kForever});
+  StreamingDevice dev(**st, src_.get(), false, no_readahead());
+  std::vector<std::byte> b(3 * kRegion);
+  ASSERT_TRUE(dev.read(kRegion + 7, b));
+  EXPECT_EQ(b, slice(kRegion + 7, b.size()));
+  ASSERT_TRUE(dev.flush());
+  EXPECT_FALSE((*st)->present(1) || (*st)->present(2) || (*st)->present(3));
+  const int reads = src_->reads_;
+  ASSERT_TRUE(dev.read(kRegion + 7, b));
+  EXPECT_EQ(b, slice(kRegion + 7, b.size()));
+  EXPECT_GT(src_->reads_, reads);
+}
+
+// A sequential reader is read ahead: entering a region starts the fetch of the next
+// kReadaheadBytes; a random reader is not.
+TEST_F(StreamingTest, ASequentialReaderIsReadAhead) {
+  FetchLimits l;
+  l.readahead_bytes = 4 * kRegion;
+  open(kRegion, false, l);
+  for (uint64_t off = 0; off < 2 * kRegion; off += 16 * 1024)
+    EXPECT_EQ(read(off, 16 * 1024), slice(off, 16 * 1024));
+  // A read-ahead lands when it lands: nobody waits for it.
+  for (int i = 0; i < 2000 && store_->regions_present() < 6; ++i) {
+    ASSERT_TRUE(dev_->flush());
+    ::usleep(1000);
+  }
+  // Entering region 1 read 2..5 ahead; nobody entered region 2.
+  for (uint64_t r = 0; r <= 5; ++r) EXPECT_TRUE(store_->present(r)) << r;
+  EXPECT_FALSE(store_->present(6) || store_->present(7));
+  EXPECT_EQ(store_->fetched(store::FetchKind::Demand), 6 * kRegion) << "each region once";
+
+  // Random reads: every one where no stream ended.
+  const uint64_t present = store_->regions_present();
+  for (uint64_t r : {40u, 20u, 60u, 30u}) read(r * kRegion + 100, 1000);
+  ASSERT_TRUE(dev_->flush());
+  EXPECT_EQ(store_->regions_present(), present + 4);
+}
+
 }  // namespace imgstream::stream
