@@ -168,6 +168,17 @@ stop_peer() {
     rm -rf "$BENCH_TMP/store" "$BENCH_TMP/overlay.qcow2"
 }
 
+# cpu_per_gib PID STORE: the streamer's CPU time so far (user + sys, from /proc) per GiB
+# it fetched (bytes_fetched_* in its status), in seconds.
+cpu_per_gib() {
+    local pid="$1" store="$2" ticks fetched
+    ticks="$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null)" || { echo "-"; return; }
+    fetched="$("$IMGSTREAM" status "$store" --json 2>/dev/null |
+        jq '.bytes_fetched_demand + .bytes_fetched_background + .bytes_prefetched')" || fetched=0
+    awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v f="$fetched" \
+        'BEGIN { if (f <= 0) print "-"; else printf "%.2f", (t / hz) / (f / 1073741824) }'
+}
+
 # run_fio NAME URI ARGS...: prints "read_iops read_bw"
 run_fio() {
     local name="$1" u="$2" out="$BENCH_TMP/fio-$1.json"
@@ -207,6 +218,11 @@ if has_row 1 || has_row 2; then
                 v="$(awk -v b="$bw" 'BEGIN { printf "%.1f", b / 1e6 }')"
                 record "$peer" seq "$v"
                 log "rep $rep $peer: sequential 64 KiB QD1 $v MB/s"
+                if [[ $peer == imgstream* ]]; then
+                    c="$(cpu_per_gib "$SERVER_PID" "$BENCH_TMP/store")"
+                    record "$peer" cpu "$c"
+                    log "rep $rep $peer: $c CPU s per fetched GiB"
+                fi
                 stop_peer
             fi
             if has_row 2; then
@@ -374,6 +390,17 @@ if has_row 1 || has_row 2; then
         b="$(best "$higher" "${peers_vals[@]}")"
         echo "$line $b | $(ratio "$(result imgstream "$row")" "$b") |"
     done
+    if has_row 1; then
+        line="| 1. streamer CPU (user + sys) per fetched GiB during row 1 (s, lower is better) |"
+        for p in $PEERS; do
+            if [[ $p == imgstream* ]]; then line+=" $(result "$p" cpu) |"; else line+=" - |"; fi
+        done
+        echo "$line - | - |"
+        # Row 1 without background against its limit: one region per source round trip.
+        limit="$(awk -v r=1048576 -v d="$RDELAY" 'BEGIN { sub(/ms$/, "", d); printf "%.1f", r / (d / 1000) / 1e6 }')"
+        echo
+        echo "Demand path alone (imgstream-nobg, row 1) against one 1 MiB region per source round trip ($limit MB/s): $(ratio "$(result imgstream-nobg seq)" "$limit")"
+    fi
     echo
 fi
 if has_row 3; then

@@ -183,7 +183,12 @@ Result<std::unique_ptr<Streamer>> Streamer::open(Env& env, const StreamerOptions
   s->store_ = TRY(store::LocalStore::open_or_create(env, so));
   if (!o.seed.empty()) TRY(s->seed_store());
   const bool prefetching = !whole && !s->opt_.prefetch_ranges.empty();
-  s->device_ = std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching);
+  // Read-ahead only on demand alone: the hydrator copies everything anyway, and knows the
+  // source's holes (a read-ahead would fetch their zeros).
+  FetchLimits limits;
+  if (o.background) limits.readahead_bytes = 0;
+  s->device_ =
+      std::make_unique<StreamingDevice>(*s->store_, s->demand_src_.get(), prefetching, limits);
   if (whole) {
     s->store_->set_state(StoreState::Detached);
   } else if (s->store_->state() != StoreState::Error) {

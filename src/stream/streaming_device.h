@@ -87,7 +87,7 @@ inline constexpr unsigned kCacheWindowsInFlightMax = 4;
 inline constexpr uint64_t kReadaheadBytes = 4u << 20;
 static_assert(kReadaheadBytes <= kFetchBytesMax, "a read-ahead is one piece at most");
 // Sequential streams followed at once (a few readers at different places).
-inline constexpr size_t kReadStreamsMax = 4;
+inline constexpr size_t kReadStreamsMax = 4;  // streams_ is initialized with as many
 
 // The bounds above, as a device uses them (tests make them small).
 struct FetchLimits {
@@ -259,7 +259,9 @@ class StreamingDevice final : public BlockDevice {
   std::thread cacher_;
 
   // End offsets of the last reads of up to kReadStreamsMax sequential readers.
-  std::atomic<uint64_t> streams_[kReadStreamsMax] = {};
+  // UINT64_MAX: no stream (a first read, even at offset 0, is not sequential yet).
+  std::atomic<uint64_t> streams_[kReadStreamsMax] = {UINT64_MAX, UINT64_MAX, UINT64_MAX,
+                                                     UINT64_MAX};
   std::atomic<uint64_t> stream_next_{0};
 
   // Last: destroyed (its thread joined) first, before anything its jobs touch.

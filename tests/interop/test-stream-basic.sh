@@ -329,6 +329,11 @@ pass "a store resumes with its own region size; another explicit one is refused"
 s10="$T/s10"
 start_streamer "$src" "$s10" --no-background
 timeout 120 nbdcopy --no-extents "$STREAMER_URI" null: || fail "nbdcopy of the whole stream (--no-background) failed"
+# Reads are answered before their store writes: give the queued writes a moment.
+for ((i = 0; i < 100; i++)); do
+    [[ $(st "$s10" regions_present) == "$SIZE_MIB" ]] && break
+    sleep 0.1
+done
 expect_eq "$(st "$s10" regions_present)" "$SIZE_MIB" "regions_present after reading everything with --no-background"
 deadline=$((SECONDS + 10))
 while [[ $(st "$s10" state) != detached ]] && ((SECONDS < deadline)); do sleep 0.2; done
