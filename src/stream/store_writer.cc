@@ -20,8 +20,10 @@ void StoreWriter::submit(uint64_t offset, std::span<const std::byte> bytes, Done
     std::lock_guard lock(mu_);
     queue_.push_back(Job{offset, bytes, std::move(done)});
     ++submitted_;
+    // Under the lock: once the job is done its owner may destroy this writer, and a
+    // notify after the unlock would touch a condition variable that is gone.
+    cv_.notify_all();
   }
-  cv_.notify_all();
 }
 
 void StoreWriter::drain() {

@@ -197,7 +197,8 @@ class StreamingDevice final : public BlockDevice {
                    FetchBudget::Grant grant);
   // Counts a landed piece (its bytes copied to the target, published, queued for the
   // store); the run's last one calls the target's served.
-  void piece_landed(const std::shared_ptr<RunFetch>& f, const Result<void>& r);
+  // Static: it runs after the store write was queued, when the device may be gone.
+  static void piece_landed(const std::shared_ptr<RunFetch>& f, const Result<void>& r);
   void piece_done(const std::shared_ptr<RunFetch>& f, Result<void> r);
   // fetch_background's work, for the hydrator and the cache thread alike.
   uint64_t fetch_windows(uint64_t first, uint64_t count, store::FetchKind kind,
