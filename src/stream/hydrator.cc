@@ -24,6 +24,10 @@ void Hydrator::start() {
   IMG_CHECK(!thread_.joinable());
   last_refill_ = std::chrono::steady_clock::now();
   tokens_ = static_cast<double>(opt_.batch_bytes);
+  const store::Counters c = store_.counters();
+  prefetched_before_ = c.bytes_fetched_prefetch;
+  prefetch_read_before_ = c.prefetch_bytes_read;
+  pace_.emplace(opt_.pace, PaceClock::now());
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -152,6 +156,26 @@ void Hydrator::throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock) {
   }
 }
 
+bool Hydrator::pace_allows_locked() {
+  if (opt_.pace.idle_after.count() <= 0) return true;
+  const store::Counters c = store_.counters();
+  Activity a;
+  a.reads = c.reads_local + c.reads_waited;
+  a.reads_waited = c.reads_waited;
+  a.demand_waiting = dev_.demand_waiting();
+  a.boot_set_bytes = c.bytes_fetched_prefetch - prefetched_before_;
+  a.boot_set_read_bytes = c.prefetch_bytes_read - prefetch_read_before_;
+  const PaceState before = pace_->state();
+  const bool allowed = pace_->may_start(PaceClock::now(), a);
+  if (pace_->state() != before) {
+    static constexpr const char* kNames[] = {
+        "goes on (the machine is quiet or waits on the source)",
+        "holds back while the machine boots", "holds back while the machine is busy"};
+    LOG_DEBUG("hydration {}", kNames[static_cast<int>(pace_->state())]);
+  }
+  return allowed;
+}
+
 Result<std::pair<uint64_t, bool>> Hydrator::classify(uint64_t first, uint64_t count) {
   const uint64_t rs = store_.region_size();
   const uint64_t size = store_.header().image_size;
@@ -255,6 +279,10 @@ void Hydrator::loop() {
     }
     if (!more) {
       cv_.wait_for(lock, 5ms);  // all that is missing is claimed by someone: let it land
+      continue;
+    }
+    if (!from_profile && !pace_allows_locked()) {
+      cv_.wait_for(lock, kPacePoll);  // the machine is busy: look again soon
       continue;
     }
     lock.unlock();
