@@ -93,6 +93,11 @@ std::optional<double> Hydrator::retry_in_seconds() const {
   return std::max(0.0, std::chrono::duration<double>(left).count());
 }
 
+PaceState Hydrator::pace_state() const {
+  std::lock_guard lock(mu_);
+  return pace_ && !paused_ ? pace_->state() : PaceState::Free;
+}
+
 void Hydrator::fail_locked(const Error& e) {
   // A source closed for a stop (SIGINT, Streamer::interrupt) is no failure of the source:
   // the store keeps the state it had, and the next run goes on.

@@ -94,6 +94,8 @@ class Hydrator {
   // Seconds until hydration tries again by itself after a failure; none when it is not
   // waiting to (running, paused by the user, or stopping).
   std::optional<double> retry_in_seconds() const;
+  // Whether ordinary hydration holds back for the machine now (hydration_pace.h).
+  PaceState pace_state() const;
 
  private:
   void loop();
