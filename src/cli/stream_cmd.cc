@@ -2,7 +2,9 @@
 // hydrated on demand and in the background; detached from the source when complete.
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -46,6 +48,7 @@ struct StreamArgs {
   std::string seed;
   bool no_boot_trace = false;
   double io_timeout_s = 30;
+  double idle_after_s = std::chrono::duration<double>(stream::kIdleAfterDefault).count();
   unsigned in_flight = 4;
   bool no_background = false;
   bool paused = false;
@@ -139,6 +142,15 @@ Result<void> read_stream_profile(const std::string& path, stream::StreamerOption
   o.prefetch_image_size = p.image_size;
   for (const profile::ProfileRun& run : p.runs)
     o.prefetch_ranges.emplace_back(run.first_region * p.region_size, run.count * p.region_size);
+  // The boot it recorded read its boot set within the last first-read time: hydration
+  // holds back for the boot at most a few times that long (hydration_pace.h).
+  double boot_ms = 0;
+  for (const profile::ProfileRegion& r : p.regions)
+    boot_ms = std::max(boot_ms, r.mean_first_read_ms);
+  if (boot_ms > 0)
+    o.hydrate.pace.boot_deadline =
+        std::chrono::milliseconds(static_cast<int64_t>(stream::kBootDeadlineFactor * boot_ms)) +
+        o.hydrate.pace.idle_after;
   LOG_INFO("profile {}: {} runs, {} to prefetch", path, p.runs.size(),
            format_size(p.boot_set_bytes()));
   return ok();
@@ -155,6 +167,8 @@ stream::StreamerOptions streamer_options(const StreamArgs& a) {
   o.request_timeout = std::min(o.io_timeout, std::chrono::milliseconds(10'000));
   o.hydrate.in_flight = a.in_flight;
   o.hydrate.start_paused = a.paused;
+  o.hydrate.pace.idle_after =
+      std::chrono::milliseconds(static_cast<int64_t>(a.idle_after_s * 1000));
   return o;
 }
 
@@ -267,6 +281,15 @@ Runner add_stream(CLI::App& app) {
   cmd->add_flag("--no-background", a->no_background,
                 "Fetch on demand only (and, with --profile, the profile's regions)");
   cmd->add_flag("--paused", a->paused, "Start with background hydration paused");
+  cmd->add_option("--idle-after", a->idle_after_s,
+                  "Background hydration holds back while the machine is busy: while it reads "
+                  "from the local copy with nothing waiting on the source, and, with --profile, "
+                  "while it boots (until it has read most of the boot set, at most twice the "
+                  "boot the profile recorded); it goes at full speed once the machine has read "
+                  "nothing for this many seconds. A machine busy for over 60 s still gets one "
+                  "batch a second. 0: never hold back")
+      ->check(CLI::Range(0.0, 3600.0))
+      ->capture_default_str();
   cmd->add_option("--profile", a->profile,
                   "Boot profile (imgstream profile merge): fetch its regions first, in its "
                   "order, ahead of the machine; then hydrate the rest. `imgstream status` shows "

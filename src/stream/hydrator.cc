@@ -24,6 +24,10 @@ void Hydrator::start() {
   IMG_CHECK(!thread_.joinable());
   last_refill_ = std::chrono::steady_clock::now();
   tokens_ = static_cast<double>(opt_.batch_bytes);
+  const store::Counters c = store_.counters();
+  prefetched_before_ = c.bytes_fetched_prefetch;
+  prefetch_read_before_ = c.prefetch_bytes_read;
+  pace_.emplace(opt_.pace, PaceClock::now());
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -89,6 +93,11 @@ std::optional<double> Hydrator::retry_in_seconds() const {
   return std::max(0.0, std::chrono::duration<double>(left).count());
 }
 
+PaceState Hydrator::pace_state() const {
+  std::lock_guard lock(mu_);
+  return pace_ && !paused_ ? pace_->state() : PaceState::Free;
+}
+
 void Hydrator::fail_locked(const Error& e) {
   // A source closed for a stop (SIGINT, Streamer::interrupt) is no failure of the source:
   // the store keeps the state it had, and the next run goes on.
@@ -150,6 +159,26 @@ void Hydrator::throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock) {
     const double wait_s = (static_cast<double>(bytes) - tokens_) / static_cast<double>(rate);
     cv_.wait_for(lock, std::chrono::duration<double>(std::min(wait_s, 0.1)));
   }
+}
+
+bool Hydrator::pace_allows_locked() {
+  if (opt_.pace.idle_after.count() <= 0) return true;
+  const store::Counters c = store_.counters();
+  Activity a;
+  a.reads = c.reads_local + c.reads_waited;
+  a.reads_waited = c.reads_waited;
+  a.demand_waiting = dev_.demand_waiting();
+  a.boot_set_bytes = c.bytes_fetched_prefetch - prefetched_before_;
+  a.boot_set_read_bytes = c.prefetch_bytes_read - prefetch_read_before_;
+  const PaceState before = pace_->state();
+  const bool allowed = pace_->may_start(PaceClock::now(), a);
+  if (pace_->state() != before) {
+    static constexpr const char* kNames[] = {
+        "goes on (the machine is quiet or waits on the source)",
+        "holds back while the machine boots", "holds back while the machine is busy"};
+    LOG_DEBUG("hydration {}", kNames[static_cast<int>(pace_->state())]);
+  }
+  return allowed;
 }
 
 Result<std::pair<uint64_t, bool>> Hydrator::classify(uint64_t first, uint64_t count) {
@@ -255,6 +284,10 @@ void Hydrator::loop() {
     }
     if (!more) {
       cv_.wait_for(lock, 5ms);  // all that is missing is claimed by someone: let it land
+      continue;
+    }
+    if (!from_profile && !pace_allows_locked()) {
+      cv_.wait_for(lock, kPacePoll);  // the machine is busy: look again soon
       continue;
     }
     lock.unlock();

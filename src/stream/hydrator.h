@@ -21,6 +21,9 @@
 // - Under a rate limit batches are smaller (about a quarter second's worth each), so the
 //   rate is kept smoothly rather than in bursts of batch_bytes, and the fetched counters
 //   (status, its rate and ETA) move in small steps.
+// - Ordinary hydration holds back while the machine is busy being served locally, and
+//   while it boots from a prefetched boot set (pace: hydration_pace.h); off unless
+//   pace.idle_after is set (`stream --idle-after`, default 2 s).
 //
 // Lock contract: one thread of its own runs the loop (start() to stop()); batches complete
 // on the source's threads (on_batch_done). Every field below mu_ is guarded by mu_; the
@@ -39,6 +42,7 @@
 
 #include "source/source.h"
 #include "store/local_store.h"
+#include "stream/hydration_pace.h"
 #include "stream/streaming_device.h"
 
 namespace imgstream::stream {
@@ -58,6 +62,8 @@ struct HydratorOptions {
   bool start_paused = false;
   // Fetch the prefetch list and stop there (`stream --no-background --profile`).
   bool prefetch_only = false;
+  // When ordinary hydration holds back for the machine (hydration_pace.h).
+  PaceOptions pace;
 };
 
 inline constexpr unsigned kHydratorInFlightMax = 64;
@@ -65,6 +71,8 @@ inline constexpr std::chrono::milliseconds kRetryBackoffFirst{1'000};
 inline constexpr std::chrono::milliseconds kRetryBackoffMax{60'000};
 inline constexpr unsigned kRateBatchesPerSecond = 4;
 inline constexpr uint64_t kHoleWindowBytes = 1ULL << 30;  // block status asked per GiB
+// How often a held hydration looks at the machine's activity again.
+inline constexpr std::chrono::milliseconds kPacePoll{20};
 
 class Hydrator {
  public:
@@ -86,6 +94,8 @@ class Hydrator {
   // Seconds until hydration tries again by itself after a failure; none when it is not
   // waiting to (running, paused by the user, or stopping).
   std::optional<double> retry_in_seconds() const;
+  // Whether ordinary hydration holds back for the machine now (hydration_pace.h).
+  PaceState pace_state() const;
 
  private:
   void loop();
@@ -94,6 +104,8 @@ class Hydrator {
   // piece and whether it is a hole.
   Result<std::pair<uint64_t, bool>> classify(uint64_t first, uint64_t count);
   void throttle(uint64_t bytes, std::unique_lock<std::mutex>& lock);
+  // With mu_ held: whether the pace lets an ordinary batch start now.
+  bool pace_allows_locked();
   void on_batch_done(Result<void> r);
   // With mu_ held: the source failed; pause and schedule a retry.
   void fail_locked(const Error& e);
@@ -131,6 +143,9 @@ class Hydrator {
   // Position in opt_.prefetch: run index and regions of that run already handed out.
   size_t prefetch_run_ = 0;
   uint64_t prefetch_done_ = 0;
+  // Made by start(); the store's prefetch counters then are the baseline of this run's.
+  std::optional<HydrationPace> pace_;
+  uint64_t prefetched_before_ = 0, prefetch_read_before_ = 0;
 
   std::thread thread_;
 };

@@ -416,6 +416,13 @@ control::StreamStatus Streamer::status() const {
   if (hydrator_) s.retry_in_s = hydrator_->retry_in_seconds();
   s.hint = status_hint(state, true, absolute(opt_.store_dir), store_->header().source_uri,
                        s.retry_in_s);
+  if (!s.hint && hydrator_ && state == StoreState::Streaming) {
+    if (const PaceState p = hydrator_->pace_state(); p != PaceState::Free)
+      s.hint =
+          std::string(p == PaceState::Booting ? "hydration holds back while the machine boots"
+                                              : "hydration holds back while the machine is busy") +
+          " and goes on once it is quiet (`stream --idle-after 0`: never)";
+  }
   return s;
 }
 
