@@ -208,35 +208,28 @@ check() { # OK(0|1) TEXT...
     fi
 }
 
-# ---------------------------------------------------------------- the busybox disk
-bench_busybox() {
-    # ---------------------------------------------------------------- the disk and the source
-    cache="${IMGSTREAM_CACHE:-$BENCH_REPO_ROOT/.cache}"
-    mkdir -p "$cache"
-    log "building (or reusing) the bootable test disk ..."
-    "$BENCH_REPO_ROOT/tests/fixtures/make-boot-disk.sh" "$cache/boot-disk.img" >"$BENCH_TMP/make.log" 2>&1 ||
-        die "could not build the bootable disk: $(tail -n 5 "$BENCH_TMP/make.log")"
-    disk="$BENCH_TMP/boot.img"
-    cp "$cache/boot-disk.img" "$disk"
-    md5="$(cat "$cache/boot-disk.img.md5")"
-    image_bytes="$(stat -c %s "$disk")"
-
-    src_sock="$BENCH_TMP/src.sock"
-    src_uri="nbd+unix:///?socket=$src_sock"
-    bench_spawn "$BENCH_TMP/source.log" nbdkit -f --unix "$src_sock" --filter=delay file "$disk" rdelay="$RDELAY"
+# start_source FILE LOG [NBDKIT-OPTION...]: the "remote" image, FILE behind nbdkit's
+# delay filter (RDELAY per read) on $src_sock; sets source_pid.
+start_source() {
+    local file="$1" logf="$2"
+    shift 2
+    bench_spawn "$logf" nbdkit -f "$@" --unix "$src_sock" --filter=delay file "$file" rdelay="$RDELAY"
     source_pid="$SPAWN_PID"
-    wait_unix_socket "$src_sock" "$source_pid" || die "nbdkit source did not start: $(tail -n 5 "$BENCH_TMP/source.log")"
+    wait_unix_socket "$src_sock" "$source_pid" || die "nbdkit source did not start: $(tail -n 5 "$logf")"
+}
 
-    # ---------------------------------------------------------------- the profile
-    log "recording $RECORD_BOOTS boots through imgstream stream (fresh stores) for the profile ..."
-    rec_stores=()
-    for ((i = 1; i <= RECORD_BOOTS; i++)); do
-        boot_stream "$BENCH_TMP/rec$i" --no-background
-        [[ -s $BENCH_TMP/rec$i/boot.trace ]] || die "store rec$i recorded no boot.trace"
-        rec_stores+=("$BENCH_TMP/rec$i")
+# record_profile NAME COUNT PROFILE: COUNT boots through imgstream stream (fresh stores
+# $BENCH_TMP/NAME1...), their traces merged into PROFILE; sets profile, set_bytes and
+# set_regions (the caller's locals, if it has them).
+record_profile() {
+    local name="$1" count="$2" i rec_stores=()
+    profile="$3"
+    for ((i = 1; i <= count; i++)); do
+        boot_stream "$BENCH_TMP/$name$i" --no-background
+        [[ -s $BENCH_TMP/$name$i/boot.trace ]] || die "store $name$i recorded no boot.trace"
+        rec_stores+=("$BENCH_TMP/$name$i")
         log "recording boot $i: $BOOT_SECS s"
     done
-    profile="$BENCH_TMP/boot.prof"
     "$IMGSTREAM" profile merge "${rec_stores[@]}" -o "$profile" >"$BENCH_TMP/merge.log" 2>&1 ||
         die "profile merge failed: $(tail -n 5 "$BENCH_TMP/merge.log")"
     "$IMGSTREAM" profile show "$profile" --json >"$BENCH_TMP/profile.json" || die "profile show failed"
@@ -244,6 +237,24 @@ bench_busybox() {
     set_regions="$(jq -r .regions "$BENCH_TMP/profile.json")"
     log "profile: boot set $(mib "$set_bytes") MiB in $set_regions regions"
     rm -rf "${rec_stores[@]}"
+}
+
+# ---------------------------------------------------------------- the busybox disk
+bench_busybox() {
+    # ---------------------------------------------------------------- the disk and the source
+    log "building (or reusing) the bootable test disk ..."
+    disk="$BENCH_TMP/boot.img"
+    bench_boot_disk "$disk"
+    md5="$BOOT_DISK_MD5"
+    image_bytes="$(stat -c %s "$disk")"
+
+    src_sock="$BENCH_TMP/src.sock"
+    src_uri="nbd+unix:///?socket=$src_sock"
+    start_source "$disk" "$BENCH_TMP/source.log"
+
+    # ---------------------------------------------------------------- the profile
+    log "recording $RECORD_BOOTS boots through imgstream stream (fresh stores) for the profile ..."
+    record_profile rec "$RECORD_BOOTS" "$BENCH_TMP/boot.prof"
 
     # ---------------------------------------------------------------- the runs
     for ((rep = 1; rep <= REPS; rep++)); do
@@ -328,27 +339,11 @@ bench_distro() {
     src_sock="$BENCH_TMP/dsrc.sock"
     src_uri="nbd+unix:///?socket=$src_sock"
     # Read-only: the guest writes to the store (or its copy), never to the cache.
-    bench_spawn "$BENCH_TMP/dsource.log" nbdkit -f -r --unix "$src_sock" --filter=delay file "$cached" rdelay="$RDELAY"
-    source_pid="$SPAWN_PID"
-    wait_unix_socket "$src_sock" "$source_pid" || die "nbdkit source did not start: $(tail -n 5 "$BENCH_TMP/dsource.log")"
+    start_source "$cached" "$BENCH_TMP/dsource.log" -r
 
     log "recording $DISTRO_RECORD_BOOTS distro boot(s) through imgstream stream for the profile ..."
-    local rec_stores=()
-    for ((i = 1; i <= DISTRO_RECORD_BOOTS; i++)); do
-        boot_stream "$BENCH_TMP/drec$i" --no-background
-        [[ -s $BENCH_TMP/drec$i/boot.trace ]] || die "store drec$i recorded no boot.trace"
-        rec_stores+=("$BENCH_TMP/drec$i")
-        log "recording boot $i: $BOOT_SECS s"
-    done
-    local profile="$BENCH_TMP/distro.prof"
-    "$IMGSTREAM" profile merge "${rec_stores[@]}" -o "$profile" >"$BENCH_TMP/merge.log" 2>&1 ||
-        die "profile merge failed: $(tail -n 5 "$BENCH_TMP/merge.log")"
-    "$IMGSTREAM" profile show "$profile" --json >"$BENCH_TMP/profile.json" || die "profile show failed"
-    local set_bytes set_regions
-    set_bytes="$(jq -r .boot_set_bytes "$BENCH_TMP/profile.json")"
-    set_regions="$(jq -r .regions "$BENCH_TMP/profile.json")"
-    log "profile: boot set $(mib "$set_bytes") MiB in $set_regions regions"
-    rm -rf "${rec_stores[@]}"
+    local profile set_bytes set_regions
+    record_profile drec "$DISTRO_RECORD_BOOTS" "$BENCH_TMP/distro.prof"
 
     local copy="$BENCH_TMP/distro-local.img"
     for ((rep = 1; rep <= REPS; rep++)); do

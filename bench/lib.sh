@@ -89,6 +89,18 @@ PY
 
 # record SERVER ROW VALUE / result SERVER ROW: collect one measurement; the median of a
 # cell's measurements, or "-" when it has none.
+# bench_boot_disk DEST: tests/fixtures' bootable busybox disk, built once into
+# IMGSTREAM_CACHE (default .cache) and copied to DEST; sets BOOT_DISK_MD5. The caller's
+# die() reports a failure.
+bench_boot_disk() {
+    local cache="${IMGSTREAM_CACHE:-$BENCH_REPO_ROOT/.cache}"
+    mkdir -p "$cache"
+    "$BENCH_REPO_ROOT/tests/fixtures/make-boot-disk.sh" "$cache/boot-disk.img" >"$BENCH_TMP/make.log" 2>&1 ||
+        die "could not build the bootable disk: $(tail -n 5 "$BENCH_TMP/make.log")"
+    cp "$cache/boot-disk.img" "$1"
+    BOOT_DISK_MD5="$(cat "$cache/boot-disk.img.md5")"
+}
+
 record() { echo "$3" >>"$BENCH_TMP/result-$1-$2"; }
 result() {
     local f="$BENCH_TMP/result-$1-$2"

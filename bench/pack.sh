@@ -153,13 +153,9 @@ wait_detached() { # STORE SECS
 }
 
 # ---------------------------------------------------------------- the disk
-cache="${IMGSTREAM_CACHE:-$BENCH_REPO_ROOT/.cache}"
-mkdir -p "$cache"
-"$BENCH_REPO_ROOT/tests/fixtures/make-boot-disk.sh" "$cache/boot-disk.img" >"$BENCH_TMP/make.log" 2>&1 ||
-    die "could not build the bootable disk: $(tail -n 5 "$BENCH_TMP/make.log")"
 disk="$BENCH_TMP/boot.img"
-cp "$cache/boot-disk.img" "$disk"
-md5="$(cat "$cache/boot-disk.img.md5")"
+bench_boot_disk "$disk"
+md5="$BOOT_DISK_MD5"
 disk_bytes="$(stat -c %s "$disk")"
 disk_mib=$((disk_bytes >> 20))
 www="$BENCH_TMP/www"

@@ -32,11 +32,6 @@ void StoreWriter::drain() {
   cv_.wait(lock, [&] { return finished_ >= upto; });
 }
 
-uint64_t StoreWriter::batches_merged() const {
-  std::lock_guard lock(mu_);
-  return batches_merged_;
-}
-
 void StoreWriter::loop() {
   std::vector<Job> batch;
   std::unique_lock lock(mu_);
@@ -44,7 +39,6 @@ void StoreWriter::loop() {
     cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });  // drain() notifies too
     if (queue_.empty()) return;  // stopping, and every job written
     batch.swap(queue_);
-    if (batch.size() > 1) ++batches_merged_;
     lock.unlock();
     // In offset order: neighbouring pieces of a hydration batch go to the disk in turn.
     std::sort(batch.begin(), batch.end(),

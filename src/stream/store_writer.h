@@ -45,9 +45,6 @@ class StoreWriter {
   // Waits until every job submitted before the call is written and its done has run.
   void drain();
 
-  // Wake-ups that wrote more than one job (for tests and benchmarks).
-  uint64_t batches_merged() const;
-
  private:
   struct Job {
     uint64_t offset;
@@ -57,13 +54,12 @@ class StoreWriter {
   void loop();
 
   File& data_;
-  mutable std::mutex mu_;
+  std::mutex mu_;
   std::condition_variable cv_;
   std::vector<Job> queue_;  // under mu_
   bool stopping_ = false;   // under mu_
   uint64_t submitted_ = 0;  // jobs submitted, under mu_
   uint64_t finished_ = 0;   // jobs written and done, under mu_
-  uint64_t batches_merged_ = 0;
   std::thread thread_;  // last: started once everything above exists
 };
 

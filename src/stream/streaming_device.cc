@@ -49,6 +49,7 @@ StreamingDevice::StreamingDevice(store::LocalStore& store, source::Source* sourc
   IMG_CHECK(source != nullptr || store.complete());
   IMG_CHECK(limits.piece_bytes > 0 && limits.demand_reserve_bytes >= limits.piece_bytes &&
             limits.budget_bytes >= limits.demand_reserve_bytes + limits.piece_bytes);
+  for (std::atomic<uint64_t>& s : streams_) s.store(kNoStream, std::memory_order_relaxed);
   if (track_prefetch) {
     const size_t words = (store.regions() + 63) / 64;
     prefetched_ = std::make_unique<std::atomic<uint64_t>[]>(words);
@@ -404,7 +405,8 @@ void StreamingDevice::read_ahead(uint64_t offset, uint64_t length) {
   uint64_t m = cur + 1;
   while (m < hi && store_.present(m)) ++m;
   if (m >= hi) return;
-  const uint64_t bytes = std::min(limits_.piece_bytes, std::min(hi * region_size_, size()) - m * region_size_);
+  const uint64_t window_end = std::min(hi * region_size_, size());
+  const uint64_t bytes = std::min(limits_.piece_bytes, window_end - m * region_size_);
   FetchBudget::Grant grant = budget_.try_acquire(bytes, FetchPriority::Background);
   if (grant.bytes() == 0) return;  // the budget is busy: demand or hydration has it
   const uint64_t regions = std::max<uint64_t>(1, bytes / region_size_);

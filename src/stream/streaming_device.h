@@ -13,8 +13,13 @@
 //   region state   | read                  | partial write          | whole write / trim / zero
 //   ---------------+-----------------------+------------------------+---------------------------
 //   present        | local read            | local write            | local write / punch
-//   missing        | claim, fetch, read    | claim, fetch + merge   | claim, write, mark present
-//   claimed        | wait, then retry      | wait, then retry       | wait, then retry
+//   missing        | claim, fetch, copy    | claim, fetch + merge   | claim, write, mark present
+//   claimed        | copy once landed *    | wait, then retry       | wait, then retry
+//
+// * A read is answered from the fetched buffer as soon as it lands (its own fetch, or a
+//   one-piece fetch of another request); the store write follows on the StoreWriter's
+//   thread, and the region is marked present (its claim released) only after it. A
+//   claim whose fetch failed, or that is a write's, is waited for and looked at again.
 //
 // Memory (issue 12). Every fetch is cut into pieces of at most kFetchBytesMax, one
 // source request and one buffer each, and takes each piece's bytes from the device's
@@ -87,7 +92,7 @@ inline constexpr unsigned kCacheWindowsInFlightMax = 4;
 inline constexpr uint64_t kReadaheadBytes = 4u << 20;
 static_assert(kReadaheadBytes <= kFetchBytesMax, "a read-ahead is one piece at most");
 // Sequential streams followed at once (a few readers at different places).
-inline constexpr size_t kReadStreamsMax = 4;  // streams_ is initialized with as many
+inline constexpr size_t kReadStreamsMax = 4;
 
 // The bounds above, as a device uses them (tests make them small).
 struct FetchLimits {
@@ -260,9 +265,10 @@ class StreamingDevice final : public BlockDevice {
   std::thread cacher_;
 
   // End offsets of the last reads of up to kReadStreamsMax sequential readers.
-  // UINT64_MAX: no stream (a first read, even at offset 0, is not sequential yet).
-  std::atomic<uint64_t> streams_[kReadStreamsMax] = {UINT64_MAX, UINT64_MAX, UINT64_MAX,
-                                                     UINT64_MAX};
+  // kNoStream in a slot: no stream there (set by the constructor), so that a first read,
+  // even at offset 0, is not sequential yet.
+  static constexpr uint64_t kNoStream = UINT64_MAX;
+  std::atomic<uint64_t> streams_[kReadStreamsMax];
   std::atomic<uint64_t> stream_next_{0};
 
   // Last: destroyed (its thread joined) first, before anything its jobs touch.
