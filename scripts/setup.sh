@@ -19,6 +19,8 @@ packages=(
   syslinux-common extlinux linux-image-amd64 busybox-static fdisk cpio kmod xz-utils
   # the Debian test disk (tests/fixtures/make-distro-disk.sh: debootstrap from the mirror)
   debootstrap debian-archive-keyring mount passwd
+  # lint (scripts/check-format.sh, scripts/tidy.sh)
+  clang-format clang-tidy
 )
 
 missing=()

@@ -7,6 +7,7 @@
 #include "base/endian.h"
 #include "base/sha256.h"
 #include "base/stop.h"
+#include "disk/partition_table.h"
 
 namespace imgstream::stream {
 
@@ -18,45 +19,14 @@ Error interrupted(const source::Source& src) {
   return Error{EINTR, "fingerprint of " + src.uri() + ": interrupted"};
 }
 
-// The GPT behind a protective MBR: header at LBA 1, entries where it says (only those
-// within `head` are read).
-void gpt_starts(std::span<const std::byte> head, uint64_t image_size, std::vector<uint64_t>& out) {
-  if (head.size() < 2 * kSector || std::memcmp(head.data() + kSector, "EFI PART", 8) != 0) return;
-  const std::byte* h = head.data() + kSector;
-  const uint64_t entries_lba = le::get64(h + 72);
-  const uint32_t count = le::get32(h + 80), entry_bytes = le::get32(h + 84);
-  if (entry_bytes < 128 || entry_bytes > 4096 || entries_lba == 0 ||
-      entries_lba > head.size() / kSector)
-    return;
-  const uint64_t base = entries_lba * kSector;
-  for (uint64_t i = 0; i < count && out.size() < kFingerprintPartitionsMax; ++i) {
-    const uint64_t at = base + i * entry_bytes;
-    if (at + 128 > head.size()) break;
-    const std::byte* e = head.data() + at;
-    if (std::all_of(e, e + 16, [](std::byte b) { return b == std::byte{0}; })) continue;  // unused
-    const uint64_t first_lba = le::get64(e + 32);
-    if (first_lba != 0 && first_lba < image_size / kSector) out.push_back(first_lba * kSector);
-  }
-}
-
 }  // namespace
 
 std::vector<uint64_t> partition_starts(std::span<const std::byte> head, uint64_t image_size) {
   std::vector<uint64_t> out;
-  if (head.size() < kSector || head[510] != std::byte{0x55} || head[511] != std::byte{0xAA})
-    return out;
-  for (int i = 0; i < 4; ++i) {
-    const std::byte* e = head.data() + 446 + 16 * i;
-    const uint8_t type = std::to_integer<uint8_t>(e[4]);
-    if (type == 0) continue;
-    if (type == 0xEE) {  // protective MBR: the GPT says where the partitions are
-      gpt_starts(head, image_size, out);
-      break;
-    }
-    const uint64_t first_lba = le::get32(e + 8);
-    if (first_lba != 0 && first_lba < image_size / kSector) out.push_back(first_lba * kSector);
+  for (const disk::Partition& p : disk::read_partition_table(head).partitions) {
+    if (out.size() == kFingerprintPartitionsMax) break;
+    if (p.first_lba != 0 && p.first_lba < image_size / kSector) out.push_back(p.start());
   }
-  if (out.size() > kFingerprintPartitionsMax) out.resize(kFingerprintPartitionsMax);
   return out;
 }
 
