@@ -55,7 +55,7 @@ int run_patch_cmd(PatchArgs& a) {
   a.o.check = !a.no_check;
   auto r = patch::run_patch(*Env::posix(), a.o);
   if (!r) {
-    print_error(a.o.image + ": " + r.error().message);
+    print_error(r.error().message);
     return kExitFailure;
   }
   if (r->recovered) std::printf("finished an interrupted earlier patch first\n");
@@ -132,7 +132,7 @@ Runner add_ls(CLI::App& app) {
   return [a] {
     auto fs = patch::ImageFs::open(*Env::posix(), a->image, a->partition);
     if (!fs) {
-      print_error(a->image + ": " + fs.error().message);
+      print_error(fs.error().message);
       return kExitFailure;
     }
     auto entries = fs->list(a->path);
@@ -163,7 +163,7 @@ Runner add_cat(CLI::App& app) {
   return [a] {
     auto fs = patch::ImageFs::open(*Env::posix(), a->image, a->partition);
     if (!fs) {
-      print_error(a->image + ": " + fs.error().message);
+      print_error(fs.error().message);
       return kExitFailure;
     }
     auto data = fs->read_file(a->path);

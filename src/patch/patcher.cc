@@ -242,8 +242,16 @@ Result<void> add_tree(Env& env, ExtFs& fs, const std::string& host, const std::s
   return ok();
 }
 
+// mkdir -p of the directory that will hold `path` (the issue: "parents made as needed").
+Result<void> make_parents(ExtFs& fs, const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == 0 || slash == std::string::npos) return ok();
+  return fs.make_dirs(path.substr(0, slash), Attr{0755, 0, 0});
+}
+
 Result<void> run_add(Env& env, Guest& g, const Action& a) {
   auto [fs, path] = TRY(g.route(a.guest));
+  TRY(make_parents(*fs, path));
   // As cp and virt-customize --upload: into an existing directory, under the host's name.
   auto st = fs->stat(path);
   if (st && st->type == FileType::Directory && !S_ISDIR(TRY(host_mode(a.host))))
@@ -261,6 +269,7 @@ Result<void> run_action(Env& env, Guest& g, const Action& a,
   }
   if (a.kind == K::Add) return run_add(env, g, a);
   auto [fs, path] = TRY(g.route(a.guest));
+  if (a.kind == K::Symlink || a.kind == K::Write) TRY(make_parents(*fs, path));
   switch (a.kind) {
     case K::Mkdir: return fs->make_dirs(path, Attr{0755, 0, 0});
     case K::Delete: return fs->remove(path);
