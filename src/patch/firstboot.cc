@@ -111,9 +111,15 @@ Result<FirstbootHook> install_hook(ExtFs& fs) {
     TRY(fs.symlink(kFirstbootUnit, wants));
     return FirstbootHook::Systemd;
   }
+  // Busybox's inittab ("::sysinit:/etc/init.d/rcS"): a sysinit line after the others runs
+  // once they (mounting the file systems) are done. sysvinit's inittab runs its sysinit
+  // before the file systems are writable: there rc.local (the end of the boot) serves.
   if (TRY(fs.exists("/etc/inittab"))) {
-    TRY(append_line(fs, "/etc/inittab", kInittabLine, kFile));
-    return FirstbootHook::Inittab;
+    const std::string tab = text(TRY(fs.read_file("/etc/inittab")));
+    if (tab.find("::sysinit:") != std::string::npos) {
+      TRY(append_line(fs, "/etc/inittab", kInittabLine, kFile));
+      return FirstbootHook::Inittab;
+    }
   }
   if (!TRY(fs.exists("/etc/rc.local")))
     TRY(fs.write_file("/etc/rc.local", bytes("#!/bin/sh\n"), kExec));

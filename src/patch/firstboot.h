@@ -8,7 +8,7 @@
 //   /var/log/imgstream-firstboot.log                 each script's output and exit status
 // and the hook that starts the runner: the systemd unit imgstream-firstboot.service
 // (after the local file systems, before the login prompt) when the image has systemd,
-// else a line in /etc/inittab (busybox or sysvinit), else /etc/rc.local.
+// else a sysinit line in a busybox /etc/inittab, else /etc/rc.local.
 //
 // At most once: the runner moves a script to done/ and syncs before it runs it, so a
 // crash or power cut while it runs does not run it again (a half-run script is the

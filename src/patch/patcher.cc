@@ -89,12 +89,19 @@ std::string found_list(const std::vector<Located>& all) {
   return s.empty() ? "no partitions" : s;
 }
 
+// `edit`: refuse a file system that may not be edited (reading one is let through).
 Result<Located> pick_root(BlockDevice& dev, const std::vector<Located>& all, unsigned partition,
-                          const std::string& image) {
+                          const std::string& image, bool edit) {
+  auto usable = [&](const Located& l) -> Result<void> {
+    if (edit) return refuse_unsafe(l);
+    if (!disk::is_ext(l.info.kind))
+      return Error{ENOTSUP, l.name + ": imgstream reads ext2/3/4 file systems only"};
+    return ok();
+  };
   if (partition != 0) {
     for (const auto& l : all)
       if (l.number == partition) {
-        TRY(refuse_unsafe(l));
+        TRY(usable(l));
         return l;
       }
     return Error{ENOENT, image + " has no usable partition " + std::to_string(partition) +
@@ -106,7 +113,7 @@ Result<Located> pick_root(BlockDevice& dev, const std::vector<Located>& all, uns
     if (!fs) continue;
     auto etc = (*fs)->stat("/etc");
     if (etc && etc->type == FileType::Directory) {
-      TRY(refuse_unsafe(l));
+      TRY(usable(l));
       return l;
     }
   }
@@ -179,7 +186,7 @@ Result<std::unique_ptr<Guest>> open_guest(Env& env, const std::string& image, un
   g->dev = TRY(FileDevice::open(env, image, exclusive ? Access::ReadWrite : Access::ReadOnly,
                                 exclusive ? ImageUse::Exclusive : ImageUse::ReadStable));
   const auto all = TRY(find_filesystems(*g->dev, image));
-  g->root_at = TRY(pick_root(*g->dev, all, partition, image));
+  g->root_at = TRY(pick_root(*g->dev, all, partition, image, edit));
   BlockDevice* below = g->dev.get();
   if (edit) {
     g->overlay = std::make_unique<OverlayDevice>(*g->dev);
@@ -189,7 +196,7 @@ Result<std::unique_ptr<Guest>> open_guest(Env& env, const std::string& image, un
   if (partition == 0) {
     g->boot_at = TRY(find_boot(*g->root, all, g->root_at, g->boot_unmatched));
     if (g->boot_at) {
-      TRY(refuse_unsafe(*g->boot_at));
+      if (edit) TRY(refuse_unsafe(*g->boot_at));
       g->boot = TRY(ExtFs::open(*below, g->boot_at->start, g->boot_at->length, edit,
                                 g->boot_at->name));
     }
@@ -294,11 +301,20 @@ std::string first_lines(const std::string& s, size_t n) {
   return out;
 }
 
+// Where the metadata copy goes: /dev/shm when it is there (a tmpfs: removing the copy
+// from a disk file system mounted with `discard` took 5 s here, the check itself 1 s),
+// else $TMPDIR, else beside the image.
+std::string check_dir(const std::string& image) {
+  for (const char* d : std::initializer_list<const char*>{"/dev/shm", std::getenv("TMPDIR")})
+    if (d && ::access(d, W_OK | X_OK) == 0) return d;
+  return parent_dir(image);
+}
+
 // e2fsck -fn of the patched file system: a metadata copy of the original (e2image -r,
 // sparse, beside the image), the overlay's pages of that range written into it.
 Result<void> fsck_patched(Env& env, const std::string& image, const Located& l,
                           const std::vector<OverlayDevice::Run>& runs) {
-  TempFile tmp(parent_dir(image) + "/." + base_name(image) + ".imgstream-check-" +
+  TempFile tmp(check_dir(image) + "/." + base_name(image) + ".imgstream-check-" +
                std::to_string(::getpid()));
   auto img = TRY(run_program({"e2image", "-r", "-o", std::to_string(l.start), image, tmp.path()},
                              kFsckTimeout));
