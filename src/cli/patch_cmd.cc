@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "base/log.h"
 #include "base/units.h"
 #include "cli/cli.h"
 #include "patch/patcher.h"
@@ -53,6 +54,7 @@ int run_patch_cmd(PatchArgs& a) {
     return kExitOk;
   }
   a.o.check = !a.no_check;
+  a.o.phase = [](const std::string& what) { LOG_INFO("patch: {}", what); };
   auto r = patch::run_patch(*Env::posix(), a.o);
   if (!r) {
     print_error(r.error().message);
@@ -63,6 +65,10 @@ int run_patch_cmd(PatchArgs& a) {
               r->boot.empty() ? "" : " and ", r->boot.c_str(),
               format_size(r->changed_bytes).c_str(), (unsigned long long)r->runs, r->seconds,
               a.o.output.empty() ? "" : (" -> " + a.o.output).c_str());
+  if (r->pack_file_bytes > 0)
+    std::printf("delta pack %s: %llu new chunks, %s (the rest is %s's)\n", a.o.output.c_str(),
+                (unsigned long long)r->pack_new_chunks, format_size(r->pack_file_bytes).c_str(),
+                a.o.image.c_str());
   if (!r->firstboot_hook.empty())
     std::printf("first-boot scripts run once at the next boot (%s)\n", r->firstboot_hook.c_str());
   return kExitOk;
@@ -93,12 +99,15 @@ Runner add_patch(CLI::App& app) {
       "  imgstream patch golden.img --add fix.conf:/etc/app/fix.conf:0644 \\\n"
       "                             --firstboot ./restart-app.sh\n"
       "  imgstream patch golden.img -o golden-2.img --write /etc/motd:'patched\\n'\n"
+      "  imgstream patch golden.pack -o golden-2.pack --add fix.conf:/etc/app/fix.conf\n"
       "  imgstream patch golden.img --recover      # after a crash, without a new patch");
-  cmd->add_option("IMAGE", a->o.image, "The raw disk image (or a file system image)")
+  cmd->add_option("IMAGE", a->o.image,
+                  "The raw disk image (or a file system image), or a pack (then -o is needed)")
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("-o,--output", a->o.output,
-                  "Write the patched image here instead of patching IMAGE in place");
+                  "Write the patched image here instead of patching IMAGE in place; for a pack\n"
+                  "input, OUT.pack is a delta pack on it holding only the changed chunks");
   cmd->add_option("--partition", a->o.partition,
                   "Edit partition N (1-based, as Linux names them) instead of the root");
   add_action(cmd, *a, "--add", patch::Action::Kind::Add, "HOST:GUEST[:MODE[:UID:GID]]",

@@ -18,6 +18,10 @@
 #include "patch/fstab.h"
 #include "patch/overlay_device.h"
 #include "patch/patch_journal.h"
+#include "pack/pack_reader.h"
+#include "pack/pack_source.h"
+#include "pack/pack_tools.h"
+#include "pack/pack_writer.h"
 
 namespace imgstream::patch {
 
@@ -179,14 +183,16 @@ struct Guest {
 
 namespace {
 
-Result<std::unique_ptr<Guest>> open_guest(Env& env, const std::string& image, unsigned partition,
+// `shown`: the name messages give the image (the pack, for a pack's scratch image).
+Result<std::unique_ptr<Guest>> open_guest(Env& env, const std::string& image,
+                                          const std::string& shown, unsigned partition,
                                           bool edit, bool exclusive) {
   auto g = std::make_unique<Guest>();
   g->image = image;
   g->dev = TRY(FileDevice::open(env, image, exclusive ? Access::ReadWrite : Access::ReadOnly,
                                 exclusive ? ImageUse::Exclusive : ImageUse::ReadStable));
-  const auto all = TRY(find_filesystems(*g->dev, image));
-  g->root_at = TRY(pick_root(*g->dev, all, partition, image, edit));
+  const auto all = TRY(find_filesystems(*g->dev, shown));
+  g->root_at = TRY(pick_root(*g->dev, all, partition, shown, edit));
   BlockDevice* below = g->dev.get();
   if (edit) {
     g->overlay = std::make_unique<OverlayDevice>(*g->dev);
@@ -398,15 +404,22 @@ Result<void> write_in_place(Env& env, Guest& g, const std::vector<OverlayDevice:
   return ok();
 }
 
+// The scratch image of a pack's patch is ours alone: its pages go straight in.
+Result<void> write_scratch(Guest& g, const std::vector<OverlayDevice::Run>& runs) {
+  for (const auto& r : runs) TRY(write_all_at(g.dev->file(), r.offset, r.bytes));
+  return g.dev->file().sync();
+}
+
 Result<void> check_inputs(Env& env, const PatchOptions& o) {
   if (o.actions.empty()) return Error{EINVAL, "nothing to do: give at least one action"};
   for (const auto& a : o.actions) {
     if (a.kind != Action::Kind::Add && a.kind != Action::Kind::Firstboot) continue;
     if (!TRY(env.exists(a.host))) return Error{ENOENT, a.host + " does not exist"};
   }
-  if (!o.output.empty())
-    TRY(check_output(o.output, {o.image}, OutputKind{"raw image", ""}, Overwrite::SameKind));
-  return ok();
+  if (o.output.empty()) return ok();
+  if (o.output.ends_with(".pack"))
+    return check_output(o.output, {o.image}, pack::kPackOutput, Overwrite::SameKind);
+  return check_output(o.output, {o.image}, OutputKind{"raw image", ""}, Overwrite::SameKind);
 }
 
 }  // namespace
@@ -479,10 +492,101 @@ Result<std::string> recover_patch(Env& env, const std::string& image) {
   return std::string();
 }
 
+namespace {
+
+// Runs the actions into the overlay, closes the file systems, checks the result. Returns
+// the changed pages.
+Result<std::vector<OverlayDevice::Run>> build_patch(Env& env, Guest& g, const PatchOptions& o,
+                                                    PatchReport& report) {
+  report.root = g.root_at.name;
+  std::vector<FirstbootScript> firstboot;
+  bool touched_boot = false;
+  for (const auto& a : o.actions) {
+    if (stop_requested()) return Error{ECANCELED, "stopped: nothing was written"};
+    touched_boot |= g.boot && a.kind != Action::Kind::Firstboot && Guest::under_boot(a.guest);
+    auto r = run_action(env, g, a, firstboot);
+    if (!r) return std::move(r).error().context("nothing was written");
+  }
+  if (!firstboot.empty()) {
+    auto hook = install_firstboot(*g.root, firstboot);
+    if (!hook) return std::move(hook).error().context("nothing was written");
+    report.firstboot_hook = hook_name(*hook);
+  }
+  TRY(g.root->close());
+  g.root.reset();
+  if (g.boot) {
+    TRY(g.boot->close());
+    g.boot.reset();
+    if (touched_boot) report.boot = g.boot_at->name;
+  }
+  TRY(g.overlay->drop_unchanged());
+  auto runs = g.overlay->dirty_runs();
+  report.changed_bytes = g.overlay->dirty_bytes();
+  report.runs = runs.size();
+  if (o.check) {
+    TRY(fsck_patched(env, g.image, g.root_at, runs));
+    if (!report.boot.empty()) TRY(fsck_patched(env, g.image, *g.boot_at, runs));
+  }
+  if (stop_requested()) return Error{ECANCELED, "stopped: nothing was written"};
+  return runs;
+}
+
+void say(const PatchOptions& o, const std::string& what) {
+  if (o.phase) o.phase(what);
+}
+
+// PACK -o OUT.pack|OUT.img: unpack to a scratch image beside the output, patch it there,
+// then pack it on the input as its base (only changed chunks are stored) or keep it.
+Result<PatchReport> patch_pack(Env& env, const PatchOptions& o) {
+  if (o.output.empty())
+    return Error{EINVAL, o.image + " is a pack: a pack is never changed; give -o OUT.pack "
+                                   "(a delta pack on it) or -o OUT.img"};
+  auto input = TRY(pack::Pack::open(env, o.image));
+  PatchReport report;
+  const std::string scratch = o.output + ".imgstream-scratch";
+  TempFile scratch_file(scratch);
+  say(o, "unpacking " + o.image);
+  pack::UnpackOptions u;
+  u.output = scratch;
+  u.overwrite = Overwrite::Force;
+  TRY(pack::unpack(env, *input, u));
+  {
+    auto g = TRY(open_guest(env, scratch, o.image, o.partition, true, true));
+    const auto runs = TRY(build_patch(env, *g, o, report));
+    TRY(write_scratch(*g, runs));
+  }
+  if (!o.output.ends_with(".pack")) {
+    TRY(env.rename(scratch, o.output));
+    scratch_file.keep();
+    TRY(env.sync_dir(parent_dir(o.output)));
+    return report;
+  }
+  say(o, "packing the changed chunks on " + o.image);
+  pack::PackWriteOptions w;
+  w.image = scratch;
+  w.output = o.output;
+  w.base = o.image;
+  w.chunk_size = input->header().chunk_size;
+  input.reset();
+  const auto packed = TRY(pack::write_pack(env, w));
+  report.pack_new_chunks = packed.stored_chunks;
+  report.pack_file_bytes = packed.file_bytes;
+  return report;
+}
+
+}  // namespace
+
 Result<PatchReport> run_patch(Env& env, const PatchOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   TRY(check_inputs(env, o));
+  if (pack::is_pack_source(o.image)) {
+    auto report = TRY(patch_pack(env, o));
+    report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return report;
+  }
   const bool in_place = o.output.empty();
+  if (o.output.ends_with(".pack"))
+    return Error{EINVAL, o.output + ": a delta pack needs a pack as input (pack the image first)"};
   PatchReport report;
   if (in_place) {
     TRY(refuse_loop_attached(o.image));
@@ -491,37 +595,8 @@ Result<PatchReport> run_patch(Env& env, const PatchOptions& o) {
     auto info = TRY(recover_journal(env, journal_path(o.image), dev->file(), dev->size()));
     report.recovered = info.state == JournalState::Committed;
   }
-  auto g = TRY(open_guest(env, o.image, o.partition, true, in_place));
-  report.root = g->root_at.name;
-  std::vector<FirstbootScript> firstboot;
-  bool touched_boot = false;
-  for (const auto& a : o.actions) {
-    if (stop_requested()) return Error{ECANCELED, "stopped: nothing was written"};
-    touched_boot |= g->boot && a.kind != Action::Kind::Firstboot && Guest::under_boot(a.guest);
-    auto r = run_action(env, *g, a, firstboot);
-    if (!r) return std::move(r).error().context("nothing was written");
-  }
-  if (!firstboot.empty()) {
-    auto hook = install_firstboot(*g->root, firstboot);
-    if (!hook) return std::move(hook).error().context("nothing was written");
-    report.firstboot_hook = hook_name(*hook);
-  }
-  TRY(g->root->close());
-  g->root.reset();
-  if (g->boot) {
-    TRY(g->boot->close());
-    g->boot.reset();
-    if (touched_boot) report.boot = g->boot_at->name;
-  }
-  TRY(g->overlay->drop_unchanged());
-  const auto runs = g->overlay->dirty_runs();
-  report.changed_bytes = g->overlay->dirty_bytes();
-  report.runs = runs.size();
-  if (o.check) {
-    TRY(fsck_patched(env, o.image, g->root_at, runs));
-    if (!report.boot.empty()) TRY(fsck_patched(env, o.image, *g->boot_at, runs));
-  }
-  if (stop_requested()) return Error{ECANCELED, "stopped: nothing was written"};
+  auto g = TRY(open_guest(env, o.image, o.image, o.partition, true, in_place));
+  const auto runs = TRY(build_patch(env, *g, o, report));
   if (in_place)
     TRY(write_in_place(env, *g, runs));
   else
@@ -538,7 +613,7 @@ ImageFs& ImageFs::operator=(ImageFs&&) noexcept = default;
 ImageFs::~ImageFs() = default;
 
 Result<ImageFs> ImageFs::open(Env& env, const std::string& image, unsigned partition) {
-  return ImageFs(TRY(open_guest(env, image, partition, false, false)));
+  return ImageFs(TRY(open_guest(env, image, image, partition, false, false)));
 }
 
 Result<std::vector<DirEntry>> ImageFs::list(std::string_view path) {

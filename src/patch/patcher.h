@@ -9,9 +9,15 @@
 // file systems, check the result with e2fsck -fn, and only then write it: in place
 // through the journal, or to -o OUT as a new image (written aside, renamed).
 //
+// A pack input is unpacked to a scratch image beside the output first, patched there,
+// and written as OUT.img, or as OUT.pack: a delta pack whose base is the input, which
+// stores only the chunks the patch changed (a machine streaming the input moves to it
+// by fetching those alone).
+//
 // Not thread-safe: one patch runs on one thread.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -37,11 +43,13 @@ struct Action {
 Result<Action> parse_action(Action::Kind kind, std::string_view arg);
 
 struct PatchOptions {
-  std::string image;
-  std::string output;      // empty: in place
+  std::string image;       // a raw image, or a pack (NAME.pack: then -o is required)
+  std::string output;      // empty: in place; NAME.pack: a delta pack on the input pack
   unsigned partition = 0;  // 0: the file system holding /etc
   std::vector<Action> actions;
   bool check = true;       // e2fsck -fn of the result before it is written
+  // Called with what the patch is doing, for a progress line ("unpacking", "packing").
+  std::function<void(const std::string&)> phase;
 };
 
 struct PatchReport {
@@ -51,6 +59,8 @@ struct PatchReport {
   uint64_t changed_bytes = 0;      // what the image gained in changed pages
   uint64_t runs = 0;
   bool recovered = false;          // an earlier, interrupted patch was finished first
+  uint64_t pack_new_chunks = 0;    // a delta pack: the chunks it stores (the rest are the base's)
+  uint64_t pack_file_bytes = 0;
   double seconds = 0;
 };
 

@@ -13,9 +13,13 @@
 #       missing host file, output over input, bad syntax, somebody's file where the
 #       journal goes; a pending journal makes serve refuse the image;
 #   (f) kill -9 of a patch in place at 20 moments: after --recover the image is
-#       either as it was or fully patched, and e2fsck -fn passes.
+#       either as it was or fully patched, and e2fsck -fn passes;
+#   (g) a pack: patched into a delta pack on it whose new chunks are those the patch
+#       changed; `stream NEW.pack --seed OLD.img` fetches exactly their bytes and holds
+#       the patched image; -o OUT.img from a pack; a pack is never patched in place.
 set -euo pipefail
 source "$(dirname "$0")/../lib/common.sh"
+source "$(dirname "$0")/../lib/stream.sh"
 test_init 600
 need sfdisk mke2fs e2fsck debugfs e2image md5sum nbdinfo
 
@@ -198,3 +202,42 @@ for i in $(seq 1 20); do
     n_new=$((n_new + 1))
 done
 pass "kill -9 at 20 moments: $n_old left the image as it was, $n_new fully patched (e2fsck clean, every byte there), none mixed"
+
+# ---- (g) packs ----
+make_gpt "$T/p.img"
+head -c 3000000 /dev/urandom >"$T/pfile"
+expect_ok "pack" "$IMG" pack "$T/p.img" -o "$T/p.pack"
+expect_ok "patch a pack into a delta pack" "$IMG" patch "$T/p.pack" -o "$T/p2.pack" \
+    --add "$T/pfile:/usr/share/pfile" --write /etc/hostname:from-pack
+grep -q "delta pack" "$T/last.log" || fail "no delta pack report: $(cat "$T/last.log")"
+expect_ok "unpack the delta" "$IMG" unpack "$T/p2.pack" -o "$T/p2.img"
+fsck_at "$T/p2.img" $gpt_root
+expect_eq "$(dcat "$T/p2.img" $gpt_root /etc/hostname)" "from-pack" "the delta pack's image"
+cmp -s <(dcat "$T/p2.img" $gpt_root /usr/share/pfile) "$T/pfile" || fail "the added file in the delta pack"
+# The chunks that differ between the two images are what the delta stores.
+changed=$(python3 - "$T/p.img" "$T/p2.img" <<'PY'
+import sys
+a, b = open(sys.argv[1], "rb"), open(sys.argv[2], "rb")
+n = 0
+while True:
+    x, y = a.read(131072), b.read(131072)
+    if not x and not y: break
+    if x != y: n += 1
+print(n)
+PY
+)
+diff_json=$("$IMG" pack diff "$T/p.pack" "$T/p2.pack" --json)
+expect_eq "$(jq .new_chunks <<<"$diff_json")" "$changed" "new chunks of the delta = chunks the patch changed"
+stored=$(stat -c %s "$T/p2.pack")
+note "delta pack: $changed changed chunks of 128 KiB, file $stored bytes; pack diff: $diff_json"
+start_streamer "$T/p2.pack" "$T/s-seed" --seed "$T/p.img"
+wait_state "$T/s-seed" detached 120
+fetched=$(( $(st "$T/s-seed" bytes_fetched_demand) + $(st "$T/s-seed" bytes_fetched_background) + $(st "$T/s-seed" bytes_prefetched) ))
+expect_eq "$fetched" "$(jq .new_bytes_image <<<"$diff_json")" "bytes fetched by stream --seed OLD = the changed chunks' bytes"
+stop_server_ok "$STREAMER_PID"
+cmp -s "$T/s-seed/data" "$T/p2.img" || fail "the seeded store does not hold the patched image"
+expect_ok "pack -> raw image" "$IMG" patch "$T/p.pack" -o "$T/p3.img" --write /etc/motd:raw
+expect_eq "$(dcat "$T/p3.img" $gpt_root /etc/motd)" "raw" "-o OUT.img from a pack"
+refuse "a pack in place" "give -o" "$T/p.pack" --write /x:y
+ls "$T" | grep -q "imgstream-scratch" && fail "a scratch image was left: $(ls "$T")"
+pass "a pack patched into a delta pack of $changed new chunks ($stored bytes); stream --seed of the old image fetched $fetched bytes, exactly those chunks, and holds the patched image"
