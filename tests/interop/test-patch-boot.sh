@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Patched images boot, and a first-boot script runs exactly once:
-#   (a) the busybox disk (tests/fixtures/make-boot-disk.sh), patched in place (files
-#       added to its root and to its /boot partition), boots and verifies its data;
+#   (a) the busybox disk (tests/fixtures/make-boot-disk.sh: busybox init, no systemd),
+#       patched in place (files added to its root and its /boot partition, a first-boot
+#       script that prints a file's contents), boots twice: the data verify, the script
+#       runs on the first boot only (through the inittab hook);
 #   (b) the Debian 12 + systemd disk (tests/fixtures/make-distro-disk.sh; /boot is its
 #       own partition, found through the root's fstab), patched with two --firstboot
 #       scripts (the first exits 3), a file and a kernel-unrelated /boot file, boots
@@ -22,22 +24,36 @@ mkdir -p "$cache"
     { tail -20 "$T/make.log" >&2; fail "could not build the bootable test disk"; }
 cp --sparse=always "$cache/boot-disk.img" "$T/bb.img"
 echo "patched by imgstream" >"$T/note.txt"
+cat >"$T/bb-first.sh" <<'S'
+#!/bin/sh
+echo "IMGSTREAM-FIRSTBOOT-BUSYBOX $(cat /etc/imgstream/note.txt)"
+S
 expect_ok "patch the busybox disk" "$IMG" patch "$T/bb.img" --partition 2 \
-    --add "$T/note.txt:/etc/imgstream/note.txt" --write /etc/motd:patched
+    --add "$T/note.txt:/etc/imgstream/note.txt" --write /etc/motd:patched --firstboot "$T/bb-first.sh"
+grep -q "inittab" "$T/last.log" || fail "the busybox disk did not get the inittab hook: $(cat "$T/last.log")"
 expect_ok "patch its /boot" "$IMG" patch "$T/bb.img" --partition 1 --write /patched:yes
-out=$(BOOT_EXPECT_MD5="$(cat "$cache/boot-disk.img.md5")" "$REPO_ROOT/tests/lib/boot.sh" "$T/bb.img" 300) ||
-    fail "the patched busybox disk did not boot: $out"
+bb_md5=$(cat "$cache/boot-disk.img.md5")
+for n in 1 2; do
+    out=$(BOOT_READONLY=0 BOOT_LOG="$T/bb-serial-$n.log" BOOT_EXPECT_MD5="$bb_md5" "$REPO_ROOT/tests/lib/boot.sh" \
+        "file=$T/bb.img,format=raw,if=virtio" 300) || fail "the patched busybox disk did not boot ($n): $out"
+    e2fsck -fn "$T/bb.img?offset=$((17 << 20))" >/dev/null 2>&1 || note "busybox root after boot $n: $(e2fsck -fn "$T/bb.img?offset=$((17 << 20))" 2>&1 | tail -n 2)"
+done
+expect_eq "$(tr -d '\r' <"$T/bb-serial-1.log" | grep -ac 'IMGSTREAM-FIRSTBOOT-BUSYBOX patched by imgstream')" 1 "the busybox first-boot marker with the file's contents, boot 1"
+expect_eq "$(tr -d '\r' <"$T/bb-serial-2.log" | grep -ac 'IMGSTREAM-FIRSTBOOT-BUSYBOX')" 0 "the busybox first-boot marker, boot 2"
+"$IMG" cat "$T/bb.img" --partition 2 /var/log/imgstream-firstboot.log | grep -q "0001-bb-first.sh exited with status 0" ||
+    fail "the busybox first-boot log: $("$IMG" cat "$T/bb.img" --partition 2 /var/log/imgstream-firstboot.log 2>&1)"
 expect_eq "$("$IMG" cat "$T/bb.img" --partition 2 /etc/imgstream/note.txt)" "patched by imgstream" "the added file"
-pass "the patched busybox disk boots and verifies its data ($(sed -n 's/^elapsed_seconds=//p' <<<"$out") s)"
+pass "the patched busybox disk (busybox init, no systemd) boots twice and verifies its data; the first-boot script ran once, through inittab"
 
 # ---- (b) Debian 12 + systemd ----
 disk=$(distro_disk) || fail "could not build the Debian test disk"
 md5=$(cat "$disk.md5")
 boot_off=$((1 << 20)); root_off=$((257 << 20))
 cp --sparse=always "$disk" "$T/d.img"
+e2fsck -fn "$T/d.img?offset=$root_off" >/dev/null 2>&1 || fail "/ of the Debian disk is not clean before the patch"
 cat >"$T/10-hello.sh" <<'S'
 #!/bin/sh
-echo "IMGSTREAM-FIRSTBOOT-HELLO $(cat /proc/sys/kernel/random/boot_id)"
+echo "IMGSTREAM-FIRSTBOOT-HELLO $(cat /etc/fleet/fleet.conf)"
 echo ran >>/var/lib/fb-count
 exit 3
 S
@@ -67,7 +83,7 @@ boot_distro() {  # N
 }
 boot_distro 1
 log1=$(tr -d '\r' <"$T/serial-1.log")
-expect_eq "$(grep -ac 'IMGSTREAM-FIRSTBOOT-HELLO' <<<"$log1")" 1 "the first script's output on the console, boot 1"
+expect_eq "$(grep -ac 'IMGSTREAM-FIRSTBOOT-HELLO \[fleet\]' <<<"$log1")" 1 "the first script's output on the console, boot 1"
 hello_line=$(grep -an 'IMGSTREAM-FIRSTBOOT-HELLO' <<<"$log1" | head -n1 | cut -d: -f1)
 second_line=$(grep -an 'IMGSTREAM-FIRSTBOOT-SECOND' <<<"$log1" | head -n1 | cut -d: -f1)
 [[ -n $second_line && $hello_line -lt $second_line ]] || fail "the scripts did not run in order on boot 1"
