@@ -123,6 +123,8 @@ Runner add_patch(CLI::App& app) {
              "Run SCRIPT once at the next boot (a systemd unit, or inittab / rc.local); "
              "several run in the order given");
   cmd->add_flag("--no-check", a->no_check, "Skip the e2fsck -fn of the result (not advised)");
+  cmd->add_flag("--force", a->o.force,
+                "Let -o replace an existing file (a raw image has no magic to recognise it by)");
   cmd->add_flag("--recover", a->recover,
                 "Only finish or discard what an interrupted patch left beside IMAGE");
   return [a] { return run_patch_cmd(*a); };

@@ -115,13 +115,12 @@ Result<JournalInfo> walk_file(Env& env, const std::string& path, uint64_t image_
   auto f = TRY(env.open(path, OpenMode::ReadOnly));
   const uint64_t size = TRY(f->size());
   info.state = JournalState::Incomplete;
-  if (size < 8) {
-    if (size == 0) return info;  // created, nothing written yet
-  }
+  if (size == 0) return info;  // created, nothing written yet
   std::vector<std::byte> head(std::min<uint64_t>(size, kJournalHeaderBytes));
   TRY(read_exact_at(*f, 0, head));
-  if (ByteReader(head).string_at(0, std::min<size_t>(8, head.size())) !=
-      kHeader.magic.substr(0, std::min<size_t>(8, head.size())))
+  // A crash may cut the magic itself: what is there must be its beginning.
+  const size_t magic_there = std::min(head.size(), kHeader.magic.size());
+  if (ByteReader(head).string_at(0, magic_there) != kHeader.magic.substr(0, magic_there))
     return Error{EINVAL, path + " is not an imgstream patch journal: move it away"};
   if (head.size() < kJournalHeaderBytes) {
     info.why = "its header is cut short";

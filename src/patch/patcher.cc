@@ -440,9 +440,9 @@ Result<void> check_inputs(Env& env, const PatchOptions& o) {
     if (!TRY(env.exists(a.host))) return Error{ENOENT, a.host + " does not exist"};
   }
   if (o.output.empty()) return ok();
-  if (o.output.ends_with(".pack"))
-    return check_output(o.output, {o.image}, pack::kPackOutput, Overwrite::SameKind);
-  return check_output(o.output, {o.image}, OutputKind{"raw image", ""}, Overwrite::SameKind);
+  const Overwrite ow = o.force ? Overwrite::Force : Overwrite::SameKind;
+  if (o.output.ends_with(".pack")) return check_output(o.output, {o.image}, pack::kPackOutput, ow);
+  return check_output(o.output, {o.image}, pack::kRawImageOutput, ow);
 }
 
 }  // namespace

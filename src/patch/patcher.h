@@ -48,6 +48,7 @@ struct PatchOptions {
   unsigned partition = 0;  // 0: the file system holding /etc
   std::vector<Action> actions;
   bool check = true;       // e2fsck -fn of the result before it is written
+  bool force = false;      // -o may replace an existing file that is not of its kind
   // Called with what the patch is doing, for a progress line ("unpacking", "packing").
   std::function<void(const std::string&)> phase;
 };
