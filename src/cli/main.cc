@@ -4,26 +4,8 @@
 #include <vector>
 
 #include "base/log.h"
-#include "base/units.h"
 #include "cli/cli.h"
 #include "cli/stop_signals.h"
-
-namespace imgstream::cli {
-
-void print_error(const std::string& message) {
-  std::fprintf(stderr, "imgstream: error: %s\n", message.c_str());
-}
-
-CLI::Validator size_validator() {
-  return CLI::Validator(
-      [](std::string& s) -> std::string {
-        auto r = parse_size(s);
-        return r ? std::string() : r.error().message;
-      },
-      "SIZE");
-}
-
-}  // namespace imgstream::cli
 
 int main(int argc, char** argv) {
   using namespace imgstream;
