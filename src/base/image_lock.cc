@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/log.h"
 
 namespace imgstream {
@@ -27,7 +28,7 @@ constexpr int kPermResize = 3;
 constexpr off_t kUseBase = 100;
 constexpr off_t kUnsharedBase = 200;
 // Bounds the search for a holder: open descriptors looked at in /proc.
-constexpr size_t kHolderScanFdsMax = size_t{1} << 16;
+constexpr size_t kHolderScanFdsMax = limits::kHolderScanFdsMax;
 
 struct Perms {
   std::vector<int> used, unshared;

@@ -138,7 +138,7 @@ std::optional<State> read_state(Env& env, const std::string& path) {
   auto f = env.open(path, OpenMode::ReadOnly);
   if (!f) return std::nullopt;
   auto size = (*f)->size();
-  if (!size || *size > 4096) return std::nullopt;
+  if (!size || *size > limits::kMigrationStateBytesMax) return std::nullopt;
   std::string text(*size, '\0');
   if (!read_exact_at(**f, 0, std::as_writable_bytes(std::span(text)))) return std::nullopt;
   auto j = nlohmann::json::parse(text, nullptr, false);

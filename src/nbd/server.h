@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "base/thread_pool.h"
 #include "base/unique_fd.h"
@@ -20,10 +21,10 @@
 
 namespace imgstream::nbd {
 
-inline constexpr unsigned kConnectionsMax = 256;
+inline constexpr unsigned kConnectionsMax = limits::kNbdServerConnectionsMax;
 // Clients beyond kConnectionsMax that are told why (Connection's refusal); more than this
 // at once are closed without a word, so that a flood cannot make threads without bound.
-inline constexpr unsigned kRefusalsMax = 16;
+inline constexpr unsigned kRefusalsMax = limits::kNbdRefusalsMax;
 // A refused client is logged at most this often (the rest are counted in the next line).
 inline constexpr int kRefusalLogSeconds = 10;
 inline constexpr unsigned kWorkerThreadsDefault = 16;
