@@ -31,6 +31,7 @@ inline std::string fixture_path(const std::string& name) {
 }
 
 inline bool write_mode() {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): imgstream never calls setenv (run_server.cc)
   const char* w = std::getenv("IMGSTREAM_WRITE_GOLDEN");
   return w != nullptr && std::string(w) == "1";
 }

@@ -126,12 +126,15 @@ long holder_from_fdinfo(const struct stat& st, off_t byte) {
   const std::string self = std::to_string(::getpid());
   size_t seen = 0;
   long found = -1;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): only calls on the same DIR* race
   while (dirent* p = ::readdir(proc)) {
     const std::string pid = p->d_name;
     if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || pid == self)
       continue;
     DIR* fds = ::opendir(("/proc/" + pid + "/fd").c_str());
     if (!fds) continue;  // gone, or not ours to look at
+
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): only calls on the same DIR* race
     while (dirent* f = ::readdir(fds)) {
       if (f->d_name[0] == '.' || ++seen > kHolderScanFdsMax) continue;
       if (fd_holds(pid, f->d_name, st, byte)) {
@@ -174,7 +177,7 @@ Result<void> take_bytes(File& f, const std::vector<off_t>& bytes) {
     const int err = errno;
     if (locks_unsupported(err)) {
       LOG_WARN("{}: no OFD locks on this file system ({}): not locked against other users",
-               f.path(), std::strerror(err));
+               f.path(), errno_text(err));
       return Error{ENOTSUP, "no OFD locks"};
     }
     if (err != EAGAIN && err != EACCES) return Error::from_errno(err, "lock " + f.path());

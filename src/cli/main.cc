@@ -1,13 +1,17 @@
 // imgstream: stream whole disk images to machines. See `imgstream --help`.
 #include <csignal>
 #include <cstdio>
+#include <exception>
+#include <string>
 #include <vector>
 
 #include "base/log.h"
 #include "cli/cli.h"
 #include "cli/stop_signals.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int run(int argc, char** argv) {
   using namespace imgstream;
   std::signal(SIGPIPE, SIG_IGN);
   // First, before any thread exists: every thread inherits the blocked stop signals.
@@ -56,4 +60,19 @@ int main(int argc, char** argv) {
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();
   return cli::kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Our code throws nothing (errors are values); what could is CLI11 and the standard
+  // library (std::bad_alloc): say so in one line, as any error, instead of aborting.
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    imgstream::cli::print_error(std::string("unexpected exception: ") + e.what());
+  } catch (...) {
+    imgstream::cli::print_error("unexpected exception");
+  }
+  return imgstream::cli::kExitFailure;
 }

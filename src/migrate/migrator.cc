@@ -485,6 +485,7 @@ Result<void> cutover(Run& m, Copier& copier) {
   const auto tp = Clock::now();
   TRY(m.ctl.call(msg::HoldRequest{uint64_t(m.o.hold_limit.count())}, hold_timeout_s(m.o)));
   auto last = copy_changes(m, copier, unsigned(m.rep.rounds.size()), 0);
+  const uint64_t last_bytes = last ? *last : 0;  // read before `last` is moved from
   Result<void> done = ok();
   if (!last) {
     done = std::move(last).error();
@@ -497,11 +498,11 @@ Result<void> cutover(Run& m, Copier& copier) {
       done = std::move(switched).error();
   }
   m.rep.pause_ms = TRY(end_cutover(m.ctl, m.o, tp, std::move(done)));
-  m.rep.cutover_bytes = *last;
+  m.rep.cutover_bytes = last_bytes;
   total_up(m.rep, m.t_start);
   (void)m.env.remove(m.state_path);
-  m.say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms", format_size(*last),
-                    m.rep.pause_ms));
+  m.say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms",
+                    format_size(last_bytes), m.rep.pause_ms));
   return ok();
 }
 
