@@ -152,7 +152,7 @@ class Connection {
   std::atomic<bool> dead_{false};  // the socket failed or was cut: stop everything
 
   std::mutex done_mu_;
-  std::condition_variable done_cv_;
+  std::condition_variable done_cv_;  // run() waits on it, at its end, for running_ == 0
   std::vector<Reply> done_;  // guarded by done_mu_
   size_t running_ = 0;       // pool tasks that hold `this`; guarded by done_mu_
 };

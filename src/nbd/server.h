@@ -41,6 +41,11 @@ struct ServerOptions {
   int handshake_seconds = kHandshakeSeconds;   // for the whole handshake
 };
 
+// Lock contract: no lock. run() and everything it calls (accepting, reaping, draining:
+// slots_, serving_, refusing_, the refusal log) run on the one thread that called run();
+// each Slot's connection runs on the slot's own thread, which only sets its `done` (an
+// atomic, read by the run() thread to reap it). request_stop() may come from any thread
+// or a signal handler: it only writes the stop eventfd.
 class Server {
  public:
   // Binds every address (so that the caller can print URIs before run()).

@@ -126,7 +126,7 @@ class Hydrator {
   std::function<void()> on_complete_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;  // under mu_: wakes the loop and waits for in_flight_ == 0
   bool stopping_ = false;
   bool paused_ = false;
   // Paused by a failure, not by the user: retried at retry_at_ (then next_backoff_ doubles).
