@@ -10,6 +10,8 @@
 #   4. Live migration: that disk is served with change tracking, a machine boots from it,
 #      and meanwhile `imgstream migrate` moves it to another server; the machine finishes
 #      its boot on the target.
+#   5. Offline patch: a file and a first-boot script go into the dormant disk with
+#      `imgstream patch` (no VM, no mount); it boots twice: the script runs on the first.
 # Installs what is needed first (scripts/setup.sh) and builds (scripts/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,4 +90,19 @@ sleep 2  # the machine is booting: its reads and writes go through `serve --trac
 wait "$boot" || { cat "$work/boot4.out"; exit 1; }
 sed 's/^/   guest: /' "$work/boot4.out"
 say "   the machine went on, on the target's disk, without reconnecting"
+
+say "5. Offline patch: a file and a first-boot script into the dormant disk, no VM, no mount"
+cp --sparse=always "$disk" "$work/golden.img"
+echo "fleet fix 2026-12" >"$work/fix.conf"
+printf '#!/bin/sh\necho "first boot: applying $(cat /etc/fleet/fix.conf)"\n' >"$work/apply-fix.sh"
+"$bin" patch "$work/golden.img" --partition 2 --add "$work/fix.conf:/etc/fleet/fix.conf" \
+  --firstboot "$work/apply-fix.sh"
+"$bin" ls "$work/golden.img" --partition 2 /var/lib/imgstream/firstboot/scripts
+for n in 1 2; do
+  echo "   boot $n:"
+  BOOT_QUIET=1 BOOT_READONLY=0 BOOT_LOG="$work/patched-$n.log" BOOT_EXPECT_MD5="$md5" \
+    tests/lib/boot.sh "file=$work/golden.img,format=raw,if=virtio" 300 >/dev/null
+  tr -d '\r' <"$work/patched-$n.log" | grep -a "first boot: \|imgstream-firstboot" | sed 's/^/   guest: /' || echo "   guest: (no first-boot script ran: it ran once already)"
+done
+"$bin" cat "$work/golden.img" --partition 2 /var/log/imgstream-firstboot.log | sed 's/^/   log: /'
 say "Done."

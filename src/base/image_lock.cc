@@ -24,6 +24,7 @@ namespace {
 // QEMU's permission bits (include/block/block-common.h: BLK_PERM_*) and lock bytes.
 constexpr int kPermRead = 0;  // consistent read
 constexpr int kPermWrite = 1;
+constexpr int kPermWriteUnchanged = 2;
 constexpr int kPermResize = 3;
 constexpr off_t kUseBase = 100;
 constexpr off_t kUnsharedBase = 200;
@@ -39,12 +40,15 @@ Perms perms_of(ImageUse use) {
     case ImageUse::Read: return {{kPermRead}, {kPermResize}};
     case ImageUse::ReadStable: return {{kPermRead}, {kPermWrite, kPermResize}};
     case ImageUse::Write: return {{kPermRead, kPermWrite}, {kPermWrite, kPermResize}};
+    case ImageUse::Exclusive:
+      return {{kPermRead, kPermWrite}, {kPermRead, kPermWrite, kPermWriteUnchanged, kPermResize}};
   }
   return {};
 }
 
 std::string what_holder_does(off_t byte) {
   switch (byte) {
+    case kUseBase + kPermRead: return "reads it";
     case kUseBase + kPermWrite: return "writes to it";
     case kUseBase + kPermResize: return "may resize it";
     case kUnsharedBase + kPermRead: return "shares no reading of it";

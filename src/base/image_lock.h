@@ -14,6 +14,7 @@
 //   Read        100, 203             as qemu-nbd -r: readers share writing
 //   ReadStable  100, 201, 203        as a copy's source: nobody may write meanwhile
 //   Write       100, 101, 201, 203   as a writable disk: no other writer; readers welcome
+//   Exclusive   100, 101, 200-203    as an offline edit (patch): nobody else may even read
 //   (qemu-nbd: 100, 101, 203; qemu-io: 100, 101; qemu-io -r and qemu-img compare: 100)
 #pragma once
 
@@ -22,10 +23,15 @@
 
 namespace imgstream {
 
+// Beside an image being patched in place: its journal (patch/patch_journal.h). Whoever
+// opens the image for use refuses it while the journal is there.
+inline constexpr const char* kPatchJournalSuffix = ".imgstream-journal";
+
 enum class ImageUse {
   Read,        // reads; others may write
   ReadStable,  // reads, and the image must not change meanwhile
   Write,       // reads and writes; no other writer
+  Exclusive,   // reads and writes; no other opener at all (a patch in place)
 };
 
 // Takes the locks for `use` on `f`'s open file description. Refused with EBUSY and one

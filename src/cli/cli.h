@@ -29,6 +29,9 @@ Runner add_verify(CLI::App& app);
 Runner add_info(CLI::App& app);
 Runner add_track(CLI::App& app);
 Runner add_migrate(CLI::App& app);
+Runner add_patch(CLI::App& app);
+Runner add_ls(CLI::App& app);
+Runner add_cat(CLI::App& app);
 
 // Prints "imgstream: error: MESSAGE" on stderr.
 void print_error(const std::string& message);

@@ -12,9 +12,19 @@ namespace imgstream {
 
 Result<std::unique_ptr<FileDevice>> FileDevice::open(Env& env, const std::string& path,
                                                      Access a) {
-  auto file = TRY(env.open(path, a == Access::ReadOnly ? OpenMode::ReadOnly : OpenMode::ReadWrite));
   // QEMU's locks (base/image_lock.h): a writer shares the image with no other writer.
-  TRY(lock_image(*file, a == Access::ReadOnly ? ImageUse::Read : ImageUse::Write));
+  return open(env, path, a, a == Access::ReadOnly ? ImageUse::Read : ImageUse::Write);
+}
+
+Result<std::unique_ptr<FileDevice>> FileDevice::open(Env& env, const std::string& path,
+                                                     Access a, ImageUse use) {
+  IMG_CHECK(a == Access::ReadWrite || use == ImageUse::Read || use == ImageUse::ReadStable ||
+            use == ImageUse::Exclusive);
+  auto file = TRY(env.open(path, a == Access::ReadOnly ? OpenMode::ReadOnly : OpenMode::ReadWrite));
+  TRY(lock_image(*file, use));
+  if (use != ImageUse::Exclusive && TRY(env.exists(path + kPatchJournalSuffix)))
+    return Error{EBUSY, path + " has an unfinished patch (" + path + kPatchJournalSuffix +
+                            "): run `imgstream patch --recover " + path + "` first"};
   uint64_t size = TRY(file->size());
   return std::unique_ptr<FileDevice>(new FileDevice(std::move(file), size, a));
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "base/env.h"
+#include "base/image_lock.h"
 #include "device/block_device.h"
 
 namespace imgstream {
@@ -30,7 +31,14 @@ class FileDevice final : public BlockDevice {
   // ReadOnly (other readers and writers may come), and for ReadWrite no other writer: a
   // second writable serve, or a qemu-nbd / qemu-system writing the image, is refused
   // (EBUSY, naming the holder), as qemu refuses one of ours.
+  //
+  // An image with an unfinished patch beside it (PATH.imgstream-journal, patch/patch_journal.h)
+  // is refused: its bytes may be half old, half new until `imgstream patch --recover`.
   static Result<std::unique_ptr<FileDevice>> open(Env& env, const std::string& path, Access a);
+  // The same with the lock of `use`. ImageUse::Exclusive (the patcher) is let through a
+  // pending journal: it is the one that finishes it.
+  static Result<std::unique_ptr<FileDevice>> open(Env& env, const std::string& path, Access a,
+                                                  ImageUse use);
 
   uint64_t size() const override { return size_; }
   DeviceCaps caps() const override;

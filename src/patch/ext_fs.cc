@@ -264,6 +264,9 @@ Error ExtFs::fail(long code, std::string_view what) const {
 Result<std::unique_ptr<ExtFs>> ExtFs::open(BlockDevice& dev, uint64_t offset, uint64_t length,
                                            bool writable, std::string name) {
   IMG_CHECK(offset <= dev.size() && length <= dev.size() - offset);
+  // libext2fs's messages ("Could not allocate block"), not "Unknown code ext2 72".
+  static std::once_flag tables;
+  std::call_once(tables, [] { initialize_ext2_error_table(); });
   auto backend = std::make_unique<Backend>();
   backend->dev = &dev;
   backend->offset = offset;
