@@ -57,12 +57,12 @@ imgstream_module(NAME store   DEPS base)
 imgstream_module(NAME nbd     DEPS base device io LIBS threads)
 imgstream_module(NAME source  DEPS base device PRIVATE_DEPS blob PRIVATE_LIBS fmt libnbd threads)
 imgstream_module(NAME profile DEPS base device TEST_DEPS nbd LIBS threads)
-imgstream_module(NAME patch   DEPS base device TEST_DEPS nbd PRIVATE_LIBS ext2fs)
 imgstream_module(NAME pack    DEPS base blob device source store LIBS json PRIVATE_LIBS threads zstd)
 imgstream_module(NAME migrate DEPS base device PRIVATE_DEPS control io TEST_DEPS nbd
                               LIBS json threads PRIVATE_LIBS fmt libnbd)
+imgstream_module(NAME patch   DEPS base device PRIVATE_DEPS disk pack TEST_DEPS nbd PRIVATE_LIBS ext2fs)
 imgstream_module(NAME stack   DEPS base device migrate profile TEST_DEPS nbd)
 imgstream_module(NAME stream  DEPS base control device io source store PRIVATE_DEPS blob disk pack
                               LIBS json threads PRIVATE_LIBS fmt)
-imgstream_module(NAME cli     DEPS base io nbd PRIVATE_DEPS control device migrate pack profile stack stream
+imgstream_module(NAME cli     DEPS base io nbd PRIVATE_DEPS control device migrate pack patch profile stack stream
                               LIBS cli11 fmt threads PRIVATE_LIBS json)

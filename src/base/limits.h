@@ -27,6 +27,8 @@ inline constexpr size_t kMemEnvNameBytesMax = 255;
 inline constexpr size_t kMemEnvPathBytesMax = 4096;
 // Open descriptors looked at in /proc when naming who holds an image's lock.
 inline constexpr size_t kHolderScanFdsMax = size_t{1} << 16;
+// Output of a program we run (e2fsck, e2image) kept for its message; the rest is dropped.
+inline constexpr size_t kProgramOutputMax = 64 * 1024;
 
 // --- io, control ---------------------------------------------------------------------
 

@@ -39,11 +39,12 @@ int run(int argc, char** argv) {
   commands.back().first = app.get_subcommand("ctl");
   commands.emplace_back(nullptr, cli::add_profile(app));
   commands.back().first = app.get_subcommand("profile");
-  for (auto [name, add] : {std::pair{"pack", &cli::add_pack}, std::pair{"unpack", &cli::add_unpack},
-                           std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info},
-                           std::pair{"track", &cli::add_track}, std::pair{"migrate", &cli::add_migrate},
-                           std::pair{"patch", &cli::add_patch}, std::pair{"ls", &cli::add_ls},
-                           std::pair{"cat", &cli::add_cat}}) {
+  for (auto [name, add] :
+       {std::pair{"pack", &cli::add_pack}, std::pair{"unpack", &cli::add_unpack},
+        std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info},
+        std::pair{"track", &cli::add_track}, std::pair{"migrate", &cli::add_migrate},
+        std::pair{"patch", &cli::add_patch}, std::pair{"ls", &cli::add_ls},
+        std::pair{"cat", &cli::add_cat}}) {
     commands.emplace_back(nullptr, add(app));
     commands.back().first = app.get_subcommand(name);
   }
