@@ -16,7 +16,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const auto& e : entries) {
     FUZZ_CHECK(!e.spec.empty() && !e.dir.empty() && !e.type.empty());
     const auto ref = parse_device_ref(e.spec);
-    if (ref.kind == DeviceRef::Kind::Partition) FUZZ_CHECK(ref.partition > 0 && ref.partition < 1000);
+    if (ref.kind == DeviceRef::Kind::Partition)
+      FUZZ_CHECK(ref.partition > 0 && ref.partition < 1000);
   }
   (void)parse_device_ref(text);
   return 0;

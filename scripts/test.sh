@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, and runs every test of imgstream:
+#   0. the cheap checks first: the module graph (scripts/check-deps.py), the format of the
+#      lines changed since .ci/format-base (scripts/check-format.sh); after the release
+#      build, clang-tidy (scripts/tidy.sh, which needs its compile_commands.json);
 #   1. unit tests (GoogleTest) in a release build with warnings as errors;
 #   2. the same unit tests under ASan + UBSan;
 #   3. interop tests against real clients and peers (tests/run-interop.sh);
@@ -30,8 +33,18 @@ if [ "${SKIP_SETUP:-0}" != 1 ]; then
   bash scripts/setup.sh || { echo "setup failed"; exit 1; }
 fi
 
+check() {  # $1 = label, rest = command: counts one pass or one failure
+  local label=$1; shift
+  stage "$label"
+  if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); failures+=("$label"); fi
+}
+check "module graph (check-deps)" python3 scripts/check-deps.py
+check "format of changed lines (check-format)" bash scripts/check-format.sh
+
 stage "build (release, -Werror)"
-bash scripts/build.sh release || { echo "build failed"; echo "total: 0 passed, 1 failed"; exit 1; }
+bash scripts/build.sh release || { echo "build failed"; echo "total: $passed passed, $((failed + 1)) failed"; exit 1; }
+
+check "clang-tidy (tidy)" bash scripts/tidy.sh
 
 stage "unit tests"
 ./build/unit_tests --gtest_brief=1 --gtest_output=json:"$log_dir/unit.json"

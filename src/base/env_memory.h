@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "base/env.h"
+#include "base/limits.h"
 
 namespace imgstream {
 
@@ -48,10 +49,10 @@ class MemEnv final : public Env {
   static constexpr uint64_t kPageSizeBytes = 4096;
   // The largest file size and end of a write (EFBIG beyond); well under off_t's limit so
   // that offset arithmetic cannot overflow.
-  static constexpr uint64_t kFileSizeBytesMax = uint64_t{1} << 62;
+  static constexpr uint64_t kFileSizeBytesMax = limits::kMemEnvFileSizeBytesMax;
   // Path components are limited as on Linux (NAME_MAX, PATH_MAX); beyond it ENAMETOOLONG.
-  static constexpr size_t kNameBytesMax = 255;
-  static constexpr size_t kPathBytesMax = 4096;
+  static constexpr size_t kNameBytesMax = limits::kMemEnvNameBytesMax;
+  static constexpr size_t kPathBytesMax = limits::kMemEnvPathBytesMax;
 
   MemEnv();
   ~MemEnv() override;

@@ -247,6 +247,7 @@ class PosixEnv final : public Env {
     DIR* d = ::opendir(path.c_str());
     if (!d) return Error::from_errno(errno, "open directory " + path);
     std::vector<std::string> names;
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): only calls on the same DIR* race
     while (dirent* e = ::readdir(d)) {
       std::string n = e->d_name;
       if (n != "." && n != "..") names.push_back(std::move(n));

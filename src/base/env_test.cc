@@ -31,11 +31,13 @@ namespace {
     ASSERT_TRUE(_ok_r.has_value()) << #expr << ": " << _ok_r.error().message; \
   } while (0)
 
+// NOLINTBEGIN(bugprone-macro-parentheses): lhs is a declaration
 #define ASSERT_OK_AND_ASSIGN(lhs, expr)                             \
   auto IMG_CAT(_ok_r, __LINE__) = (expr);                           \
   ASSERT_TRUE(IMG_CAT(_ok_r, __LINE__).has_value())                 \
       << #expr << ": " << IMG_CAT(_ok_r, __LINE__).error().message; \
   lhs = std::move(IMG_CAT(_ok_r, __LINE__)).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 // Asserts that a Result holds an error with the given errno.
 #define EXPECT_ERRNO(expr, err)                                         \
@@ -797,7 +799,7 @@ TEST_F(Faults, ConcurrentCallsAreCountedExactly) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kWritesPerThread; ++i) {
-        if (!f->write_at(static_cast<uint64_t>(t * kWritesPerThread + i), as_bytes("x")))
+        if (!f->write_at(static_cast<uint64_t>(t) * kWritesPerThread + i, as_bytes("x")))
           ++failures;
       }
     });

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/log.h"
 
 namespace imgstream {
@@ -28,7 +29,7 @@ constexpr int kPermResize = 3;
 constexpr off_t kUseBase = 100;
 constexpr off_t kUnsharedBase = 200;
 // Bounds the search for a holder: open descriptors looked at in /proc.
-constexpr size_t kHolderScanFdsMax = size_t{1} << 16;
+constexpr size_t kHolderScanFdsMax = limits::kHolderScanFdsMax;
 
 struct Perms {
   std::vector<int> used, unshared;
@@ -129,12 +130,15 @@ long holder_from_fdinfo(const struct stat& st, off_t byte) {
   const std::string self = std::to_string(::getpid());
   size_t seen = 0;
   long found = -1;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): only calls on the same DIR* race
   while (dirent* p = ::readdir(proc)) {
     const std::string pid = p->d_name;
     if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos || pid == self)
       continue;
     DIR* fds = ::opendir(("/proc/" + pid + "/fd").c_str());
     if (!fds) continue;  // gone, or not ours to look at
+
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): only calls on the same DIR* race
     while (dirent* f = ::readdir(fds)) {
       if (f->d_name[0] == '.' || ++seen > kHolderScanFdsMax) continue;
       if (fd_holds(pid, f->d_name, st, byte)) {
@@ -177,7 +181,7 @@ Result<void> take_bytes(File& f, const std::vector<off_t>& bytes) {
     const int err = errno;
     if (locks_unsupported(err)) {
       LOG_WARN("{}: no OFD locks on this file system ({}): not locked against other users",
-               f.path(), std::strerror(err));
+               f.path(), errno_text(err));
       return Error{ENOTSUP, "no OFD locks"};
     }
     if (err != EAGAIN && err != EACCES) return Error::from_errno(err, "lock " + f.path());

@@ -13,10 +13,16 @@ void check_failed(const char* expr, const char* file, int line, const char* msg)
   std::abort();
 }
 
+std::string errno_text(int err) {
+  char buf[256];
+  // The GNU strerror_r: returns the message, written to buf or a static string.
+  return ::strerror_r(err, buf, sizeof buf);
+}
+
 Error Error::from_errno(int err, std::string_view what) {
   std::string m(what);
   m += ": ";
-  m += std::strerror(err);
+  m += errno_text(err);
   return Error{err, std::move(m)};
 }
 

@@ -16,6 +16,9 @@ namespace imgstream {
 // An error is an errno value (the NBD protocol and the kernel both speak errno, so we keep
 // the code exact all the way to the wire) plus a message for humans saying what failed
 // on which input.
+// strerror(err), but thread-safe (strerror_r): errors are made on pool threads too.
+std::string errno_text(int err);
+
 struct Error {
   int code = EIO;
   std::string message;

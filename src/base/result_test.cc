@@ -57,7 +57,7 @@ TEST(Result, HoldsAnError) {
   ASSERT_FALSE(r.has_value());
   EXPECT_FALSE(static_cast<bool>(r));
   EXPECT_EQ(r.error().code, ENOENT);
-  EXPECT_EQ(r.error().message, std::string("open x: ") + std::strerror(ENOENT));
+  EXPECT_EQ(r.error().message, std::string("open x: ") + errno_text(ENOENT));
   EXPECT_EQ(r.value_or(1), 1);
 }
 
@@ -108,7 +108,7 @@ TEST(Result, ErrorHelpers) {
 TEST(Result, ContextPrefixes) {
   Error e = Error::from_errno(ENOENT, "open x").context("loading store");
   EXPECT_EQ(e.code, ENOENT);  // the code is kept exact
-  EXPECT_EQ(e.message, std::string("loading store: open x: ") + std::strerror(ENOENT));
+  EXPECT_EQ(e.message, std::string("loading store: open x: ") + errno_text(ENOENT));
   Error twice = Error::io("inner").context("middle").context("outer");
   EXPECT_EQ(twice.message, "outer: middle: inner");
 }

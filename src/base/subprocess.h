@@ -10,12 +10,13 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 
 namespace imgstream {
 
 // What a program printed is kept up to this many bytes (the rest is read and dropped).
-inline constexpr size_t kProgramOutputMax = 64 * 1024;
+inline constexpr size_t kProgramOutputMax = limits::kProgramOutputMax;
 
 struct ProgramResult {
   int exit_code = -1;  // -1 when killed by a signal

@@ -30,7 +30,7 @@ class ThreadPool {
   void loop();
 
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;  // pool threads wait on it for a task or stopping_
   std::deque<std::function<void()>> queue_;
   bool stopping_ = false;
   std::vector<std::thread> threads_;

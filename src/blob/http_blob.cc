@@ -62,6 +62,7 @@
 #include <vector>
 
 #include "base/check.h"
+#include "base/limits.h"
 #include "base/log.h"
 #include "base/stop.h"
 #include "blob/blob.h"
@@ -75,21 +76,21 @@ using std::chrono::milliseconds;
 // ---- Bounds ---------------------------------------------------------------------------
 
 // Easy handles (each with its connection) per reader, whatever BlobOptions asks.
-constexpr unsigned kConnectionsMax = 64;
+constexpr unsigned kConnectionsMax = limits::kHttpConnectionsMax;
 // Connections one easy handle keeps open: the object's host and one redirect target.
-constexpr long kCachedConnectionsPerHandleMax = 2;
+constexpr long kCachedConnectionsPerHandleMax = limits::kHttpCachedConnectionsPerHandleMax;
 // Redirects followed per request (object stores and CDNs redirect once or twice).
-constexpr long kRedirectsMax = 5;
+constexpr long kRedirectsMax = limits::kHttpRedirectsMax;
 // Backoff between attempts: the first wait, doubled after each failure up to the max.
 // Each wait is drawn uniformly from [w/2, w] so that readers do not retry in lockstep.
 constexpr milliseconds kBackoffFirst{50};
-constexpr milliseconds kBackoffMax{2'000};
+constexpr milliseconds kBackoffMax = limits::kHttpBackoffMax;
 static_assert(kBackoffFirst <= kBackoffMax);
 // No attempt is started with less time than this left before the read's deadline.
-constexpr milliseconds kAttemptTimeMin{20};
+constexpr milliseconds kAttemptTimeMin = limits::kHttpAttemptTimeMin;
 // An error response's body is read (so the connection can be reused) up to this many
 // bytes; past it the transfer is cut. It is never kept.
-constexpr size_t kErrorBodyBytesMax = 64 * 1024;
+constexpr size_t kErrorBodyBytesMax = limits::kHttpErrorBodyBytesMax;
 // A transfer slower than 1 byte/s for this long is cut and retried on a new connection,
 // so that one stalled connection does not eat the whole timeout of a read.
 constexpr long kStallSeconds = 10;
@@ -97,7 +98,7 @@ constexpr long kStallSeconds = 10;
 constexpr long kKeepIdleSeconds = 30;
 constexpr long kKeepIntervalSeconds = 10;
 // Header values we keep (ETag, Last-Modified, the reason phrase) are cut to this length.
-constexpr size_t kHeaderValueBytesMax = 256;
+constexpr size_t kHeaderValueBytesMax = limits::kHttpHeaderValueBytesMax;
 
 // ---- libcurl handles ------------------------------------------------------------------
 

@@ -82,10 +82,12 @@ Served serve(size_t size, uint64_t seed = 1) {
 }
 
 // Opens `url` into a new variable `var`, or fails the test.
+// NOLINTBEGIN(bugprone-macro-parentheses): var is a name being declared
 #define ASSERT_OPEN(var, url, options)                       \
   auto var##_opened = open_http_blob((url), (options));      \
   ASSERT_TRUE(var##_opened) << var##_opened.error().message; \
   std::unique_ptr<BlobReader> var = std::move(*var##_opened)
+// NOLINTEND(bugprone-macro-parentheses)
 
 TEST(HttpBlob, ReadsRangesEqualToTheObject) {
   auto s = serve(1 << 20);

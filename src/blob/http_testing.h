@@ -34,6 +34,12 @@
 
 namespace imgstream::blob::testing {
 
+// Lock contract: accept_thread_ accepts and starts one thread per connection (threads_),
+// which serve requests while the test's thread changes the behaviour. The knobs and
+// counters (ignore_ranges_ ... connections_accepted_) are atomics, read per request.
+// mu_ guards stopping_, object_ (replaced whole: a request keeps the shared_ptr it took),
+// etag_, ranges_seen_, connections_ and threads_; cv_ wakes hung requests (hang_) when
+// stopping_ is set. The destructor, on the test's thread, stops and joins them all.
 class TestHttpServer {
  public:
   enum class Ranges { Honour, Ignore };

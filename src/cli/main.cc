@@ -1,31 +1,17 @@
 // imgstream: stream whole disk images to machines. See `imgstream --help`.
 #include <csignal>
 #include <cstdio>
+#include <exception>
+#include <string>
 #include <vector>
 
 #include "base/log.h"
-#include "base/units.h"
 #include "cli/cli.h"
 #include "cli/stop_signals.h"
 
-namespace imgstream::cli {
+namespace {
 
-void print_error(const std::string& message) {
-  std::fprintf(stderr, "imgstream: error: %s\n", message.c_str());
-}
-
-CLI::Validator size_validator() {
-  return CLI::Validator(
-      [](std::string& s) -> std::string {
-        auto r = parse_size(s);
-        return r ? std::string() : r.error().message;
-      },
-      "SIZE");
-}
-
-}  // namespace imgstream::cli
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   using namespace imgstream;
   std::signal(SIGPIPE, SIG_IGN);
   // First, before any thread exists: every thread inherits the blocked stop signals.
@@ -53,11 +39,12 @@ int main(int argc, char** argv) {
   commands.back().first = app.get_subcommand("ctl");
   commands.emplace_back(nullptr, cli::add_profile(app));
   commands.back().first = app.get_subcommand("profile");
-  for (auto [name, add] : {std::pair{"pack", &cli::add_pack}, std::pair{"unpack", &cli::add_unpack},
-                           std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info},
-                           std::pair{"track", &cli::add_track}, std::pair{"migrate", &cli::add_migrate},
-                           std::pair{"patch", &cli::add_patch}, std::pair{"ls", &cli::add_ls},
-                           std::pair{"cat", &cli::add_cat}}) {
+  for (auto [name, add] :
+       {std::pair{"pack", &cli::add_pack}, std::pair{"unpack", &cli::add_unpack},
+        std::pair{"verify", &cli::add_verify}, std::pair{"info", &cli::add_info},
+        std::pair{"track", &cli::add_track}, std::pair{"migrate", &cli::add_migrate},
+        std::pair{"patch", &cli::add_patch}, std::pair{"ls", &cli::add_ls},
+        std::pair{"cat", &cli::add_cat}}) {
     commands.emplace_back(nullptr, add(app));
     commands.back().first = app.get_subcommand(name);
   }
@@ -76,4 +63,19 @@ int main(int argc, char** argv) {
   for (auto& [sub, run] : commands)
     if (sub->parsed()) return run();
   return cli::kExitUsage;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Our code throws nothing (errors are values); what could is CLI11 and the standard
+  // library (std::bad_alloc): say so in one line, as any error, instead of aborting.
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    imgstream::cli::print_error(std::string("unexpected exception: ") + e.what());
+  } catch (...) {
+    imgstream::cli::print_error("unexpected exception");
+  }
+  return imgstream::cli::kExitFailure;
 }

@@ -167,7 +167,7 @@ int run_verify(const std::string& where, bool quiet) {
     const pack::IndexEntry& e = (*p)->index()[c];
     std::printf("%s: chunk %llu (image bytes %llu+%u, pack bytes %llu+%u): corrupt\n",
                 where.c_str(), static_cast<unsigned long long>(c),
-                static_cast<unsigned long long>(c * (*p)->header().chunk_size),
+                static_cast<unsigned long long>(c) * (*p)->header().chunk_size,
                 (*p)->header().chunk_bytes(c), static_cast<unsigned long long>(e.offset), e.length);
   }
   if (!bad->empty()) {

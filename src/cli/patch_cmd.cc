@@ -152,8 +152,9 @@ Runner add_ls(CLI::App& app) {
       return kExitFailure;
     }
     for (const auto& e : *entries) {
-      std::string line = fmt::format("{}{:04o} {:>5} {:>5} {:>10} {}", type_letter(e.stat.type),
-                                     e.stat.mode & 07777, e.stat.uid, e.stat.gid, e.stat.size, e.name);
+      std::string line =
+          fmt::format("{}{:04o} {:>5} {:>5} {:>10} {}", type_letter(e.stat.type),
+                      e.stat.mode & 07777, e.stat.uid, e.stat.gid, e.stat.size, e.name);
       if (e.stat.type == patch::FileType::Symlink) line += " -> " + e.stat.link_target;
       std::printf("%s\n", line.c_str());
     }

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/env.h"
+#include "base/limits.h"
 #include "base/output_check.h"
 #include "base/units.h"
 #include "cli/cli.h"
@@ -16,7 +17,7 @@ namespace imgstream::cli {
 
 namespace {
 
-constexpr size_t kShowRunsMax = 20;
+constexpr size_t kShowRunsMax = limits::kProfileShowRunsMax;
 
 // A directory is a store: its first boot is recorded in DIR/boot.trace.
 std::string trace_path(const std::string& arg) {

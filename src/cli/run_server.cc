@@ -7,10 +7,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <mutex>
+#include <string>
+#include <string_view>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "base/log.h"
 #include "base/stop.h"
@@ -24,18 +29,38 @@ namespace imgstream::cli {
 
 namespace {
 
+// Our environment with the export's coordinates set, for the command only: setenv() in
+// this process would race with the getenv() of threads already running (libnbd, curl).
+std::vector<std::string> captive_environment(const Address& a, const std::string& uri,
+                                             const std::string& export_name) {
+  std::vector<std::pair<std::string, std::string>> set = {{"uri", uri},
+                                                          {"exportname", export_name}};
+  if (a.kind == Address::Kind::Unix) {
+    set.emplace_back("unixsocket", a.path);
+  } else {
+    set.emplace_back("host", a.host);
+    set.emplace_back("port", std::to_string(a.port));
+  }
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view v(*e);
+    const bool replaced = std::any_of(set.begin(), set.end(), [&](const auto& kv) {
+      return v.size() > kv.first.size() && v.starts_with(kv.first) && v[kv.first.size()] == '=';
+    });
+    if (!replaced) env.emplace_back(v);
+  }
+  for (const auto& [name, value] : set) env.push_back(name + "=" + value);
+  return env;
+}
+
 // Starts `sh -c cmd` with the export's coordinates in its environment and the default
 // signal mask. Returns its pid.
 Result<pid_t> spawn_captive(const std::string& cmd, const Address& a, const std::string& uri,
                             const std::string& export_name) {
-  ::setenv("uri", uri.c_str(), 1);
-  ::setenv("exportname", export_name.c_str(), 1);
-  if (a.kind == Address::Kind::Unix) {
-    ::setenv("unixsocket", a.path.c_str(), 1);
-  } else {
-    ::setenv("host", a.host.c_str(), 1);
-    ::setenv("port", std::to_string(a.port).c_str(), 1);
-  }
+  const std::vector<std::string> env = captive_environment(a, uri, export_name);
+  std::vector<char*> envp;
+  for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   sigset_t none;
@@ -44,7 +69,7 @@ Result<pid_t> spawn_captive(const std::string& cmd, const Address& a, const std:
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
   const char* argv[] = {"sh", "-c", cmd.c_str(), nullptr};
   pid_t pid = 0;
-  int rc = ::posix_spawn(&pid, "/bin/sh", nullptr, &attr, const_cast<char**>(argv), environ);
+  int rc = ::posix_spawn(&pid, "/bin/sh", nullptr, &attr, const_cast<char**>(argv), envp.data());
   posix_spawnattr_destroy(&attr);
   if (rc != 0) return Error::from_errno(rc, "run command '" + cmd + "'");
   return pid;

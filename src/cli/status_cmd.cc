@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "base/env.h"
+#include "base/limits.h"
 #include "base/units.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
@@ -23,7 +24,7 @@ namespace {
 
 // After this many ticks without an answer from a streamer that answered before (busy, or
 // stopped by SIGSTOP), --watch gives up.
-constexpr unsigned kWatchSilentTicksMax = 10;
+constexpr unsigned kWatchSilentTicksMax = limits::kWatchSilentTicksMax;
 
 struct Status {
   control::StreamStatus s;

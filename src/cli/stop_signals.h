@@ -19,6 +19,9 @@
 
 namespace imgstream::cli {
 
+// Lock contract: no lock. The waiter thread (thread_) owns sigfd_ and reads done_; the
+// thread that made the StopSignals (main's) writes done_ and joins it on destruction.
+// set_graceful_stop() may be called from any thread (an atomic flag the waiter reads).
 class StopSignals {
  public:
   StopSignals();   // blocks the signals in the calling thread and starts the waiter

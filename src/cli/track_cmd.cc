@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "base/limits.h"
 #include "base/log.h"
 #include "base/units.h"
 #include "cli/cli.h"
@@ -15,7 +16,7 @@ namespace imgstream::cli {
 
 namespace {
 
-inline constexpr size_t kShowRunsMax = 64;
+inline constexpr size_t kShowRunsMax = limits::kTrackShowRunsMax;
 
 int run_show(const std::string& path, bool json) {
   // Read only: a server may have the file open, and `show` must not recover it under it.

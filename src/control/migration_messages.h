@@ -30,15 +30,16 @@
 #include <variant>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "control/messages.h"
 
 namespace imgstream::control::migration {
 
-inline constexpr uint64_t kHoldMsMax = 600'000;
+inline constexpr uint64_t kHoldMsMax = limits::kHoldMsMax;
 inline constexpr uint64_t kHoldMsDefault = 10'000;
-inline constexpr uint64_t kTakeMax = 1u << 20;  // regions one take hands out at most
-inline constexpr uint64_t kConnectionsMax = 64;
+inline constexpr uint64_t kTakeMax = limits::kTakeMax;
+inline constexpr uint64_t kConnectionsMax = limits::kMigrateConnectionsMax;
 inline constexpr uint64_t kConnectionsDefault = 4;
 
 // --- replies ----------------------------------------------------------------------

@@ -10,14 +10,13 @@
 
 namespace imgstream {
 
-Result<std::unique_ptr<FileDevice>> FileDevice::open(Env& env, const std::string& path,
-                                                     Access a) {
+Result<std::unique_ptr<FileDevice>> FileDevice::open(Env& env, const std::string& path, Access a) {
   // QEMU's locks (base/image_lock.h): a writer shares the image with no other writer.
   return open(env, path, a, a == Access::ReadOnly ? ImageUse::Read : ImageUse::Write);
 }
 
-Result<std::unique_ptr<FileDevice>> FileDevice::open(Env& env, const std::string& path,
-                                                     Access a, ImageUse use) {
+Result<std::unique_ptr<FileDevice>> FileDevice::open(Env& env, const std::string& path, Access a,
+                                                     ImageUse use) {
   IMG_CHECK(a == Access::ReadWrite || use == ImageUse::Read || use == ImageUse::ReadStable ||
             use == ImageUse::Exclusive);
   auto file = TRY(env.open(path, a == Access::ReadOnly ? OpenMode::ReadOnly : OpenMode::ReadWrite));

@@ -26,14 +26,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "base/unique_fd.h"
 #include "io/socket.h"
 
 namespace imgstream {
 
-inline constexpr size_t kCommandBytesMax = 4096;  // a command line, its newline included
-inline constexpr size_t kReplyBytesMax = 1 << 20;
+inline constexpr size_t kCommandBytesMax = limits::kControlCommandBytesMax;
+inline constexpr size_t kReplyBytesMax = limits::kControlReplyBytesMax;
 
 class ControlServer {
  public:

@@ -98,7 +98,7 @@ Result<bool> probe_unix_path(const Address& a, struct stat& st) {
   if (rc == 0 || err == EAGAIN || err == EINPROGRESS)
     return Error{EADDRINUSE, a.to_string() + ": in use: another server answers there"};
   if (err != ECONNREFUSED)  // e.g. EACCES: whose it is cannot be told; leave it
-    return Error{err, a.to_string() + ": exists and cannot be checked (" + std::strerror(err) +
+    return Error{err, a.to_string() + ": exists and cannot be checked (" + errno_text(err) +
                           "); not replacing it"};
   return true;
 }

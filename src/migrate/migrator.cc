@@ -138,7 +138,7 @@ std::optional<State> read_state(Env& env, const std::string& path) {
   auto f = env.open(path, OpenMode::ReadOnly);
   if (!f) return std::nullopt;
   auto size = (*f)->size();
-  if (!size || *size > 4096) return std::nullopt;
+  if (!size || *size > limits::kMigrationStateBytesMax) return std::nullopt;
   std::string text(*size, '\0');
   if (!read_exact_at(**f, 0, std::as_writable_bytes(std::span(text)))) return std::nullopt;
   auto j = nlohmann::json::parse(text, nullptr, false);
@@ -485,6 +485,7 @@ Result<void> cutover(Run& m, Copier& copier) {
   const auto tp = Clock::now();
   TRY(m.ctl.call(msg::HoldRequest{uint64_t(m.o.hold_limit.count())}, hold_timeout_s(m.o)));
   auto last = copy_changes(m, copier, unsigned(m.rep.rounds.size()), 0);
+  const uint64_t last_bytes = last ? *last : 0;  // read before `last` is moved from
   Result<void> done = ok();
   if (!last) {
     done = std::move(last).error();
@@ -497,11 +498,11 @@ Result<void> cutover(Run& m, Copier& copier) {
       done = std::move(switched).error();
   }
   m.rep.pause_ms = TRY(end_cutover(m.ctl, m.o, tp, std::move(done)));
-  m.rep.cutover_bytes = *last;
+  m.rep.cutover_bytes = last_bytes;
   total_up(m.rep, m.t_start);
   (void)m.env.remove(m.state_path);
-  m.say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms", format_size(*last),
-                    m.rep.pause_ms));
+  m.say(fmt::format("cutover: {} copied while the disk was held for {:.1f} ms",
+                    format_size(last_bytes), m.rep.pause_ms));
   return ok();
 }
 

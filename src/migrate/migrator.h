@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/env.h"
+#include "base/limits.h"
 #include "base/result.h"
 
 namespace imgstream::migrate {
@@ -40,15 +41,15 @@ namespace imgstream::migrate {
 // (imgstream serve: from its receive buffer, on the connection's thread; a larger one is
 // copied to a buffer of its own and handed to a pool thread). With 4 MiB pieces round 0
 // of bench/migrate.sh took 6-9 s under load, with 1 MiB pieces 3.2-3.4 s.
-inline constexpr uint64_t kCopyPieceBytes = 1u << 20;
-inline constexpr uint64_t kConvergeMinBytes = 4u << 20;  // always small enough to cut over
+inline constexpr uint64_t kCopyPieceBytes = limits::kCopyPieceBytes;
+inline constexpr uint64_t kConvergeMinBytes = limits::kConvergeMinBytes;
 // Round 0's segments: sized to take about kBaselineSegmentSeconds at the pace measured, so
 // that a checkpoint (taken between segments) comes on time on a slow link as on a fast one.
-inline constexpr uint64_t kBaselineSegmentBytesMin = 4u << 20;
-inline constexpr uint64_t kBaselineSegmentBytesMax = 256u << 20;
+inline constexpr uint64_t kBaselineSegmentBytesMin = limits::kBaselineSegmentBytesMin;
+inline constexpr uint64_t kBaselineSegmentBytesMax = limits::kBaselineSegmentBytesMax;
 inline constexpr double kBaselineSegmentSeconds = 0.5;
 inline constexpr double kCheckpointSecondsDefault = 2.0;  // round 0 makes its progress durable
-inline constexpr size_t kTakeRegionsMax = 4096;
+inline constexpr size_t kTakeRegionsMax = limits::kTakeRegionsMax;
 // A continued migration waits this long before it copies (see migrate()).
 inline constexpr std::chrono::seconds kResumeGrace{3};
 

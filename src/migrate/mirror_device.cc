@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "base/check.h"
+#include "base/limits.h"
 #include "base/log.h"
 
 namespace imgstream::migrate {
@@ -14,7 +15,7 @@ namespace {
 
 // What the copier moves in one piece: large enough for the link, small enough that a
 // machine's write to the same regions waits for it only briefly.
-constexpr uint64_t kCopyRunBytes = 1u << 20;
+constexpr uint64_t kCopyRunBytes = limits::kCopyRunBytes;
 constexpr size_t kScanRegions = 4096;  // regions looked at per pass of the copier
 constexpr auto kIdlePoll = std::chrono::milliseconds(20);
 constexpr auto kFailureBackoff = std::chrono::milliseconds(200);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <cstddef>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -195,8 +196,8 @@ TEST(MirrorDevice, ATargetCrashLosesNothingTheTrackerForgets) {
   const uint64_t rs = t->header().region_size;
   size_t lost = 0;
   for (uint64_t r = 0; r < kSize / rs; ++r) {
-    if (std::equal(want.begin() + r * rs, want.begin() + (r + 1) * rs, got.begin() + r * rs))
-      continue;
+    const auto at = std::ptrdiff_t(r * rs), len = std::ptrdiff_t(rs);
+    if (std::equal(want.begin() + at, want.begin() + at + len, got.begin() + at)) continue;
     ++lost;
     EXPECT_TRUE(t->dirty(r)) << "region " << r << " differs on the target but is not named";
   }

@@ -9,13 +9,14 @@
 #include <optional>
 
 #include "base/check.h"
+#include "base/limits.h"
 
 namespace imgstream::migrate {
 
 namespace {
 
-constexpr uint64_t kZeroPieceBytes = 1u << 30;   // one WRITE_ZEROES asks for at most this
-constexpr uint64_t kWritePieceBytes = 32u << 20;  // and one WRITE (servers' usual limit)
+constexpr uint64_t kZeroPieceBytes = limits::kZeroPieceBytes;
+constexpr uint64_t kWritePieceBytes = limits::kWritePieceBytes;
 
 Error nbd_err(const std::string& uri, const std::string& what) {
   const int e = nbd_get_errno();
@@ -209,7 +210,7 @@ namespace {
 // megabytes per connection in buffers, out of the caches).
 constexpr size_t kPipelineDepth = 32;
 constexpr int kPollSliceMs = 100;
-constexpr uint64_t kPipelineBytes = 1u << 20;
+constexpr uint64_t kPipelineBytes = limits::kPipelineBytes;
 }  // namespace
 
 NbdTarget::Pipeline::~Pipeline() { (void)finish(); }

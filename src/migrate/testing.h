@@ -33,6 +33,9 @@ inline std::chrono::microseconds jitter(uint64_t offset, size_t) {
 
 // The target's disk: writes land after a delay; flush() makes what landed durable;
 // crash() loses what was not, and every request fails from then on (a dead host).
+// Lock contract: the server's worker threads call every method at once. mu_ guards
+// durable_ and orders flush() against crash(); dead_ is an atomic every request reads
+// (set under mu_); reads and writes go to the MemoryDevice, which locks itself.
 class TargetDisk final : public ForwardingDevice {
  public:
   TargetDisk(nbd::testing::MemoryDevice& mem, WriteDelay delay)
@@ -80,6 +83,8 @@ class TargetDisk final : public ForwardingDevice {
 // An NBD server exporting a MemoryDevice of `size` bytes on a unix socket in a fresh
 // temporary directory; stopped and removed when it goes. Its writes land after `delay`;
 // crash() loses what it did not flush (TargetDisk).
+// Threads: thread_ runs the server until the destructor (on the test's thread) stops and
+// joins it; the test's thread calls the rest.
 class MemoryTarget {
  public:
   explicit MemoryTarget(uint64_t size, WriteDelay delay = {}) : mem_(size), disk_(mem_, delay) {

@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 
 namespace imgstream::migrate {
@@ -15,9 +16,9 @@ inline constexpr size_t kTrackHeaderBytes = 4096;
 inline constexpr size_t kAlSlotBytes = 4096;
 inline constexpr uint32_t kAlSlots = 8;
 inline constexpr size_t kAlExtentsMax = (kAlSlotBytes - 28) / 8;  // 508 per transaction
-inline constexpr uint32_t kTrackRegionBytesMin = 4096;
-inline constexpr uint32_t kTrackRegionBytesMax = 64u << 20;
-inline constexpr uint64_t kTrackRegionsMax = 1ULL << 32;
+inline constexpr uint32_t kTrackRegionBytesMin = limits::kTrackRegionBytesMin;
+inline constexpr uint32_t kTrackRegionBytesMax = limits::kTrackRegionBytesMax;
+inline constexpr uint64_t kTrackRegionsMax = limits::kTrackRegionsMax;
 
 struct TrackHeader {
   uint64_t image_size = 0;

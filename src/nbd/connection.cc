@@ -156,7 +156,7 @@ void Connection::run() {
   }
   wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_fd_.valid()) {
-    LOG_WARN("eventfd: {}: disconnecting a client", std::strerror(errno));
+    LOG_WARN("eventfd: {}: disconnecting a client", errno_text(errno));
     ::shutdown(fd_.get(), SHUT_RDWR);
     return;
   }
@@ -222,7 +222,7 @@ void Connection::transmission() {
     pollfd fds[2] = {{fd_.get(), events, 0}, {wake_fd_.get(), POLLIN, 0}};
     if (::poll(fds, 2, -1) < 0) {
       if (errno == EINTR) continue;
-      LOG_WARN("poll: {}", std::strerror(errno));
+      LOG_WARN("poll: {}", errno_text(errno));
       fail_socket();
       return;
     }
@@ -265,7 +265,7 @@ Connection::Recv Connection::recv_more(bool block) {
     if (n == 0) return Recv::End;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Recv::WouldBlock;
     if (errno != EINTR) {
-      LOG_DEBUG("recv: {}", std::strerror(errno));
+      LOG_DEBUG("recv: {}", errno_text(errno));
       return Recv::End;
     }
   }
@@ -285,7 +285,7 @@ bool Connection::recv_exact(std::span<std::byte> buf) {
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
       if (!wait(POLLIN)) return false;
     } else if (errno != EINTR) {
-      LOG_DEBUG("recv: {}", std::strerror(errno));
+      LOG_DEBUG("recv: {}", errno_text(errno));
       return false;
     }
   }
@@ -352,7 +352,7 @@ bool Connection::send_some() {
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) return true;
-      LOG_DEBUG("send: {}", std::strerror(errno));
+      LOG_DEBUG("send: {}", errno_text(errno));
       fail_socket();
       return false;
     }

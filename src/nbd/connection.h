@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/thread_pool.h"
 #include "base/unique_fd.h"
 #include "nbd/handshake.h"
@@ -43,21 +44,21 @@
 
 namespace imgstream::nbd {
 
-inline constexpr size_t kRecvBufferBytes = 2u << 20;
+inline constexpr size_t kRecvBufferBytes = limits::kNbdRecvBufferBytes;
 inline constexpr size_t kInlinePayloadMax = kRecvBufferBytes - kRequestHeaderBytes;
-inline constexpr size_t kBatchBytesMax = 4u << 20;
-inline constexpr size_t kBatchRequestsMax = 512;
-inline constexpr size_t kInflightMax = 256;
+inline constexpr size_t kBatchBytesMax = limits::kNbdBatchBytesMax;
+inline constexpr size_t kBatchRequestsMax = limits::kNbdBatchRequestsMax;
+inline constexpr size_t kInflightMax = limits::kNbdInflightMax;
 // Two 32 MiB requests, or 64 1-MiB reads (8x what fio's QD 8 sequential row keeps in flight).
-inline constexpr size_t kConnectionBytesMax = 64u << 20;
+inline constexpr size_t kConnectionBytesMax = limits::kNbdConnectionBytesMax;
 // Asked of the kernel for a unix socket's send buffer (server.cc says why).
-inline constexpr size_t kSendBufferBytes = 4u << 20;
+inline constexpr size_t kSendBufferBytes = limits::kNbdSendBufferBytes;
 // The whole handshake, not each recv: qemu-nbd's --handshake-limit default is 10 s too.
 inline constexpr int kHandshakeSeconds = 10;
 // A client refused because the server is full gets this long to read why.
 inline constexpr int kRefusalSeconds = 2;
 // Replies gathered into one sendmsg().
-inline constexpr size_t kSendIovMax = 64;
+inline constexpr size_t kSendIovMax = limits::kNbdSendIovMax;
 
 static_assert(kInlinePayloadMax >= (1u << 20), "1 MiB writes should take the inline path");
 static_assert(kBatchBytesMax >= kChunkHeaderBytes + 8 + (1u << 20),
@@ -151,7 +152,7 @@ class Connection {
   std::atomic<bool> dead_{false};  // the socket failed or was cut: stop everything
 
   std::mutex done_mu_;
-  std::condition_variable done_cv_;
+  std::condition_variable done_cv_;  // run() waits on it, at its end, for running_ == 0
   std::vector<Reply> done_;  // guarded by done_mu_
   size_t running_ = 0;       // pool tasks that hold `this`; guarded by done_mu_
 };

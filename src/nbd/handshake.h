@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "device/block_device.h"
 
@@ -39,10 +40,10 @@ struct Negotiated {
 };
 
 // Bounds on what a client may make us hold during the handshake.
-inline constexpr uint32_t kOptionBytesMax = 64 * 1024;
-inline constexpr uint32_t kOptionsPerConnectionMax = 1024;
-inline constexpr uint32_t kMetaQueriesMax = 128;
-inline constexpr uint32_t kStringBytesMax = 4096;  // the protocol's string limit
+inline constexpr uint32_t kOptionBytesMax = limits::kNbdOptionBytesMax;
+inline constexpr uint32_t kOptionsPerConnectionMax = limits::kNbdOptionsPerConnectionMax;
+inline constexpr uint32_t kMetaQueriesMax = limits::kNbdMetaQueriesMax;
+inline constexpr uint32_t kStringBytesMax = limits::kNbdStringBytesMax;
 
 // Runs the server side of the handshake. Returns the negotiation on success, nullopt when
 // the client ended it cleanly (NBD_OPT_ABORT), an error when the client broke the

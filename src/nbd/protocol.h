@@ -7,6 +7,8 @@
 #include <cstring>
 #include <span>
 
+#include "base/limits.h"
+
 namespace imgstream::nbd {
 
 // Handshake.
@@ -76,7 +78,7 @@ inline constexpr size_t kRequestHeaderBytes = 28;
 inline constexpr size_t kSimpleReplyBytes = 16;
 inline constexpr size_t kChunkHeaderBytes = 20;
 // The largest READ / WRITE payload we accept: NBD's customary maximum.
-inline constexpr uint32_t kPayloadMax = 32u << 20;
+inline constexpr uint32_t kPayloadMax = limits::kNbdPayloadMax;
 
 enum Command : uint16_t {
   kCmdRead = 0,

@@ -93,7 +93,7 @@ void Server::accept_one(int listen_fd) {
   UniqueFd fd(::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC));
   if (!fd.valid()) {
     if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-      LOG_WARN("accept: {}", std::strerror(errno));
+      LOG_WARN("accept: {}", errno_text(errno));
     return;
   }
   const bool full = serving_ >= options_.connections_max;

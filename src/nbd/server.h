@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "base/thread_pool.h"
 #include "base/unique_fd.h"
@@ -20,10 +21,10 @@
 
 namespace imgstream::nbd {
 
-inline constexpr unsigned kConnectionsMax = 256;
+inline constexpr unsigned kConnectionsMax = limits::kNbdServerConnectionsMax;
 // Clients beyond kConnectionsMax that are told why (Connection's refusal); more than this
 // at once are closed without a word, so that a flood cannot make threads without bound.
-inline constexpr unsigned kRefusalsMax = 16;
+inline constexpr unsigned kRefusalsMax = limits::kNbdRefusalsMax;
 // A refused client is logged at most this often (the rest are counted in the next line).
 inline constexpr int kRefusalLogSeconds = 10;
 inline constexpr unsigned kWorkerThreadsDefault = 16;
@@ -40,6 +41,11 @@ struct ServerOptions {
   int handshake_seconds = kHandshakeSeconds;   // for the whole handshake
 };
 
+// Lock contract: no lock. run() and everything it calls (accepting, reaping, draining:
+// slots_, serving_, refusing_, the refusal log) run on the one thread that called run();
+// each Slot's connection runs on the slot's own thread, which only sets its `done` (an
+// atomic, read by the run() thread to reap it). request_stop() may come from any thread
+// or a signal handler: it only writes the stop eventfd.
 class Server {
  public:
   // Binds every address (so that the caller can print URIs before run()).

@@ -339,6 +339,7 @@ class ServerTest : public ::testing::Test {
   void SetUp() override {
     saved_log_level_ = log_detail::g_level.load();
     set_log_level(LogLevel::Error);  // bad clients are expected here: keep the output quiet
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): imgstream never calls setenv (run_server.cc)
     const char* tmp = std::getenv("TMPDIR");
     std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/imgstream-server-test-XXXXXX";
     ASSERT_NE(::mkdtemp(templ.data()), nullptr);

@@ -161,7 +161,10 @@ inline DeviceCaps writable_caps() {
 
 // A BlockDevice over a std::vector. It checks the contract of block_device.h with
 // IMG_CHECK, so a request that escaped validation stops the test (or the fuzzer).
-// Block status reports all-zero 4 KiB pages as holes. Thread-safe.
+// Block status reports all-zero 4 KiB pages as holes.
+// Lock contract: thread-safe (the server's connection and pool threads call it at once).
+// mu_ guards data_'s bytes (its size, caps_ and contexts_ never change); nowait_ and
+// fail_from_ are atomics a test may set while requests run.
 class MemoryDevice final : public BlockDevice {
  public:
   static constexpr uint64_t kPageBytes = 4096;

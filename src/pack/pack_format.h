@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "base/sha256.h"
 
@@ -19,8 +20,8 @@ inline constexpr std::string_view kPackMagic = "IMGPACK1";  // the first 8 bytes
 inline constexpr uint32_t kPackVersion = 2;  // 2: the index is one zstd frame
 inline constexpr size_t kPackHeaderBytes = 4096;
 inline constexpr size_t kIndexEntryBytes = 48;
-inline constexpr uint32_t kChunkBytesMin = 4096;
-inline constexpr uint32_t kChunkBytesMax = 16u << 20;
+inline constexpr uint32_t kChunkBytesMin = limits::kChunkBytesMin;
+inline constexpr uint32_t kChunkBytesMax = limits::kChunkBytesMax;
 // 128 KiB: measured on the 512 MiB test disk (docs/BENCHMARKS.md, bench/pack.sh), it packs
 // within 4% of zstd -3 over the whole image, like 256 KiB, but moving a store to a version
 // with one changed file costs 4% less than 256 KiB (and less than casync, which 256 KiB
@@ -32,13 +33,13 @@ inline constexpr uint32_t kChunkBytesDefault = 128u << 10;
 // non-zero entry unlike the one before it (ChunkIndex), so this bounds what a hostile
 // pack can make it hold: 64 MiB for zero chunks, 52 bytes a chunk (832 MiB) at the very
 // worst, besides the map of the chain's stored chunks by hash (Pack).
-inline constexpr uint64_t kChunksMax = 1ULL << 24;
-inline constexpr size_t kBaseHintBytesMax = 1024;
-inline constexpr size_t kChainDepthMax = 16;  // a pack, its base, its base's base...
+inline constexpr uint64_t kChunksMax = limits::kChunksMax;
+inline constexpr size_t kBaseHintBytesMax = limits::kBaseHintBytesMax;
+inline constexpr size_t kChainDepthMax = limits::kChainDepthMax;
 // The chunk counts of every pack of a chain added up (each index is decoded, checked and,
 // for a base, let go in turn: this bounds the work of opening a chain, and no chain of
 // hostile packs runs a reader through more than four of the largest indexes).
-inline constexpr uint64_t kChainChunksMax = 4 * kChunksMax;
+inline constexpr uint64_t kChainChunksMax = limits::kChainChunksMax;
 // zstd's largest expansion: a block holds at most 128 KiB and takes at least 4 bytes
 // (an RLE block: a 3-byte header and the byte). A stored index shorter than its entries
 // divided by this cannot hold them: refused before anything is allocated for it.
@@ -47,7 +48,7 @@ inline constexpr uint64_t kZstdExpansionMax = (128 * 1024) / 4;
 // most 2^kIndexWindowLogMax bytes (the writer's level 3 uses 2 MiB; zstd's levels up to
 // 19 at most 8 MiB): the whole decompressed index never needs to be in memory at once.
 inline constexpr size_t kIndexDecodeEntries = 4096;
-inline constexpr int kIndexWindowLogMax = 24;
+inline constexpr int kIndexWindowLogMax = limits::kIndexWindowLogMax;
 static_assert(kChainChunksMax >= kChunksMax);
 inline constexpr uint32_t kFlagHasBase = 1;
 

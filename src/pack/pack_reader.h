@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "base/env.h"
+#include "base/limits.h"
 #include "blob/blob.h"
 #include "device/block_device.h"
 #include "pack/pack_format.h"
@@ -43,7 +44,7 @@ struct PackOpenOptions {
 };
 
 // Reads at most this much in one blob request when coalescing adjacent chunks.
-inline constexpr uint64_t kCoalesceBytesMax = 64u << 20;
+inline constexpr uint64_t kCoalesceBytesMax = limits::kCoalesceBytesMax;
 
 class Pack {
  public:

@@ -21,6 +21,7 @@
 #include <shared_mutex>
 #include <unordered_map>
 
+#include "base/limits.h"
 #include "base/stop.h"
 #include "base/thread_pool.h"
 #include "pack/pack_reader.h"
@@ -35,7 +36,7 @@ inline constexpr size_t kPackDeviceCacheChunks = 64;
 bool is_pack_source(const std::string& source);
 
 // The boot set is fetched in one request when it is at most this large.
-inline constexpr uint64_t kBootFetchBytesMax = 256u << 20;
+inline constexpr uint64_t kBootFetchBytesMax = limits::kBootFetchBytesMax;
 
 // The boot set: a pack packed with a profile stores its boot chunks as one range. The
 // first read that needs any of them fetches the whole range in one request (a machine

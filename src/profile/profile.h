@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "base/env.h"
+#include "base/limits.h"
 #include "base/result.h"
 #include "profile/trace.h"
 
@@ -28,15 +29,15 @@ inline constexpr size_t kProfileRecordBytes = 32;
 inline constexpr size_t kProfileTrailerBytes = 4;
 // A profile keeps at most this many regions (16M: a 64 GiB boot set at the smallest,
 // 4 KiB, regions); the file is then 512 MiB.
-inline constexpr uint64_t kProfileRegionsMax = uint64_t{1} << 24;
+inline constexpr uint64_t kProfileRegionsMax = limits::kProfileRegionsMax;
 inline constexpr uint64_t kProfileFileBytesMax =
     kProfileHeaderBytes + kProfileRegionsMax * kProfileRecordBytes + kProfileTrailerBytes;
 // merge() takes at most this many traces.
-inline constexpr size_t kProfileTracesMax = 1u << 16;
+inline constexpr size_t kProfileTracesMax = limits::kProfileTracesMax;
 // Region size used for traces that have none (`serve` traces) and no --region-size.
 inline constexpr uint32_t kProfileDefaultRegionSize = 1u << 20;
-inline constexpr uint32_t kProfileRegionSizeMin = 4096;
-inline constexpr uint32_t kProfileRegionSizeMax = 1u << 30;
+inline constexpr uint32_t kProfileRegionSizeMin = limits::kProfileRegionSizeMin;
+inline constexpr uint32_t kProfileRegionSizeMax = limits::kProfileRegionSizeMax;
 
 struct ProfileRegion {
   uint64_t region = 0;   // index at region_size

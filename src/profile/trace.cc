@@ -4,6 +4,7 @@
 
 #include "base/check.h"
 #include "base/codec.h"
+#include "base/limits.h"
 #include "base/log.h"
 #include "profile/file_header.h"
 
@@ -21,8 +22,8 @@ static_assert(kTraceHeaderBytes == kFileHeaderBytes);
 constexpr size_t kBlockCountAt = 4;
 constexpr size_t kBlockReservedAt = 8;
 constexpr size_t kBlockCrcAt = 12;
-constexpr uint32_t kRegionSizeMin = 4096;
-constexpr uint32_t kRegionSizeMax = 1u << 30;
+constexpr uint32_t kRegionSizeMin = limits::kProfileRegionSizeMin;
+constexpr uint32_t kRegionSizeMax = limits::kProfileRegionSizeMax;
 
 void put_record(ByteWriter& w, const TraceRecord& r) {
   w.u64(r.time_ns);

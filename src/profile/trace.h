@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "base/env.h"
+#include "base/limits.h"
 #include "base/output_check.h"
 #include "base/result.h"
 
@@ -38,14 +39,14 @@ inline constexpr size_t kTraceHeaderBytes = 64;
 inline constexpr size_t kTraceBlockHeaderBytes = 16;
 inline constexpr size_t kTraceRecordBytes = 24;
 // A block holds 1..kTraceBlockRecordsMax records.
-inline constexpr uint32_t kTraceBlockRecordsMax = 4096;
+inline constexpr uint32_t kTraceBlockRecordsMax = limits::kTraceBlockRecordsMax;
 inline constexpr uint32_t kTraceBlockMagic = 0x4b4c4254;  // "TBLK" little-endian
 inline constexpr std::chrono::milliseconds kTraceFlushInterval{100};
 // Records waiting in memory beyond this are dropped (and counted): a stalled disk never
 // makes the writer grow without bound. 1M records = 24 MiB.
-inline constexpr size_t kTraceBufferedRecordsMax = size_t{1} << 20;
+inline constexpr size_t kTraceBufferedRecordsMax = limits::kTraceBufferedRecordsMax;
 // read_trace() refuses larger files (about 178M records).
-inline constexpr uint64_t kTraceFileBytesMax = uint64_t{4} << 30;
+inline constexpr uint64_t kTraceFileBytesMax = limits::kTraceFileBytesMax;
 static_assert(kTraceBufferedRecordsMax >= 4 * kTraceBlockRecordsMax);
 
 // Header flags.

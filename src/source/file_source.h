@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "base/env.h"
+#include "base/limits.h"
 #include "base/result.h"
 #include "base/thread_pool.h"
 #include "source/source.h"
@@ -30,7 +31,7 @@ namespace imgstream::source {
 inline constexpr unsigned kFileSourceThreads = 4;
 // Extents that one block_status call appends at most, so that a caller asking about a
 // badly fragmented file gets an answer quickly and asks again.
-inline constexpr size_t kFileSourceExtentsMax = 1024;
+inline constexpr size_t kFileSourceExtentsMax = limits::kFileSourceExtentsMax;
 
 class FileSource final : public Source {
  public:

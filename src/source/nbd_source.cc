@@ -383,7 +383,7 @@ void NbdSource::Connection::process_completions() {
                            r->kind == Kind::Read ? "read" : "block status", r->offset));
       src_.finish(std::move(r));
     } else {
-      r->last_error = dead ? "connection lost" : std::strerror(err);
+      r->last_error = dead ? "connection lost" : errno_text(err);
       (dead ? requeue : delay).push_back(std::move(r));
     }
   }

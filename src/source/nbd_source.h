@@ -45,6 +45,7 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "source/source.h"
 
@@ -54,19 +55,21 @@ namespace imgstream::source {
 
 // The largest read sent as one NBD command. Servers that advertise no maximum may drop
 // the connection above 32 MiB (nbd_get_block_size(3)); a smaller advertised maximum wins.
-inline constexpr uint64_t kNbdRequestBytesMax = 32u << 20;
+inline constexpr uint64_t kNbdRequestBytesMax = limits::kNbdRequestBytesMax;
 // The largest range asked of one block-status command (the protocol's lengths are 32-bit;
 // a power of two stays aligned to any minimum block size).
-inline constexpr uint64_t kNbdBlockStatusBytesMax = 1u << 30;
-inline constexpr uint32_t kNbdMaxInFlightMax = 1024;
-inline constexpr unsigned kNbdConnectionsMax = 16;
+inline constexpr uint64_t kNbdBlockStatusBytesMax = limits::kNbdBlockStatusBytesMax;
+inline constexpr uint32_t kNbdMaxInFlightMax = limits::kNbdMaxInFlightMax;
+inline constexpr unsigned kNbdConnectionsMax = limits::kNbdSourceConnectionsMax;
 // Backoff between connection attempts: doubles from min to max, jittered, and goes back
 // to min once a request succeeds on the new connection.
-inline constexpr std::chrono::milliseconds kNbdReconnectBackoffMin{50};
-inline constexpr std::chrono::milliseconds kNbdReconnectBackoffMax{2000};
+inline constexpr std::chrono::milliseconds kNbdReconnectBackoffMin =
+    limits::kNbdReconnectBackoffMin;
+inline constexpr std::chrono::milliseconds kNbdReconnectBackoffMax =
+    limits::kNbdReconnectBackoffMax;
 // Delay before a request the server failed is sent again: doubles per attempt.
-inline constexpr std::chrono::milliseconds kNbdRetryDelayMin{10};
-inline constexpr std::chrono::milliseconds kNbdRetryDelayMax{1000};
+inline constexpr std::chrono::milliseconds kNbdRetryDelayMin = limits::kNbdRetryDelayMin;
+inline constexpr std::chrono::milliseconds kNbdRetryDelayMax = limits::kNbdRetryDelayMax;
 static_assert(kNbdRequestBytesMax <= UINT32_MAX, "NBD lengths are 32-bit");
 static_assert(kNbdBlockStatusBytesMax <= UINT32_MAX, "NBD lengths are 32-bit");
 static_assert(kNbdReconnectBackoffMin <= kNbdReconnectBackoffMax);

@@ -135,6 +135,9 @@ class Nbdkit {
 };
 
 // Collects the results of many read_async calls; wait() is bounded.
+// Lock contract: the callbacks run on the sources' threads, any number at once; mu_
+// guards results_, expected_ and done_, and cv_ wakes wait() on the test's thread.
+// result() reads without the lock, so only after wait() returned true.
 class Completions {
  public:
   // A done() callback for the i-th read.

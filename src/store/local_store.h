@@ -140,7 +140,7 @@ class LocalStore {
   Counters committed_counters_;  // under commit_mu_
   std::atomic<uint64_t> changes_{0};  // bumped by every change a commit should record
 
-  mutable std::mutex state_mu_;
+  mutable std::mutex state_mu_;  // guards state_ and error_message_
   StoreState state_ = StoreState::Streaming;
   std::string error_message_;
 

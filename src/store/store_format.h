@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 
 namespace imgstream::store {
@@ -16,15 +17,15 @@ namespace imgstream::store {
 inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr size_t kHeaderBytes = 4096;
 inline constexpr size_t kSlotHeaderBytes = 512;
-inline constexpr size_t kStringBytesMax = 1024;
-inline constexpr size_t kErrorMessageBytesMax = 256;
-inline constexpr uint32_t kRegionBytesMin = 4096;
-inline constexpr uint32_t kRegionBytesMax = 1u << 30;
-inline constexpr uint64_t kRegionsMax = 1ULL << 32;  // 512 MiB of bitmap at most
+inline constexpr size_t kStringBytesMax = limits::kStoreStringBytesMax;
+inline constexpr size_t kErrorMessageBytesMax = limits::kStoreErrorMessageBytesMax;
+inline constexpr uint32_t kRegionBytesMin = limits::kStoreRegionBytesMin;
+inline constexpr uint32_t kRegionBytesMax = limits::kStoreRegionBytesMax;
+inline constexpr uint64_t kRegionsMax = limits::kStoreRegionsMax;
 // The largest generation a slot may hold. Far beyond any store's life (2^62 commits, a
 // thousand a second, take 146 million years); a slot claiming more is corrupt, so that
 // the generation after the newest never wraps round to 0.
-inline constexpr uint64_t kSlotGenerationMax = 1ULL << 62;
+inline constexpr uint64_t kSlotGenerationMax = limits::kSlotGenerationMax;
 static_assert(92 + 2 * kStringBytesMax <= kHeaderBytes - 4, "strings fit the header");
 
 enum class StoreState : uint32_t { Streaming = 0, Paused = 1, Complete = 2, Detached = 3, Error = 4 };

@@ -84,8 +84,8 @@ class FetchBudget {
 
   const uint64_t total_;
   const uint64_t reserve_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
+  mutable std::mutex mu_;       // guards everything below
+  std::condition_variable cv_;  // takers wait on it for bytes and their turn
   uint64_t used_ = 0;
   uint64_t used_max_ = 0;
   // Tickets per class (index: FetchPriority): a taker draws next_ and is served when

@@ -17,6 +17,7 @@
 #include <span>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "source/source.h"
 #include "store/store_format.h"
@@ -24,7 +25,7 @@
 namespace imgstream::stream {
 
 inline constexpr uint64_t kFingerprintEdgeBytes = 64 * 1024;
-inline constexpr size_t kFingerprintPartitionsMax = 16;
+inline constexpr size_t kFingerprintPartitionsMax = limits::kFingerprintPartitionsMax;
 inline constexpr size_t kFingerprintSamples = 64;
 inline constexpr uint64_t kFingerprintSampleBytes = 4096;
 

@@ -35,11 +35,10 @@ bool HydrationPace::may_start(PaceClock::time_point now, const Activity& a) {
   const auto recent = [&](bool any, PaceClock::time_point t) {
     return any && now - t < opt_.idle_after;
   };
-  if (opt_.idle_after.count() <= 0) {
-    state_ = PaceState::Free;
-  } else if (booting(now, a)) {
+  const bool paced = opt_.idle_after.count() > 0;  // --idle-after 0: full speed always
+  if (paced && booting(now, a)) {
     state_ = PaceState::Booting;
-  } else if (recent(any_read_, last_read_) && !recent(any_wait_, last_wait_) &&
+  } else if (paced && recent(any_read_, last_read_) && !recent(any_wait_, last_wait_) &&
              a.demand_waiting == 0) {
     state_ = PaceState::Busy;
   } else {

@@ -35,6 +35,8 @@
 #include <chrono>
 #include <cstdint>
 
+#include "base/limits.h"
+
 namespace imgstream::stream {
 
 using PaceClock = std::chrono::steady_clock;
@@ -42,7 +44,7 @@ using PaceClock = std::chrono::steady_clock;
 // The boot counts as done once this share of the bytes prefetched in this run was read.
 inline constexpr double kBootSetReadFraction = 0.9;
 inline constexpr std::chrono::milliseconds kIdleAfterDefault{2'000};
-inline constexpr std::chrono::milliseconds kBusyHoldMax{60'000};
+inline constexpr std::chrono::milliseconds kBusyHoldMax = limits::kBusyHoldMax;
 inline constexpr std::chrono::milliseconds kTrickleInterval{1'000};
 // A boot profile's boot is held for at most this multiple of its recorded duration (the
 // last first-read time) plus idle_after; without a recorded duration, for kBusyHoldMax.

@@ -40,6 +40,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/limits.h"
 #include "source/source.h"
 #include "store/local_store.h"
 #include "stream/hydration_pace.h"
@@ -66,11 +67,11 @@ struct HydratorOptions {
   PaceOptions pace;
 };
 
-inline constexpr unsigned kHydratorInFlightMax = 64;
+inline constexpr unsigned kHydratorInFlightMax = limits::kHydratorInFlightMax;
 inline constexpr std::chrono::milliseconds kRetryBackoffFirst{1'000};
-inline constexpr std::chrono::milliseconds kRetryBackoffMax{60'000};
+inline constexpr std::chrono::milliseconds kRetryBackoffMax = limits::kRetryBackoffMax;
 inline constexpr unsigned kRateBatchesPerSecond = 4;
-inline constexpr uint64_t kHoleWindowBytes = 1ULL << 30;  // block status asked per GiB
+inline constexpr uint64_t kHoleWindowBytes = limits::kHoleWindowBytes;
 // How often a held hydration looks at the machine's activity again.
 inline constexpr std::chrono::milliseconds kPacePoll{20};
 
@@ -125,7 +126,7 @@ class Hydrator {
   std::function<void()> on_complete_;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;  // under mu_: wakes the loop and waits for in_flight_ == 0
   bool stopping_ = false;
   bool paused_ = false;
   // Paused by a failure, not by the user: retried at retry_at_ (then next_backoff_ doubles).

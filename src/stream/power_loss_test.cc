@@ -7,6 +7,7 @@
 //   - every write the client saw flushed is there.
 #include <gtest/gtest.h>
 
+#include <cstddef>
 #include <map>
 
 #include "base/env_fault.h"
@@ -37,8 +38,10 @@ struct History {
   std::vector<size_t> flushed;
 
   explicit History(const Bytes& img) : states(kRegions), flushed(kRegions, 0) {
-    for (uint64_t r = 0; r < kRegions; ++r)
-      states[r].push_back(Bytes(img.begin() + r * kRegion, img.begin() + (r + 1) * kRegion));
+    for (uint64_t r = 0; r < kRegions; ++r) {
+      const auto at = std::ptrdiff_t(r * kRegion);
+      states[r].push_back(Bytes(img.begin() + at, img.begin() + at + std::ptrdiff_t(kRegion)));
+    }
   }
   // Applies bytes at offset (within the image) to the model.
   void apply(uint64_t offset, const Bytes& data) {

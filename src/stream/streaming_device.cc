@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "base/check.h"
+#include "base/limits.h"
 #include "base/log.h"
 #include "device/file_device.h"
 
@@ -34,7 +35,7 @@ struct StreamingDevice::Claim {
 namespace {
 
 // Bounded retries of a request whose regions keep being claimed or keep failing to land.
-constexpr int kClaimRoundsMax = 64;
+constexpr int kClaimRoundsMax = limits::kClaimRoundsMax;
 
 }  // namespace
 
@@ -747,14 +748,14 @@ Result<void> StreamingDevice::status_allocation(uint64_t offset, uint64_t length
   // Present regions: the local file's holes; missing regions: the source's.
   const uint64_t end = offset + length;
   uint64_t pos = offset;
-  while (pos < end && out.size() < 1024) {
+  while (pos < end && out.size() < limits::kStatusAllocationExtentsMax) {
     const uint64_t r = pos / region_size_;
     const bool here = store_.present(r);
     uint64_t run_end = pos;
     for (uint64_t q = r; q * region_size_ < end && store_.present(q) == here; ++q)
       run_end = std::min(end, (q + 1) * region_size_);
     if (here) {
-      TRY(file_extents(store_.data(), pos, run_end - pos, out, 64));
+      TRY(file_extents(store_.data(), pos, run_end - pos, out, limits::kStatusLocalRunExtentsMax));
     } else if (source::Source* src = current_source()) {
       TRY(src->block_status(pos, run_end - pos, out));
     } else {
@@ -774,7 +775,7 @@ Result<void> StreamingDevice::block_status(size_t context, uint64_t offset, uint
   writer_.drain();
   if (context == 0) return status_allocation(offset, length, out);
   const uint64_t end = offset + length;
-  for (uint64_t pos = offset; pos < end && out.size() < 4096;) {
+  for (uint64_t pos = offset; pos < end && out.size() < limits::kStatusPresentExtentsMax;) {
     const bool here = store_.present(pos / region_size_);
     uint64_t next = std::min(end, (pos / region_size_ + 1) * region_size_);
     while (next < end && store_.present(next / region_size_) == here)

@@ -54,6 +54,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "base/limits.h"
 #include "device/block_device.h"
 #include "source/source.h"
 #include "store/local_store.h"
@@ -72,27 +73,27 @@ inline constexpr uint32_t kStatePresent = 1;
 // so hydration sends the requests it always sent. Measured against the 32 MiB of before
 // with bench/stream.sh rows 1, 2 and 4 (demand and hydration): no change beyond the
 // run-to-run noise.
-inline constexpr uint64_t kFetchBytesMax = 8u << 20;
+inline constexpr uint64_t kFetchBytesMax = limits::kFetchBytesMax;
 // Bytes a device holds in fetch buffers at once, demand and background together.
-inline constexpr uint64_t kFetchBudgetBytes = 64u << 20;
+inline constexpr uint64_t kFetchBudgetBytes = limits::kFetchBudgetBytes;
 // Background fetches never take these: a demand piece always finds room beside them.
-inline constexpr uint64_t kFetchDemandReserveBytes = 2 * kFetchBytesMax;
+inline constexpr uint64_t kFetchDemandReserveBytes = limits::kFetchDemandReserveBytes;
 static_assert(kFetchDemandReserveBytes >= kFetchBytesMax,
               "a demand piece must fit beside all background fetches");
 static_assert(kFetchBudgetBytes >= kFetchDemandReserveBytes + kFetchBytesMax,
               "background fetches must have room for at least one piece");
 // NBD_CMD_CACHE ranges waiting for the device's cache thread; one more is dropped.
-inline constexpr size_t kCacheRangesMax = 64;
+inline constexpr size_t kCacheRangesMax = limits::kCacheRangesMax;
 // Pieces (windows of at most kFetchBytesMax) the cache thread has in flight at most.
-inline constexpr unsigned kCacheWindowsInFlightMax = 4;
+inline constexpr unsigned kCacheWindowsInFlightMax = limits::kCacheWindowsInFlightMax;
 // A sequential reader is read ahead by this much: the regions after the one it enters are
 // fetched while it reads, at background priority and only when the budget has room at
 // once (never waiting). bench/stream.sh row 1 (64 KiB reads at QD 1, 1 MiB regions, 2 ms
 // per source read) is bound by one source round trip per region without it.
-inline constexpr uint64_t kReadaheadBytes = 4u << 20;
+inline constexpr uint64_t kReadaheadBytes = limits::kReadaheadBytes;
 static_assert(kReadaheadBytes <= kFetchBytesMax, "a read-ahead is one piece at most");
 // Sequential streams followed at once (a few readers at different places).
-inline constexpr size_t kReadStreamsMax = 4;
+inline constexpr size_t kReadStreamsMax = limits::kReadStreamsMax;
 
 // The bounds above, as a device uses them (tests make them small).
 struct FetchLimits {

@@ -15,6 +15,10 @@ namespace imgstream::stream::testing {
 
 // A Source over memory that completes reads on its own thread, counts them, and can be
 // told to fail.
+// Lock contract: read_async() may be called from any thread; each read completes on a
+// thread of its own (detached), or on the caller's with inline_. log_mu_ guards offsets_
+// and the in-flight byte counts; the counters and the knobs the test sets while reads run
+// (fail_, delay_us_) are atomics; inline_ is set before the first read. image_ is const.
 class MemSource final : public source::Source {
  public:
   explicit MemSource(std::vector<std::byte> image) : image_(std::move(image)) {}

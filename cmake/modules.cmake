@@ -1,0 +1,68 @@
+# The module graph, in one place: each folder src/<m> is a static library imgstream_<m>.
+#   DEPS          modules its headers include (linked PUBLIC)
+#   PRIVATE_DEPS  modules only its .cc files include (linked PRIVATE)
+#   TEST_DEPS     modules only its tests include (not linked: unit_tests links them all)
+#   LIBS, PRIVATE_LIBS  external libraries (short names below), PUBLIC / PRIVATE the same way
+# scripts/check-deps.py checks this against the #include lines and that the graph is
+# acyclic; docs/modules.md says what each module holds.
+
+set(IMGSTREAM_LIB_fmt fmt::fmt)
+set(IMGSTREAM_LIB_threads Threads::Threads)
+set(IMGSTREAM_LIB_libnbd PkgConfig::LIBNBD)
+set(IMGSTREAM_LIB_curl PkgConfig::LIBCURL)
+set(IMGSTREAM_LIB_zstd PkgConfig::LIBZSTD)
+set(IMGSTREAM_LIB_ext2fs PkgConfig::EXT2FS)
+set(IMGSTREAM_LIB_openssl OpenSSL::Crypto)
+set(IMGSTREAM_LIB_json nlohmann_json::nlohmann_json)
+set(IMGSTREAM_LIB_cli11 CLI11::CLI11)
+
+# imgstream_core: every module, for the binary, unit_tests and the fuzz targets.
+add_library(imgstream_core INTERFACE)
+
+function(imgstream_module)
+  cmake_parse_arguments(M "" "NAME" "DEPS;PRIVATE_DEPS;TEST_DEPS;LIBS;PRIVATE_LIBS" ${ARGN})
+  if(M_UNPARSED_ARGUMENTS OR NOT M_NAME)
+    message(FATAL_ERROR "imgstream_module: bad arguments: ${ARGN}")
+  endif()
+  file(GLOB sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/src/${M_NAME}/*.cc)
+  list(FILTER sources EXCLUDE REGEX ".*_test\\.cc$")
+  list(FILTER sources EXCLUDE REGEX ".*/cli/main\\.cc$")
+  set(target imgstream_${M_NAME})
+  add_library(${target} STATIC ${sources})
+  target_include_directories(${target} PUBLIC ${CMAKE_SOURCE_DIR}/src)
+  foreach(kind DEPS PRIVATE_DEPS)
+    list(TRANSFORM M_${kind} PREPEND imgstream_)
+  endforeach()
+  foreach(kind LIBS PRIVATE_LIBS)
+    set(libs)
+    foreach(lib ${M_${kind}})
+      if(NOT DEFINED IMGSTREAM_LIB_${lib})
+        message(FATAL_ERROR "imgstream_module(${M_NAME}): unknown library '${lib}'")
+      endif()
+      list(APPEND libs ${IMGSTREAM_LIB_${lib}})
+    endforeach()
+    set(M_${kind} ${libs})
+  endforeach()
+  target_link_libraries(${target} PUBLIC ${M_DEPS} ${M_LIBS} PRIVATE ${M_PRIVATE_DEPS} ${M_PRIVATE_LIBS})
+  target_link_libraries(imgstream_core INTERFACE ${target})
+endfunction()
+
+imgstream_module(NAME base    LIBS fmt threads PRIVATE_LIBS openssl)
+imgstream_module(NAME io      DEPS base LIBS json threads PRIVATE_LIBS fmt)
+imgstream_module(NAME control DEPS base PRIVATE_DEPS io LIBS json PRIVATE_LIBS fmt)
+imgstream_module(NAME device  DEPS base)
+imgstream_module(NAME disk    PRIVATE_DEPS base)
+imgstream_module(NAME blob    DEPS base TEST_DEPS io PRIVATE_LIBS curl fmt threads)
+imgstream_module(NAME store   DEPS base)
+imgstream_module(NAME nbd     DEPS base device io LIBS threads)
+imgstream_module(NAME source  DEPS base device PRIVATE_DEPS blob PRIVATE_LIBS fmt libnbd threads)
+imgstream_module(NAME profile DEPS base device TEST_DEPS nbd LIBS threads)
+imgstream_module(NAME pack    DEPS base blob device source store LIBS json PRIVATE_LIBS threads zstd)
+imgstream_module(NAME migrate DEPS base device PRIVATE_DEPS control io TEST_DEPS nbd
+                              LIBS json threads PRIVATE_LIBS fmt libnbd)
+imgstream_module(NAME patch   DEPS base device PRIVATE_DEPS disk pack TEST_DEPS nbd PRIVATE_LIBS ext2fs)
+imgstream_module(NAME stack   DEPS base device migrate profile TEST_DEPS nbd)
+imgstream_module(NAME stream  DEPS base control device io source store PRIVATE_DEPS blob disk pack
+                              LIBS json threads PRIVATE_LIBS fmt)
+imgstream_module(NAME cli     DEPS base io nbd PRIVATE_DEPS control device migrate pack patch profile stack stream
+                              LIBS cli11 fmt threads PRIVATE_LIBS json)
