@@ -7,7 +7,6 @@
 // Not here: the layout of the on-disk and wire formats (header and record sizes, field
 // offsets: docs/*-format.md, beside their codecs), the fingerprint's sample sizes (they
 // define the fingerprint a store records), and defaults a user can change (--batch, ...).
-// src/patch and src/disk keep their bounds for now (they are being edited).
 #pragma once
 
 #include <chrono>
@@ -272,5 +271,41 @@ static_assert(kReadaheadBytes <= kFetchBytesMax, "a read-ahead is one piece at m
 static_assert(kHoleWindowBytes <= kNbdBlockStatusBytesMax,
               "a hole window is one block-status command");
 static_assert(kStatusLocalRunExtentsMax <= kStatusAllocationExtentsMax);
+
+// --- disk, patch ---------------------------------------------------------------------
+
+// The head of a partition probed for a file system: btrfs's magic lies at 64 KiB + 64.
+inline constexpr uint64_t kFsProbeBytes = 68 * 1024;
+// The head of an image read for its partition table: any GPT entry array lies in it.
+inline constexpr uint64_t kPartitionTableHeadBytes = 1 << 20;
+// Symlinks followed while resolving one guest path, as Linux's MAXSYMLINKS (ELOOP).
+inline constexpr int kSymlinkHopsMax = 40;
+// A symlink's target and a guest path and name, as Linux's PATH_MAX - 1, PATH_MAX, NAME_MAX.
+inline constexpr size_t kSymlinkTargetMax = 4095;
+inline constexpr size_t kGuestPathMax = 4096;
+inline constexpr size_t kGuestNameMax = 255;
+// A guest file read whole (`cat`, an fstab): held in memory.
+inline constexpr uint64_t kGuestReadFileMax = uint64_t{256} << 20;
+// Entries of one guest directory listed or removed: a hostile image cannot grow memory.
+inline constexpr size_t kGuestDirEntriesMax = size_t{1} << 20;
+// Depth of a guest tree removed (--delete): a hostile image cannot recurse without bound.
+inline constexpr int kGuestRemoveDepthMax = 512;
+// A host tree given to --add: its depth and its files.
+inline constexpr int kAddDepthMax = 64;
+inline constexpr size_t kAddFilesMax = size_t{1} << 20;
+// The bytes a patch may change, kept in memory until it is checked and written.
+inline constexpr uint64_t kOverlayBytesMax = uint64_t{2} << 30;
+// One journal entry's bytes: a longer run is several entries, read with a bounded buffer.
+inline constexpr uint64_t kJournalEntryBytesMax = uint64_t{4} << 20;
+// First-boot scripts of one image (their names are numbered NNNN-).
+inline constexpr unsigned kFirstbootScriptsMax = 9999;
+// Lines of an fstab read, and the length of its fields.
+inline constexpr size_t kFstabLinesMax = 4096;
+inline constexpr size_t kFstabFieldBytesMax = 4096;
+// e2image and e2fsck of the patched file system (minutes on a large one).
+inline constexpr std::chrono::minutes kFsckTimeout{10};
+
+static_assert(kJournalEntryBytesMax <= kOverlayBytesMax);
+static_assert(kFsProbeBytes <= kPartitionTableHeadBytes, "a probe fits the head of an image");
 
 }  // namespace imgstream::limits

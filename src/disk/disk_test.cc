@@ -19,7 +19,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+// The real tools (mke2fs, sfdisk, debugfs) through a shell; the tests run on one thread.
+int sh(const std::string& cmd) {
+  return std::system((cmd + " >/dev/null 2>&1").c_str());  // NOLINT(concurrency-mt-unsafe)
+}
 
 std::string sh_out(const std::string& cmd) {
   std::string out;

@@ -9,10 +9,12 @@
 #include <span>
 #include <string>
 
+#include "base/limits.h"
+
 namespace imgstream::disk {
 
 // Enough of a partition's head for every magic probed (btrfs's lies at 64 KiB + 64).
-inline constexpr uint64_t kFsProbeBytes = 68 * 1024;
+inline constexpr uint64_t kFsProbeBytes = limits::kFsProbeBytes;
 
 enum class FsKind { Unknown, Ext2, Ext3, Ext4, Xfs, Btrfs, Vfat, Swap, Luks, Lvm, Iso9660,
                     Squashfs, F2fs, Ntfs };

@@ -13,6 +13,7 @@ extern "C" {
 #include <mutex>
 
 #include "base/check.h"
+#include "base/limits.h"
 
 namespace imgstream::patch {
 
@@ -228,9 +229,9 @@ void set_owner(struct ext2_inode& inode, const Attr& a) {
 
 // Depth of a directory tree that remove() walks: a hostile image cannot make it recurse
 // without bound.
-constexpr int kRemoveDepthMax = 512;
+constexpr int kRemoveDepthMax = limits::kGuestRemoveDepthMax;
 // Entries list() returns: a hostile directory cannot grow memory without bound.
-constexpr size_t kListEntriesMax = size_t(1) << 20;
+constexpr size_t kListEntriesMax = limits::kGuestDirEntriesMax;
 
 }  // namespace
 
@@ -569,7 +570,7 @@ Result<void> ExtFs::write_data(uint32_t ino, std::span<const std::byte> data, bo
     if (put == 0) return failed(EXT2_ET_SHORT_WRITE, "writing a file");
     done += put;
   }
-  if (errcode_t e = ext2fs_file_set_size2(f, data.size())) return failed(e, "setting a file's size");
+  if (errcode_t e = ext2fs_file_set_size2(f, ext2_off64_t(data.size()))) return failed(e, "setting a file's size");
   if (errcode_t e = ext2fs_file_close(f)) return fail(e, "writing a file");
   return ok();
 }

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "device/block_device.h"
 
@@ -26,12 +27,12 @@ struct struct_ext2_filsys;
 
 namespace imgstream::patch {
 
-inline constexpr int kSymlinkHopsMax = 40;  // as Linux's MAXSYMLINKS
-inline constexpr size_t kSymlinkTargetMax = 4095;
-inline constexpr size_t kGuestNameMax = 255;
-inline constexpr size_t kGuestPathMax = 4096;
+inline constexpr int kSymlinkHopsMax = limits::kSymlinkHopsMax;
+inline constexpr size_t kSymlinkTargetMax = limits::kSymlinkTargetMax;
+inline constexpr size_t kGuestNameMax = limits::kGuestNameMax;
+inline constexpr size_t kGuestPathMax = limits::kGuestPathMax;
 // `cat` and the file reads of a patch (fstab) hold the file in memory.
-inline constexpr uint64_t kReadFileMax = uint64_t(256) << 20;
+inline constexpr uint64_t kReadFileMax = limits::kGuestReadFileMax;
 
 struct Attr {
   uint32_t mode = 0;  // permission bits (07777)

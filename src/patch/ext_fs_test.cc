@@ -33,7 +33,10 @@ std::string sh_out(const std::string& cmd) {
   return out;
 }
 
-int sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); }
+// The real tools (mke2fs, sfdisk, debugfs) through a shell; the tests run on one thread.
+int sh(const std::string& cmd) {
+  return std::system((cmd + " >/dev/null 2>&1").c_str());  // NOLINT(concurrency-mt-unsafe)
+}
 
 std::vector<std::byte> bytes_of(std::string_view s) {
   auto b = std::as_bytes(std::span(s.data(), s.size()));

@@ -52,7 +52,9 @@ WantedBy=multi-user.target
 constexpr std::string_view kInittabLine = "::sysinit:/usr/lib/imgstream/firstboot-runner\n";
 constexpr std::string_view kRcLocalLine = "/usr/lib/imgstream/firstboot-runner\n";
 
-std::span<const std::byte> bytes(std::string_view s) { return std::as_bytes(std::span(s)); }
+std::span<const std::byte> bytes(std::string_view s) {
+  return std::as_bytes(std::span(s));
+}
 
 std::string text(const std::vector<std::byte>& b) {
   return std::string(reinterpret_cast<const char*>(b.data()), b.size());
@@ -79,7 +81,8 @@ Result<unsigned> next_number(ExtFs& fs) {
 std::string safe_name(const std::string& name) {
   std::string out;
   for (char c : name.substr(0, 64))
-    out += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-') ? c : '_';
+    out +=
+        (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-') ? c : '_';
   return out.empty() ? "script" : out;
 }
 

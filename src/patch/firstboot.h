@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "base/limits.h"
 #include "base/result.h"
 #include "patch/ext_fs.h"
 
@@ -30,7 +31,7 @@ inline constexpr const char* kFirstbootDir = "/var/lib/imgstream/firstboot";
 inline constexpr const char* kFirstbootRunner = "/usr/lib/imgstream/firstboot-runner";
 inline constexpr const char* kFirstbootLog = "/var/log/imgstream-firstboot.log";
 inline constexpr const char* kFirstbootUnit = "/etc/systemd/system/imgstream-firstboot.service";
-inline constexpr unsigned kFirstbootScriptsMax = 9999;
+inline constexpr unsigned kFirstbootScriptsMax = limits::kFirstbootScriptsMax;
 
 struct FirstbootScript {
   std::string name;  // the host file's name: what the guest's log calls it

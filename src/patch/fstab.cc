@@ -2,11 +2,13 @@
 
 #include <cctype>
 
+#include "base/limits.h"
+
 namespace imgstream::patch {
 
 namespace {
 
-constexpr size_t kFieldMax = 4096;
+constexpr size_t kFieldMax = limits::kFstabFieldBytesMax;
 
 std::string unescape(std::string_view f) {
   const auto octal = [&](size_t k) { return f[k] >= '0' && f[k] <= '7'; };

@@ -7,9 +7,11 @@
 #include <string_view>
 #include <vector>
 
+#include "base/limits.h"
+
 namespace imgstream::patch {
 
-inline constexpr size_t kFstabLinesMax = 4096;
+inline constexpr size_t kFstabLinesMax = limits::kFstabLinesMax;
 
 struct FstabEntry {
   std::string spec;  // UUID=..., LABEL=..., PARTUUID=..., /dev/vda2, ...
@@ -22,7 +24,7 @@ std::vector<FstabEntry> parse_fstab(std::string_view text);
 // What a spec names, for matching it against the partitions of the image.
 struct DeviceRef {
   enum class Kind { Uuid, Label, PartUuid, Partition, Unknown } kind = Kind::Unknown;
-  std::string value;      // Uuid (lower case), Label, PartUuid (lower case)
+  std::string value;       // Uuid (lower case), Label, PartUuid (lower case)
   unsigned partition = 0;  // Partition: the N of /dev/sdaN, /dev/vdaN, /dev/nvme0n1pN
 };
 DeviceRef parse_device_ref(std::string_view spec);

@@ -16,12 +16,13 @@
 #include <mutex>
 #include <vector>
 
+#include "base/limits.h"
 #include "device/block_device.h"
 
 namespace imgstream::patch {
 
 inline constexpr uint64_t kOverlayPageBytes = 4096;
-inline constexpr uint64_t kOverlayBytesMax = uint64_t(2) << 30;
+inline constexpr uint64_t kOverlayBytesMax = limits::kOverlayBytesMax;
 
 class OverlayDevice final : public BlockDevice {
  public:

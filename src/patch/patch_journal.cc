@@ -12,11 +12,17 @@ namespace imgstream::patch {
 namespace {
 
 // docs/patch-journal.md has the byte tables.
-constexpr Frame kHeader{"IMGPJRN1", kJournalHeaderBytes, 1, true,
+constexpr Frame kHeader{"IMGPJRN1",
+                        kJournalHeaderBytes,
+                        1,
+                        true,
                         {"patch journal is truncated ({} bytes)", "not an imgstream patch journal",
                          "patch journal header is damaged (CRC mismatch)",
                          "patch journal version {} is not supported", "patch journal size {}"}};
-constexpr Frame kCommit{"IMGPCMT1", kJournalCommitBytes, 1, true,
+constexpr Frame kCommit{"IMGPCMT1",
+                        kJournalCommitBytes,
+                        1,
+                        true,
                         {"commit record is truncated ({} bytes)", "no commit record",
                          "commit record is damaged (CRC mismatch)",
                          "commit record version {} is not supported", "commit record size {}"}};
@@ -50,9 +56,9 @@ std::vector<Piece> pieces_of(const std::vector<OverlayDevice::Run>& runs) {
   std::vector<Piece> out;
   for (const auto& r : runs)
     for (uint64_t at = 0; at < r.bytes.size(); at += kJournalEntryMax)
-      out.push_back(Piece{r.offset + at, std::span(r.bytes).subspan(
-                                             at, std::min<uint64_t>(kJournalEntryMax,
-                                                                    r.bytes.size() - at))});
+      out.push_back(
+          Piece{r.offset + at, std::span(r.bytes).subspan(
+                                   at, std::min<uint64_t>(kJournalEntryMax, r.bytes.size() - at))});
   return out;
 }
 
@@ -87,7 +93,8 @@ Result<JournalInfo> walk(File& f, uint64_t file_size, uint64_t image_size, uint6
     if (file_size - at < length) return incomplete("it ends inside an entry's bytes");
     data.resize(length);
     TRY(read_exact_at(f, at, data));
-    if (crc32c(data) != data_crc) return incomplete("entry " + std::to_string(i) + "'s bytes are damaged");
+    if (crc32c(data) != data_crc)
+      return incomplete("entry " + std::to_string(i) + "'s bytes are damaged");
     chain = crc32c(data, crc32c(head, chain));
     if (on_entry) TRY(on_entry(offset, data));
     at += length;
@@ -146,7 +153,9 @@ Result<JournalInfo> walk_file(Env& env, const std::string& path, uint64_t image_
 
 }  // namespace
 
-std::string journal_path(const std::string& image) { return image + kJournalSuffix; }
+std::string journal_path(const std::string& image) {
+  return image + kJournalSuffix;
+}
 
 Result<void> write_journal(Env& env, const std::string& path, uint64_t image_size,
                            const std::vector<OverlayDevice::Run>& runs) {

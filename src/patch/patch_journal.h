@@ -21,6 +21,7 @@
 
 #include "base/env.h"
 #include "base/image_lock.h"
+#include "base/limits.h"
 #include "base/result.h"
 #include "patch/overlay_device.h"
 
@@ -29,7 +30,7 @@ namespace imgstream::patch {
 inline constexpr const char* kJournalSuffix = kPatchJournalSuffix;
 // An entry's bytes: runs longer than this are written as several entries, so that
 // reading one back needs a bounded buffer.
-inline constexpr uint64_t kJournalEntryMax = uint64_t(4) << 20;
+inline constexpr uint64_t kJournalEntryMax = limits::kJournalEntryBytesMax;
 inline constexpr uint64_t kJournalHeaderBytes = 4096;
 inline constexpr uint64_t kJournalEntryHeaderBytes = 24;
 inline constexpr uint64_t kJournalCommitBytes = 64;

@@ -17,7 +17,9 @@ namespace {
 constexpr uint64_t kImageBytes = 64 * 1024;
 const std::string kImage = "/d/disk.img";
 
-std::vector<std::byte> pattern(uint64_t n, uint8_t v) { return std::vector<std::byte>(n, std::byte{v}); }
+std::vector<std::byte> pattern(uint64_t n, uint8_t v) {
+  return std::vector<std::byte>(n, std::byte{v});
+}
 
 // The old image: all 1s. The patch: three runs of 2s, one longer than an entry.
 std::vector<OverlayDevice::Run> the_runs() {
@@ -26,7 +28,8 @@ std::vector<OverlayDevice::Run> the_runs() {
 
 std::vector<std::byte> patched_image() {
   auto img = pattern(kImageBytes, 1);
-  for (const auto& r : the_runs()) std::copy(r.bytes.begin(), r.bytes.end(), img.begin() + r.offset);
+  for (const auto& r : the_runs())
+    std::copy(r.bytes.begin(), r.bytes.end(), img.begin() + std::ptrdiff_t(r.offset));
   return img;
 }
 
@@ -88,7 +91,8 @@ TEST(PatchJournal, PowerLossAtEveryPointLeavesOldOrNew) {
       ASSERT_TRUE(r.has_value()) << "k=" << k << ": " << r.error().message;
     }
     const auto got = read_image(env);
-    EXPECT_TRUE(got == old_image || got == new_image) << "crash at I/O point " << k << " mixed them";
+    EXPECT_TRUE(got == old_image || got == new_image)
+        << "crash at I/O point " << k << " mixed them";
     (got == old_image ? saw_old : saw_new)++;
     EXPECT_FALSE(env.exists(journal_path(kImage)).value()) << "k=" << k;
   }

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "base/limits.h"
 #include "base/log.h"
 #include "base/output_check.h"
 #include "base/stop.h"
@@ -15,14 +16,14 @@
 #include "device/file_device.h"
 #include "disk/fs_probe.h"
 #include "disk/partition_table.h"
-#include "patch/firstboot.h"
-#include "patch/fstab.h"
-#include "patch/overlay_device.h"
-#include "patch/patch_journal.h"
 #include "pack/pack_reader.h"
 #include "pack/pack_source.h"
 #include "pack/pack_tools.h"
 #include "pack/pack_writer.h"
+#include "patch/firstboot.h"
+#include "patch/fstab.h"
+#include "patch/overlay_device.h"
+#include "patch/patch_journal.h"
 
 namespace imgstream::patch {
 
@@ -31,11 +32,11 @@ namespace {
 namespace stdfs = std::filesystem;
 
 // The partition table and any GPT entry array lie in the first MiB.
-constexpr uint64_t kTableHeadBytes = 1 << 20;
+constexpr uint64_t kTableHeadBytes = limits::kPartitionTableHeadBytes;
 // A host directory tree given to --add: how deep it may go, how many files it may hold.
-constexpr int kAddDepthMax = 64;
-constexpr size_t kAddFilesMax = 1 << 20;
-constexpr std::chrono::minutes kFsckTimeout{10};
+constexpr int kAddDepthMax = limits::kAddDepthMax;
+constexpr size_t kAddFilesMax = limits::kAddFilesMax;
+constexpr std::chrono::minutes kFsckTimeout = limits::kFsckTimeout;
 
 // Where a file system lies in the image.
 struct Located {
@@ -45,7 +46,9 @@ struct Located {
   std::string name;  // "disk.img partition 2 (ext4)"
 };
 
-std::string base_name(const std::string& p) { return stdfs::path(p).filename().string(); }
+std::string base_name(const std::string& p) {
+  return stdfs::path(p).filename().string();
+}
 
 Result<std::vector<Located>> find_filesystems(BlockDevice& dev, const std::string& image) {
   std::vector<std::byte> head(std::min<uint64_t>(kTableHeadBytes, dev.size()));
@@ -56,7 +59,10 @@ Result<std::vector<Located>> find_filesystems(BlockDevice& dev, const std::strin
     out.push_back(Located{0, 0, dev.size(), {}, base_name(image)});
   } else {
     for (const auto& p : disk::usable_partitions(table, dev.size()))
-      out.push_back(Located{p.number, p.start(), p.bytes(), {},
+      out.push_back(Located{p.number,
+                            p.start(),
+                            p.bytes(),
+                            {},
                             base_name(image) + " partition " + std::to_string(p.number)});
   }
   std::vector<std::byte> probe;
@@ -75,16 +81,20 @@ Result<void> refuse_unsafe(const Located& l) {
   if (!disk::is_ext(l.info.kind))
     return Error{ENOTSUP, l.name + ": imgstream patches ext2/3/4 file systems only"};
   if (s.needs_recovery())
-    return Error{EBUSY, l.name + ": its journal needs recovery (mounted now, or not cleanly "
-                        "unmounted): boot the image or run e2fsck -fy on it first"};
+    return Error{EBUSY, l.name +
+                            ": its journal needs recovery (mounted now, or not cleanly "
+                            "unmounted): boot the image or run e2fsck -fy on it first"};
   if (!s.clean())
-    return Error{EBUSY, l.name + ": not cleanly unmounted (or mounted now): boot the image or "
-                        "run e2fsck -fy on it first"};
+    return Error{EBUSY, l.name +
+                            ": not cleanly unmounted (or mounted now): boot the image or "
+                            "run e2fsck -fy on it first"};
   if (s.has_errors())
-    return Error{EUCLEAN, l.name + ": the kernel recorded errors in it: run e2fsck -fy on it first"};
+    return Error{EUCLEAN,
+                 l.name + ": the kernel recorded errors in it: run e2fsck -fy on it first"};
   if (s.has_mmp())
-    return Error{ENOTSUP, l.name + ": multi-mount protection is on: imgstream does not patch "
-                          "shared file systems"};
+    return Error{ENOTSUP, l.name +
+                              ": multi-mount protection is on: imgstream does not patch "
+                              "shared file systems"};
   return ok();
 }
 
@@ -123,7 +133,8 @@ Result<Located> pick_root(BlockDevice& dev, const std::vector<Located>& all, uns
     }
   }
   bool other = false;
-  for (const auto& l : all) other |= l.info.kind != disk::FsKind::Unknown && !disk::is_ext(l.info.kind);
+  for (const auto& l : all)
+    other |= l.info.kind != disk::FsKind::Unknown && !disk::is_ext(l.info.kind);
   return Error{ENOENT, image + ": no root file system (no ext2/3/4 file system holds /etc; " +
                            (other ? "imgstream patches ext2/3/4 only; " : "") +
                            "found: " + found_list(all) + ")"};
@@ -173,8 +184,8 @@ struct Guest {
   Result<std::pair<ExtFs*, std::string>> route(std::string_view p) {
     if (!under_boot(p) || !boot_at) {
       if (under_boot(p) && !boot_unmatched.empty())
-        return Error{ENOENT, image + ": the root's /etc/fstab mounts /boot from " +
-                                 boot_unmatched + ", which no partition of the image matches"};
+        return Error{ENOENT, image + ": the root's /etc/fstab mounts /boot from " + boot_unmatched +
+                                 ", which no partition of the image matches"};
       return std::pair{root.get(), std::string(p)};
     }
     std::string rest(p.substr(5));
@@ -186,8 +197,8 @@ namespace {
 
 // `shown`: the name messages give the image (the pack, for a pack's scratch image).
 Result<std::unique_ptr<Guest>> open_guest(Env& env, const std::string& image,
-                                          const std::string& shown, unsigned partition,
-                                          bool edit, bool exclusive) {
+                                          const std::string& shown, unsigned partition, bool edit,
+                                          bool exclusive) {
   auto g = std::make_unique<Guest>();
   g->image = image;
   g->dev = TRY(FileDevice::open(env, image, exclusive ? Access::ReadWrite : Access::ReadOnly,
@@ -204,8 +215,8 @@ Result<std::unique_ptr<Guest>> open_guest(Env& env, const std::string& image,
     g->boot_at = TRY(find_boot(*g->root, all, g->root_at, g->boot_unmatched));
     if (g->boot_at) {
       if (edit) TRY(refuse_unsafe(*g->boot_at));
-      g->boot = TRY(ExtFs::open(*below, g->boot_at->start, g->boot_at->length, edit,
-                                g->boot_at->name));
+      g->boot =
+          TRY(ExtFs::open(*below, g->boot_at->start, g->boot_at->length, edit, g->boot_at->name));
     }
   }
   return g;
@@ -245,8 +256,7 @@ Result<void> add_tree(Env& env, ExtFs& fs, const std::string& host, const std::s
     return fs.symlink(target.string(), guest);
   }
   if (S_ISREG(mode)) return fs.write_file(guest, TRY(read_host_file(env, host)), a);
-  if (!S_ISDIR(mode))
-    return Error{EINVAL, host + " is not a regular file, directory or symlink"};
+  if (!S_ISDIR(mode)) return Error{EINVAL, host + " is not a regular file, directory or symlink"};
   TRY(fs.make_dirs(guest, a));
   for (const std::string& name : TRY(env.list_dir(host))) {
     if (name == "." || name == "..") continue;
@@ -312,6 +322,7 @@ std::string first_lines(const std::string& s, size_t n) {
 // from a disk file system mounted with `discard` took 5 s here, the check itself 1 s),
 // else $TMPDIR, else beside the image.
 std::string check_dir(const std::string& image) {
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, on the one thread a patch runs on
   for (const char* d : std::initializer_list<const char*>{"/dev/shm", std::getenv("TMPDIR")})
     if (d && ::access(d, W_OK | X_OK) == 0) return d;
   return parent_dir(image);
@@ -333,15 +344,14 @@ Result<void> fsck_patched(Env& env, const std::string& image, const Located& l,
       const uint64_t end = r.offset + r.bytes.size();
       if (end <= l.start || r.offset >= l.start + l.length) continue;
       const uint64_t from = std::max(r.offset, l.start), to = std::min(end, l.start + l.length);
-      TRY(write_all_at(*f, from - l.start,
-                       std::span(r.bytes).subspan(from - r.offset, to - from)));
+      TRY(write_all_at(*f, from - l.start, std::span(r.bytes).subspan(from - r.offset, to - from)));
     }
   }
   auto ck = TRY(run_program({"e2fsck", "-fn", tmp.path()}, kFsckTimeout));
   if (ck.exit_code != 0)
     return Error{EUCLEAN, l.name + ": the patched file system fails e2fsck -fn (exit " +
-                              std::to_string(ck.exit_code) + "), so nothing was written: " +
-                              first_lines(ck.output, 6)};
+                              std::to_string(ck.exit_code) +
+                              "), so nothing was written: " + first_lines(ck.output, 6)};
   return ok();
 }
 
@@ -365,7 +375,8 @@ Result<void> refuse_loop_attached(const std::string& image) {
 // Copies [at, end) of a data extent: in the kernel when it can (copy_file_range: no
 // copy through user space, and a file system with reflinks shares the blocks), else
 // through a buffer.
-Result<void> copy_range(File& in, File& out, uint64_t at, uint64_t end, std::vector<std::byte>& buf) {
+Result<void> copy_range(File& in, File& out, uint64_t at, uint64_t end,
+                        std::vector<std::byte>& buf) {
   while (at < end && in.fd() >= 0 && out.fd() >= 0) {
     loff_t src = loff_t(at), dst = loff_t(at);
     const ssize_t n = ::copy_file_range(in.fd(), &src, out.fd(), &dst, size_t(end - at), 0);
@@ -459,7 +470,10 @@ Result<Action> parse_action(Action::Kind kind, std::string_view arg) {
   };
   switch (kind) {
     case K::Mkdir:
-    case K::Delete: a.guest = s; TRY(need_guest(a.guest)); return a;
+    case K::Delete:
+      a.guest = s;
+      TRY(need_guest(a.guest));
+      return a;
     case K::Firstboot:
       if (s.empty()) return Error{EINVAL, "--firstboot needs a script"};
       a.host = s;
@@ -562,8 +576,9 @@ void say(const PatchOptions& o, const std::string& what) {
 // then pack it on the input as its base (only changed chunks are stored) or keep it.
 Result<PatchReport> patch_pack(Env& env, const PatchOptions& o) {
   if (o.output.empty())
-    return Error{EINVAL, o.image + " is a pack: a pack is never changed; give -o OUT.pack "
-                                   "(a delta pack on it) or -o OUT.img"};
+    return Error{EINVAL, o.image +
+                             " is a pack: a pack is never changed; give -o OUT.pack "
+                             "(a delta pack on it) or -o OUT.img"};
   auto input = TRY(pack::Pack::open(env, o.image));
   PatchReport report;
   const std::string scratch = o.output + ".imgstream-scratch";

@@ -32,9 +32,9 @@ namespace imgstream::patch {
 struct Action {
   enum class Kind { Add, Mkdir, Delete, Symlink, Write, Firstboot };
   Kind kind = Kind::Add;
-  std::string host;   // Add, Firstboot: the host path
-  std::string guest;  // every kind but Firstboot
-  std::string text;   // Write: the text; Symlink: the link's target
+  std::string host;          // Add, Firstboot: the host path
+  std::string guest;         // every kind but Firstboot
+  std::string text;          // Write: the text; Symlink: the link's target
   std::optional<Attr> attr;  // Add: MODE[:UID:GID] (else the host's mode, root's owner)
 };
 
@@ -47,20 +47,20 @@ struct PatchOptions {
   std::string output;      // empty: in place; NAME.pack: a delta pack on the input pack
   unsigned partition = 0;  // 0: the file system holding /etc
   std::vector<Action> actions;
-  bool check = true;       // e2fsck -fn of the result before it is written
-  bool force = false;      // -o may replace an existing file that is not of its kind
+  bool check = true;   // e2fsck -fn of the result before it is written
+  bool force = false;  // -o may replace an existing file that is not of its kind
   // Called with what the patch is doing, for a progress line ("unpacking", "packing").
   std::function<void(const std::string&)> phase;
 };
 
 struct PatchReport {
-  std::string root;                // "disk.img partition 2 (ext4)"
-  std::string boot;                // the same for /boot when it was edited
-  std::string firstboot_hook;      // when --firstboot was given
-  uint64_t changed_bytes = 0;      // what the image gained in changed pages
+  std::string root;            // "disk.img partition 2 (ext4)"
+  std::string boot;            // the same for /boot when it was edited
+  std::string firstboot_hook;  // when --firstboot was given
+  uint64_t changed_bytes = 0;  // what the image gained in changed pages
   uint64_t runs = 0;
-  bool recovered = false;          // an earlier, interrupted patch was finished first
-  uint64_t pack_new_chunks = 0;    // a delta pack: the chunks it stores (the rest are the base's)
+  bool recovered = false;        // an earlier, interrupted patch was finished first
+  uint64_t pack_new_chunks = 0;  // a delta pack: the chunks it stores (the rest are the base's)
   uint64_t pack_file_bytes = 0;
   double seconds = 0;
 };
