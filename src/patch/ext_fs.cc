@@ -570,7 +570,8 @@ Result<void> ExtFs::write_data(uint32_t ino, std::span<const std::byte> data, bo
     if (put == 0) return failed(EXT2_ET_SHORT_WRITE, "writing a file");
     done += put;
   }
-  if (errcode_t e = ext2fs_file_set_size2(f, ext2_off64_t(data.size()))) return failed(e, "setting a file's size");
+  if (errcode_t e = ext2fs_file_set_size2(f, ext2_off64_t(data.size())))
+    return failed(e, "setting a file's size");
   if (errcode_t e = ext2fs_file_close(f)) return fail(e, "writing a file");
   return ok();
 }
