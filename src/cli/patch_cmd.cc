@@ -83,6 +83,22 @@ std::string type_letter(patch::FileType t) {
   }
 }
 
+// Opens IMAGE's file systems read-only and runs `read` on them: ls and cat.
+template <typename Read>
+int read_image(const std::string& image, unsigned partition, Read read) {
+  auto fs = patch::ImageFs::open(*Env::posix(), image, partition);
+  if (!fs) {
+    print_error(fs.error().message);
+    return kExitFailure;
+  }
+  auto r = read(*fs);
+  if (!r) {
+    print_error(r.error().message);
+    return kExitFailure;
+  }
+  return kExitOk;
+}
+
 }  // namespace
 
 Runner add_patch(CLI::App& app) {
@@ -141,24 +157,16 @@ Runner add_ls(CLI::App& app) {
   cmd->add_option("PATH", a->path, "The directory in the image (default /)");
   cmd->add_option("--partition", a->partition, "Read partition N instead of the root");
   return [a] {
-    auto fs = patch::ImageFs::open(*Env::posix(), a->image, a->partition);
-    if (!fs) {
-      print_error(fs.error().message);
-      return kExitFailure;
-    }
-    auto entries = fs->list(a->path);
-    if (!entries) {
-      print_error(entries.error().message);
-      return kExitFailure;
-    }
-    for (const auto& e : *entries) {
-      std::string line =
-          fmt::format("{}{:04o} {:>5} {:>5} {:>10} {}", type_letter(e.stat.type),
-                      e.stat.mode & 07777, e.stat.uid, e.stat.gid, e.stat.size, e.name);
-      if (e.stat.type == patch::FileType::Symlink) line += " -> " + e.stat.link_target;
-      std::printf("%s\n", line.c_str());
-    }
-    return kExitOk;
+    return read_image(a->image, a->partition, [&](patch::ImageFs& fs) -> Result<void> {
+      for (const auto& e : TRY(fs.list(a->path))) {
+        std::string line =
+            fmt::format("{}{:04o} {:>5} {:>5} {:>10} {}", type_letter(e.stat.type),
+                        e.stat.mode & 07777, e.stat.uid, e.stat.gid, e.stat.size, e.name);
+        if (e.stat.type == patch::FileType::Symlink) line += " -> " + e.stat.link_target;
+        std::printf("%s\n", line.c_str());
+      }
+      return ok();
+    });
   };
 }
 
@@ -173,18 +181,12 @@ Runner add_cat(CLI::App& app) {
   cmd->add_option("PATH", a->path, "The file in the image")->required();
   cmd->add_option("--partition", a->partition, "Read partition N instead of the root");
   return [a] {
-    auto fs = patch::ImageFs::open(*Env::posix(), a->image, a->partition);
-    if (!fs) {
-      print_error(fs.error().message);
-      return kExitFailure;
-    }
-    auto data = fs->read_file(a->path);
-    if (!data) {
-      print_error(data.error().message);
-      return kExitFailure;
-    }
-    std::fwrite(data->data(), 1, data->size(), stdout);
-    return std::fflush(stdout) == 0 ? kExitOk : kExitFailure;
+    return read_image(a->image, a->partition, [&](patch::ImageFs& fs) -> Result<void> {
+      const auto data = TRY(fs.read_file(a->path));
+      std::fwrite(data.data(), 1, data.size(), stdout);
+      if (std::fflush(stdout) != 0) return Error::from_errno(errno, "writing to stdout");
+      return ok();
+    });
   };
 }
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "base/shell_testing.h"
 #include "disk/fs_probe.h"
 #include "disk/partition_table.h"
 
@@ -18,22 +19,8 @@ namespace imgstream::disk {
 namespace {
 
 namespace fs = std::filesystem;
-
-// The real tools (mke2fs, sfdisk, debugfs) through a shell; the tests run on one thread.
-int sh(const std::string& cmd) {
-  return std::system((cmd + " >/dev/null 2>&1").c_str());  // NOLINT(concurrency-mt-unsafe)
-}
-
-std::string sh_out(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[512];
-  size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  return out;
-}
+using imgstream::testing::sh;
+using imgstream::testing::sh_out;
 
 std::vector<std::byte> head_of(const std::string& path, size_t n, uint64_t at = 0) {
   std::vector<std::byte> b(n);

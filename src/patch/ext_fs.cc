@@ -14,6 +14,7 @@ extern "C" {
 
 #include "base/check.h"
 #include "base/limits.h"
+#include "base/stop.h"
 
 namespace imgstream::patch {
 
@@ -480,6 +481,28 @@ Result<std::vector<DirEntry>> ExtFs::list(std::string_view dir) {
   const Stat st = TRY(stat_ino(r.ino));
   if (st.type != FileType::Directory)
     return Error{ENOTDIR, name_ + ": " + r.path + " is not a directory"};
+  const auto entries = TRY(children(r.ino, r.path));
+  std::vector<DirEntry> out;
+  out.reserve(entries.size());
+  for (auto& [n, ino] : entries) {
+    DirEntry d{n, TRY(stat_ino(ino))};
+    if (d.stat.type == FileType::Symlink) d.stat.link_target = TRY(read_link(ino));
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+Result<std::vector<std::byte>> ExtFs::read_file(std::string_view path, uint64_t max) {
+  Resolved r = TRY(resolve(path, true));
+  if (r.ino == 0) return Error{ENOENT, name_ + ": " + r.path + " does not exist"};
+  const Stat st = TRY(stat_ino(r.ino));
+  if (st.type != FileType::Regular)
+    return Error{EINVAL, name_ + ": " + r.path + " is not a regular file"};
+  return read_file_ino(r.ino, max);
+}
+
+Result<std::vector<std::pair<std::string, uint32_t>>> ExtFs::children(uint32_t dir,
+                                                                      const std::string& path) {
   struct Collect {
     std::vector<std::pair<std::string, uint32_t>> entries;
     bool too_many = false;
@@ -495,28 +518,12 @@ Result<std::vector<DirEntry>> ExtFs::list(std::string_view dir) {
     col->entries.emplace_back(std::move(n), d->inode);
     return 0;
   };
-  if (errcode_t e = ext2fs_dir_iterate2(fs_, r.ino, 0, nullptr, cb, &c))
-    return fail(e, "reading directory " + r.path);
+  if (errcode_t e = ext2fs_dir_iterate2(fs_, dir, 0, nullptr, cb, &c))
+    return fail(e, "reading directory " + path);
   if (c.too_many)
-    return Error{E2BIG, name_ + ": " + r.path + " has more than " +
-                            std::to_string(kListEntriesMax) + " entries"};
-  std::vector<DirEntry> out;
-  out.reserve(c.entries.size());
-  for (auto& [n, ino] : c.entries) {
-    DirEntry d{n, TRY(stat_ino(ino))};
-    if (d.stat.type == FileType::Symlink) d.stat.link_target = TRY(read_link(ino));
-    out.push_back(std::move(d));
-  }
-  return out;
-}
-
-Result<std::vector<std::byte>> ExtFs::read_file(std::string_view path, uint64_t max) {
-  Resolved r = TRY(resolve(path, true));
-  if (r.ino == 0) return Error{ENOENT, name_ + ": " + r.path + " does not exist"};
-  const Stat st = TRY(stat_ino(r.ino));
-  if (st.type != FileType::Regular)
-    return Error{EINVAL, name_ + ": " + r.path + " is not a regular file"};
-  return read_file_ino(r.ino, max);
+    return Error{E2BIG, name_ + ": " + path + " has more than " + std::to_string(kListEntriesMax) +
+                            " entries"};
+  return std::move(c.entries);
 }
 
 Result<void> ExtFs::link_into(uint32_t dir, const std::string& name, uint32_t ino, int file_type) {
@@ -563,6 +570,10 @@ Result<void> ExtFs::write_data(uint32_t ino, std::span<const std::byte> data, bo
     if (errcode_t e = ext2fs_file_set_size2(f, 0)) return failed(e, "truncating a file");
   uint64_t done = 0;
   while (done < data.size()) {
+    if (stop_requested()) {
+      ext2fs_file_close(f);
+      return Error{ECANCELED, name_ + ": stopped while writing a file"};
+    }
     unsigned int put = 0;
     const unsigned int want = unsigned(std::min<uint64_t>(data.size() - done, 1u << 20));
     if (errcode_t e = ext2fs_file_write(f, data.data() + done, want, &put))
@@ -666,16 +677,7 @@ Result<void> ExtFs::remove_entry(uint32_t dir, const std::string& name, uint32_t
   const Stat st = TRY(stat_ino(ino));
   const bool is_dir = st.type == FileType::Directory;
   if (is_dir) {
-    std::vector<std::pair<std::string, uint32_t>> children;
-    auto cb = [](ext2_ino_t, int, struct ext2_dir_entry* d, int, int, char*, void* priv) -> int {
-      auto* out = static_cast<std::vector<std::pair<std::string, uint32_t>>*>(priv);
-      std::string n(d->name, size_t(ext2fs_dirent_name_len(d)));
-      if (n != "." && n != "..") out->emplace_back(std::move(n), d->inode);
-      return out->size() >= kListEntriesMax ? DIRENT_ABORT : 0;
-    };
-    if (errcode_t e = ext2fs_dir_iterate2(fs_, ino, 0, nullptr, cb, &children))
-      return fail(e, "reading directory " + name);
-    for (auto& [n, child] : children) TRY(remove_entry(ino, n, child, depth + 1));
+    for (auto& [n, child] : TRY(children(ino, name))) TRY(remove_entry(ino, n, child, depth + 1));
   }
   if (errcode_t e = ext2fs_unlink(fs_, dir, name.c_str(), ino, 0))
     return fail(e, "removing " + name);

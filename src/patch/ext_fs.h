@@ -17,6 +17,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "base/limits.h"
@@ -105,6 +106,9 @@ class ExtFs {
   Result<Stat> stat_ino(uint32_t ino);
   Result<std::string> read_link(uint32_t ino);
   Result<std::vector<std::byte>> read_file_ino(uint32_t ino, uint64_t max);
+  // The entries of a directory but "." and "..": (name, inode), at most kListEntriesMax.
+  Result<std::vector<std::pair<std::string, uint32_t>>> children(uint32_t dir,
+                                                                 const std::string& path);
   Result<void> link_into(uint32_t dir, const std::string& name, uint32_t ino, int file_type);
   Result<uint32_t> new_inode(uint32_t dir, uint32_t mode, const Attr& attr);
   Result<void> write_data(uint32_t ino, std::span<const std::byte> data, bool truncate);

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "base/env.h"
+#include "base/shell_testing.h"
 #include "device/file_device.h"
 #include "patch/overlay_device.h"
 
@@ -21,22 +22,8 @@ namespace imgstream::patch {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string sh_out(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  return out;
-}
-
-// The real tools (mke2fs, sfdisk, debugfs) through a shell; the tests run on one thread.
-int sh(const std::string& cmd) {
-  return std::system((cmd + " >/dev/null 2>&1").c_str());  // NOLINT(concurrency-mt-unsafe)
-}
+using imgstream::testing::sh;
+using imgstream::testing::sh_out;
 
 std::vector<std::byte> bytes_of(std::string_view s) {
   auto b = std::as_bytes(std::span(s.data(), s.size()));

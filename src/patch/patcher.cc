@@ -1,6 +1,7 @@
 #include "patch/patcher.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -176,6 +177,7 @@ struct Guest {
   std::string boot_unmatched;  // an fstab /boot entry that names no partition
   std::unique_ptr<ExtFs> root, boot;
   std::string image;
+  bool recovered = false;  // an interrupted patch's committed journal was finished first
 
   static bool under_boot(std::string_view p) {
     return p == "/boot" || p == "/boot/" || p.starts_with("/boot/");
@@ -203,6 +205,12 @@ Result<std::unique_ptr<Guest>> open_guest(Env& env, const std::string& image,
   g->image = image;
   g->dev = TRY(FileDevice::open(env, image, exclusive ? Access::ReadWrite : Access::ReadOnly,
                                 exclusive ? ImageUse::Exclusive : ImageUse::ReadStable));
+  if (exclusive) {
+    // What an interrupted patch left is finished (or discarded) under the same lock as
+    // the patch that follows, before anything is read.
+    auto info = TRY(recover_journal(env, journal_path(image), g->dev->file(), g->dev->size()));
+    g->recovered = info.state == JournalState::Committed;
+  }
   const auto all = TRY(find_filesystems(*g->dev, shown));
   g->root_at = TRY(pick_root(*g->dev, all, partition, shown, edit));
   BlockDevice* below = g->dev.get();
@@ -330,10 +338,24 @@ std::string check_dir(const std::string& image) {
 
 // e2fsck -fn of the patched file system: a metadata copy of the original (e2image -r,
 // sparse, beside the image), the overlay's pages of that range written into it.
+// A patch killed (kill -9) during its check leaves its copy behind, named with its pid:
+// the next check of the same image removes those whose process is gone.
+void remove_stale_checks(const std::string& dir, const std::string& prefix) {
+  std::error_code ec;
+  for (const auto& e : stdfs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    const std::string pid = name.substr(prefix.size());
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (::kill(std::stoi(pid), 0) != 0 && errno == ESRCH) stdfs::remove(e.path(), ec);
+  }
+}
+
 Result<void> fsck_patched(Env& env, const std::string& image, const Located& l,
                           const std::vector<OverlayDevice::Run>& runs) {
-  TempFile tmp(check_dir(image) + "/." + base_name(image) + ".imgstream-check-" +
-               std::to_string(::getpid()));
+  const std::string dir = check_dir(image), prefix = "." + base_name(image) + ".imgstream-check-";
+  remove_stale_checks(dir, prefix);
+  TempFile tmp(dir + "/" + prefix + std::to_string(::getpid()));
   auto img = TRY(run_program({"e2image", "-r", "-o", std::to_string(l.start), image, tmp.path()},
                              kFsckTimeout));
   if (img.exit_code != 0)
@@ -626,14 +648,9 @@ Result<PatchReport> run_patch(Env& env, const PatchOptions& o) {
   if (o.output.ends_with(".pack"))
     return Error{EINVAL, o.output + ": a delta pack needs a pack as input (pack the image first)"};
   PatchReport report;
-  if (in_place) {
-    TRY(refuse_loop_attached(o.image));
-    // Finishes (or discards) what an interrupted patch left, under the exclusive lock.
-    auto dev = TRY(FileDevice::open(env, o.image, Access::ReadWrite, ImageUse::Exclusive));
-    auto info = TRY(recover_journal(env, journal_path(o.image), dev->file(), dev->size()));
-    report.recovered = info.state == JournalState::Committed;
-  }
+  if (in_place) TRY(refuse_loop_attached(o.image));
   auto g = TRY(open_guest(env, o.image, o.image, o.partition, true, in_place));
+  report.recovered = g->recovered;
   const auto runs = TRY(build_patch(env, *g, o, report));
   if (in_place)
     TRY(write_in_place(env, *g, runs));

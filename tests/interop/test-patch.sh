@@ -14,6 +14,8 @@
 #       journal goes; a pending journal makes serve refuse the image;
 #   (f) kill -9 of a patch in place at 20 moments: after --recover the image is
 #       either as it was or fully patched, and e2fsck -fn passes;
+#   (h, after g) Ctrl-C mid-way: patch stops within a second, the image unchanged, nothing
+#       left beside it or beside -o's output;
 #   (g) a pack: patched into a delta pack on it whose new chunks are those the patch
 #       changed; `stream NEW.pack --seed OLD.img` fetches exactly their bytes and holds
 #       the patched image; -o OUT.img from a pack; a pack is never patched in place.
@@ -201,6 +203,9 @@ for i in $(seq 1 20); do
     cmp -s <(dcat "$T/k.img" $gpt_root /big) "$T/kbig" || fail "kill $i: changed but /big is not whole"
     n_new=$((n_new + 1))
 done
+# A killed patch's check copy (in /dev/shm) is removed by the next check of the image.
+"$IMG" patch "$T/k.img" --write /etc/motd:after >/dev/null || fail "a patch after the kills"
+ls -A /dev/shm | grep -q "^\.k\.img\.imgstream-check" && fail "check copies of killed patches are still in /dev/shm: $(ls -A /dev/shm)"
 pass "kill -9 at 20 moments: $n_old left the image as it was, $n_new fully patched (e2fsck clean, every byte there), none mixed"
 
 # ---- (g) packs ----
@@ -241,3 +246,26 @@ expect_eq "$(dcat "$T/p3.img" $gpt_root /etc/motd)" "raw" "-o OUT.img from a pac
 refuse "a pack in place" "give -o" "$T/p.pack" --write /x:y
 ls "$T" | grep -q "imgstream-scratch" && fail "a scratch image was left: $(ls "$T")"
 pass "a pack patched into a delta pack of $changed new chunks ($stored bytes); stream --seed of the old image fetched $fetched bytes, exactly those chunks, and holds the patched image"
+
+# ---- (h) Ctrl-C mid-way ----
+mkdir -p "$T/c"
+mke2fs -q -F -t ext4 -d "$T/w-mbr/root" "$T/c/big.img" 700M
+head -c 400000000 /dev/urandom >"$T/c-host"
+sum=$(md5sum <"$T/c/big.img")
+for mode in copy inplace; do
+    args=(); [[ $mode == copy ]] && args=(-o "$T/c/out.img")
+    "$IMG" patch "$T/c/big.img" "${args[@]}" --add "$T/c-host:/big" >"$T/c.out" 2>&1 &
+    pid=$!; register_pid $pid
+    sleep 0.3
+    kill -INT $pid
+    t0=$SECONDS; rc=0
+    for _ in $(seq 30); do _alive $pid || break; sleep 0.1; done
+    _alive $pid && fail "Ctrl-C ($mode): patch still runs after 3 s"
+    wait $pid || rc=$?
+    ((rc != 0)) || note "Ctrl-C ($mode) came after the patch was done"
+    expect_eq "$(md5sum <"$T/c/big.img")" "$sum" "Ctrl-C ($mode): the image"
+    expect_eq "$(ls -A "$T/c")" "big.img" "Ctrl-C ($mode): the directory"
+    ls -A /dev/shm | grep -q "^\.big\.img\.imgstream-check" && fail "Ctrl-C ($mode) left a check copy in /dev/shm"
+    note "Ctrl-C ($mode): exit $rc: $(head -n1 "$T/c.out")"
+done
+pass "Ctrl-C mid-way: patch stops at once, the image and its directory as they were"
